@@ -22,7 +22,7 @@ _BACKGROUNDS = [(150, 120, 85), (170, 140, 100), (120, 118, 112), (95, 92, 88), 
 
 
 def _object_colour(rng: random.Random) -> tuple[int, int, int]:
-    r, g, b = colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.65, 1.0), rng.uniform(0.75, 1.0))
+    r, g, b = colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.8, 1.0), rng.uniform(0.75, 1.0))
     return round(r * 255), round(g * 255), round(b * 255)
 
 
@@ -33,10 +33,15 @@ def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> int:
 
 
 def _place(rng: random.Random, width: int, height: int, count: int, side: int,
-           tries: int = 200) -> list[tuple[int, int, int, int]]:
-    """Boxes of roughly ``side`` px inside the image, each overlapping the others by < 10% of its area."""
+           tries: int = 300) -> list[tuple[int, int, int, int]]:
+    """Boxes of roughly ``side`` px inside the image, kept apart by a small gap where they fit.
+
+    Each box takes the first random position that keeps a gap of ``side // 6`` to the others, or
+    else the position with the least overlap found in ``tries`` attempts.
+    """
     boxes: list[tuple[int, int, int, int]] = []
     margin = max(1, side // 8)
+    gap = max(1, side // 6)
     for _ in range(count):
         best, best_overlap = None, None
         for _ in range(tries):
@@ -45,10 +50,11 @@ def _place(rng: random.Random, width: int, height: int, count: int, side: int,
             x0 = rng.randint(margin, max(margin, width - w - margin))
             y0 = rng.randint(margin, max(margin, height - h - margin))
             box = (x0, y0, x0 + w, y0 + h)
-            worst = max((_overlap(box, other) for other in boxes), default=0) / (w * h)
+            padded = (x0 - gap, y0 - gap, x0 + w + gap, y0 + h + gap)
+            worst = max((_overlap(padded, other) for other in boxes), default=0)
             if best_overlap is None or worst < best_overlap:
                 best, best_overlap = box, worst
-            if worst < 0.1:
+            if worst == 0:
                 break
         boxes.append(best)
     return boxes
@@ -74,7 +80,7 @@ def draw_bin(rng: random.Random, count: int, size: int = 128, max_objects: int =
         y = rng.randint(0, height - 1)
         strap = tuple(max(0, min(255, c + 25)) for c in tone)
         draw.line((0, y, width, y + rng.randint(-height // 10, height // 10)), fill=strap, width=max(1, size // 64))
-    side = round(min(width, height) * min(0.26, 0.95 / (max(1, max_objects) ** 0.5 + 1)))
+    side = round(min(width, height) * min(0.26, 0.8 / (max(1, max_objects) ** 0.5 + 1)))
     for box in _place(rng, width, height, count, side):
         colour = _object_colour(rng)
         outline = tuple(c // 3 for c in colour)
