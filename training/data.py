@@ -34,6 +34,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 ABID_IMAGE_DIR = "bin-images"
 ABID_METADATA_DIR = "metadata"
 MANIFEST_FORMAT = 1
+#: File name of the split manifest written next to a model (model dir) by training.
+SPLIT_MANIFEST_FILE = "split.json"
 SPLIT_PARTS = ("train", "val", "test")
 
 Log = Callable[[str], None]
