@@ -1,0 +1,96 @@
+"""``serve`` / ``python -m service``: the HTTP server (SageMaker starts it as ``docker run IMAGE serve``).
+
+Configuration comes from the environment (see :mod:`service.settings`); the options below
+override it and are written back into the environment so every worker process sees them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from service.logs import configure_logging, logging_config
+from service.settings import ServeSettings, SettingsError
+
+logger = logging.getLogger("service.serve")
+
+#: Option -> environment variable it overrides.
+_OPTION_ENV = {
+    "model_dir": "MODEL_DIR",
+    "host": "BINSIGHT_HOST",
+    "port": "SAGEMAKER_BIND_TO_PORT",
+    "workers": "SAGEMAKER_MODEL_SERVER_WORKERS",
+    "log_level": "BINSIGHT_LOG_LEVEL",
+}
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="serve",
+        description="Serve a binsight model over HTTP: /ping, /invocations, /predict, /model, /docs. "
+                    "Settings come from the environment (MODEL_DIR, SAGEMAKER_BIND_TO_PORT, "
+                    "SAGEMAKER_MODEL_SERVER_WORKERS, SAGEMAKER_MAX_PAYLOAD_IN_MB, BINSIGHT_*); "
+                    "these options override it.")
+    parser.add_argument("--model-dir", help="artifact directory (model.json + model.pth); overrides MODEL_DIR")
+    parser.add_argument("--host", help="interface to bind (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, help="port (default SAGEMAKER_BIND_TO_PORT or 8080)")
+    parser.add_argument("--workers", type=int, help="worker processes, each with its own model copy")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"])
+    args = list(argv)
+    if args and args[0] == "serve":  # `docker run IMAGE serve` with `serve` as the entry point too
+        args = args[1:]
+    return parser.parse_args(args)
+
+
+def _ignore_signal(signum, frame) -> None:
+    """uvicorn re-raises the signal that stopped it once it has shut down; with this handler in
+    place that is a no-op, so a graceful SIGTERM shutdown exits with status 0 instead of 143."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    for option, var in _OPTION_ENV.items():
+        value = getattr(args, option)
+        if value is not None:
+            os.environ[var] = str(value)
+    try:
+        settings = ServeSettings.from_env()
+    except SettingsError as exc:
+        configure_logging()
+        logger.error("%s", exc)
+        return 2
+    configure_logging(settings.log_level, settings.access_log)
+    if settings.model.path is None:
+        # Keep serving: /ping answers 503 with this reason, as SageMaker expects of a broken model.
+        logger.error("%s", settings.model.not_found_message())
+    logger.info(
+        "serve starting: host: %s port: %d workers: %d model_dir: %s model_source: %s max_payload_mb: %g "
+        "max_batch_size: %d batch_wait_ms: %g",
+        settings.host, settings.port, settings.workers, settings.model.path, settings.model.source or "none",
+        settings.max_payload_mb, settings.max_batch_size, settings.batch_wait_ms)
+
+    import uvicorn  # here, not at import time: `python -m service --help` stays fast
+
+    signal.signal(signal.SIGTERM, _ignore_signal)
+    signal.signal(signal.SIGINT, _ignore_signal)
+    common = dict(
+        host=settings.host, port=settings.port, log_config=logging_config(settings.log_level, settings.access_log),
+        access_log=settings.access_log, timeout_keep_alive=75, timeout_graceful_shutdown=30,
+        proxy_headers=False, server_header=False,
+    )
+    if settings.workers > 1:
+        uvicorn.run("service.app:create_app_from_env", factory=True, workers=settings.workers, **common)
+    else:
+        from service.app import create_app
+
+        uvicorn.run(create_app(settings), **common)
+    logger.info("serve stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""HTTP routes: health and SageMaker's contract (/ping, /invocations), photo upload (/predict), /model."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+
+from service import codecs
+from service.engine import InferenceEngine
+from service.manual_check import assess, unreadable
+from service.model_state import ModelState
+from service.predictor import ImageFailure
+from service.schemas import ErrorResponse, InvocationResponse, ModelInfo, PingResponse, PredictResponse
+from service.settings import ServeSettings
+
+# ------------------------------------------------------------------------------- dependencies
+
+
+def get_settings(request: Request) -> ServeSettings:
+    return request.app.state.settings
+
+
+def get_model_state(request: Request) -> ModelState:
+    return request.app.state.model
+
+
+def get_engine(state: Annotated[ModelState, Depends(get_model_state)]) -> InferenceEngine:
+    """The ready inference engine, or 503 while the model loads or after it failed to load."""
+    if state.status != "ready" or state.engine is None:
+        raise HTTPException(503, detail=state.describe())
+    return state.engine
+
+
+SettingsDep = Annotated[ServeSettings, Depends(get_settings)]
+StateDep = Annotated[ModelState, Depends(get_model_state)]
+EngineDep = Annotated[InferenceEngine, Depends(get_engine)]
+
+_NOT_READY = {503: {"model": ErrorResponse, "description": "The model is loading or failed to load."}}
+
+# ------------------------------------------------------------------------------- health
+
+health = APIRouter(tags=["health"])
+
+
+@health.get("/ping", response_model=PingResponse, responses={503: {"model": PingResponse}},
+            summary="Health check (SageMaker)")
+async def ping(state: StateDep) -> JSONResponse:
+    """200 only when the model is loaded **and** a warm-up inference succeeded; 503 while loading or after
+    a load failure, with the reason in `detail`."""
+    body = PingResponse(status=state.status, detail=None if state.status == "ready" else state.describe())
+    return JSONResponse(body.model_dump(), status_code=200 if state.status == "ready" else 503)
+
+
+@health.get("/", include_in_schema=False)
+async def root() -> RedirectResponse:
+    return RedirectResponse("/docs")
+
+
+# ------------------------------------------------------------------------------- SageMaker invocations
+
+invocations = APIRouter(tags=["inference"])
+
+_B64_EXAMPLE = "/9j/4AAQSkZJRgABAQAAAQABAAD/..."
+_INVOCATIONS_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "One image as the raw body, or a batch of base64 images as JSON / JSON Lines.",
+        "content": {
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "application/x-image": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {
+                "schema": {"type": "object", "required": ["instances"], "properties": {"instances": {
+                    "type": "array", "items": {"type": "object", "required": ["b64"],
+                                               "properties": {"b64": {"type": "string"}}}}}},
+                "example": {"instances": [{"b64": _B64_EXAMPLE}, {"b64": _B64_EXAMPLE}]},
+            },
+            "application/jsonlines": {
+                "schema": {"type": "string"},
+                "example": '{"b64": "%s"}\n{"b64": "%s"}\n' % (_B64_EXAMPLE, _B64_EXAMPLE),
+            },
+        },
+    }
+}
+
+
+@invocations.post(
+    "/invocations",
+    summary="Count objects in bin photos (SageMaker)",
+    response_model=InvocationResponse,
+    openapi_extra=_INVOCATIONS_BODY,
+    responses={
+        200: {"content": {"application/jsonlines": {"schema": {"type": "string"},
+                                                    "example": '{"count":3,"label":"3","confidence":0.7,...}\n'}},
+              "description": "One prediction per image, in request order. `Accept: application/jsonlines` gives "
+                             "one JSON object per line. An image of a batch that cannot be read gets "
+                             "`{\"error\": ...}` in its place."},
+        400: {"model": ErrorResponse, "description": "Malformed JSON/base64, or no image could be read."},
+        406: {"model": ErrorResponse, "description": "Accept is neither application/json nor application/jsonlines."},
+        413: {"model": ErrorResponse, "description": "Body larger than SAGEMAKER_MAX_PAYLOAD_IN_MB."},
+        415: {"model": ErrorResponse, "description": "Unsupported Content-Type."},
+        **_NOT_READY,
+    },
+)
+async def invoke(request: Request, engine: EngineDep) -> Response:
+    """Raw `image/jpeg`, `image/png` or `application/x-image` -> one prediction;
+    `application/json` `{"instances": [{"b64": ...}, ...]}` or `application/jsonlines` -> one per image."""
+    response_type = codecs.choose_response_type(request.headers.get("accept"))
+    kind = codecs.request_kind(request.headers.get("content-type"))  # 415 before reading the body
+    decoded = codecs.decode_request(kind, await request.body())
+    results = await engine.predict(decoded.images)
+    if all(isinstance(r, ImageFailure) for r in results):
+        if len(results) == 1:
+            raise codecs.BadRequest(results[0].error)
+        raise codecs.BadRequest("no image could be read: " + "; ".join(
+            f"image {i}: {r.error}" for i, r in enumerate(results)))
+    return Response(codecs.encode_response((r.to_dict() for r in results), response_type),
+                    media_type=response_type)
+
+
+# ------------------------------------------------------------------------------- photo upload
+
+upload = APIRouter(tags=["inference"])
+
+
+@upload.post(
+    "/predict",
+    summary="Upload bin photos, optionally check an expected quantity",
+    response_model=PredictResponse,
+    responses={400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, **_NOT_READY},
+)
+async def predict(
+    engine: EngineDep,
+    settings: SettingsDep,
+    files: Annotated[list[UploadFile], File(description="One or more bin photos (JPEG or PNG).")],
+    expected_quantity: Annotated[int | None, Form(ge=0, le=10_000, description=(
+        "The number of items the bin should hold. Each photo then gets the probability of exactly that "
+        "many, whether the prediction matches, and a manual-check flag."))] = None,
+) -> PredictResponse:
+    """Counts the objects in each photo. Photos that cannot be read are reported one by one; the request
+    fails (400) only when none can be read."""
+    images = [await f.read() for f in files]
+    results = await engine.predict(images)
+    if all(isinstance(r, ImageFailure) for r in results):
+        raise codecs.BadRequest("no photo could be read: " + "; ".join(
+            f"{f.filename or i}: {r.error}" for i, (f, r) in enumerate(zip(files, results))))
+    labels = engine.predictor.metadata.labels
+    photos = [
+        unreadable(f.filename, expected_quantity, r.error) if isinstance(r, ImageFailure) else
+        assess(r, labels, f.filename, expected_quantity, settings.manual_check_confidence,
+               settings.manual_check_expected_probability)
+        for f, r in zip(files, results)
+    ]
+    return PredictResponse(architecture=engine.predictor.metadata.architecture, labels=labels, results=photos)
+
+
+# ------------------------------------------------------------------------------- model info
+
+model_info = APIRouter(tags=["model"])
+
+
+@model_info.get("/model", response_model=ModelInfo, responses=_NOT_READY, summary="The served model's metadata")
+async def get_model(engine: EngineDep) -> ModelInfo:
+    """The artifact's `model.json` (architecture, labels, preprocessing, metrics, provenance)."""
+    predictor = engine.predictor
+    return ModelInfo(model_dir=str(predictor.model_dir) if predictor.model_dir else None,
+                     metadata=predictor.metadata, class_values=predictor.metadata.class_values,
+                     max_batch_size=predictor.max_batch_size)
+
+
+ROUTERS = (health, invocations, upload, model_info)

@@ -1,0 +1,139 @@
+"""Configuration of the serving process: one pydantic model, read from the environment.
+
+SageMaker configures a serving container only through environment variables
+(``SAGEMAKER_BIND_TO_PORT``, ``SAGEMAKER_MODEL_SERVER_WORKERS``, ``SAGEMAKER_MAX_PAYLOAD_IN_MB``)
+and puts the model in ``/opt/ml/model``; the ``BINSIGHT_*`` variables tune the rest.
+``serve``'s command-line options are written into the environment before the settings are read,
+so every uvicorn worker process sees the same configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service.artifact import METADATA_FILE
+
+#: SageMaker's fixed model location inside a serving container.
+SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
+
+#: A model shipped inside the package (package data), used when nothing else is configured.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+
+#: Environment variable -> settings field.
+ENV_FIELDS: dict[str, str] = {
+    "BINSIGHT_HOST": "host",
+    "SAGEMAKER_BIND_TO_PORT": "port",
+    "SAGEMAKER_MODEL_SERVER_WORKERS": "workers",
+    "SAGEMAKER_MAX_PAYLOAD_IN_MB": "max_payload_mb",
+    "BINSIGHT_MAX_BATCH_SIZE": "max_batch_size",
+    "BINSIGHT_BATCH_WAIT_MS": "batch_wait_ms",
+    "BINSIGHT_TORCH_THREADS": "torch_threads",
+    "BINSIGHT_DECODE_THREADS": "decode_threads",
+    "BINSIGHT_MAX_IMAGE_PIXELS": "max_image_pixels",
+    "BINSIGHT_MANUAL_CHECK_CONFIDENCE": "manual_check_confidence",
+    "BINSIGHT_MANUAL_CHECK_EXPECTED_PROBABILITY": "manual_check_expected_probability",
+    "BINSIGHT_LOG_LEVEL": "log_level",
+    "BINSIGHT_ACCESS_LOG": "access_log",
+}
+
+
+class SettingsError(ValueError):
+    """The environment holds a value the server cannot use; the message names the variable."""
+
+
+class ModelLocation(BaseModel):
+    """Where the model directory was found, or every place that was tried."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: Path | None = Field(None, description="The model directory, or None when none was found.")
+    source: str = Field("", description="Which rule chose it: MODEL_DIR, SM_MODEL_DIR, /opt/ml/model or default.")
+    tried: tuple[str, ...] = Field((), description="Each place looked at, with why it was passed over.")
+
+    def not_found_message(self) -> str:
+        return (
+            "no model found; tried: " + "; ".join(self.tried)
+            + f". Set MODEL_DIR to a directory holding {METADATA_FILE} and model.pth (as written by `train`)."
+        )
+
+
+def resolve_model_dir(environ: Mapping[str, str], sagemaker_dir: Path = SAGEMAKER_MODEL_DIR,
+                      default_dir: Path = DEFAULT_MODEL_DIR) -> ModelLocation:
+    """``MODEL_DIR``, else ``SM_MODEL_DIR``, else ``/opt/ml/model`` if it holds a model, else the built-in model.
+
+    An explicitly set variable wins even when its directory is broken: the load then fails with
+    a message about that directory instead of silently serving a different model.
+    """
+    tried: list[str] = []
+    for var in ("MODEL_DIR", "SM_MODEL_DIR"):
+        value = environ.get(var, "").strip()
+        if value:
+            return ModelLocation(path=Path(value), source=var, tried=tuple(tried))
+        tried.append(f"{var} (not set)")
+    for source, candidate in (("/opt/ml/model", sagemaker_dir), ("default", default_dir)):
+        if (candidate / METADATA_FILE).is_file():
+            return ModelLocation(path=candidate, source=source, tried=tuple(tried))
+        tried.append(f"{candidate} (no {METADATA_FILE})")
+    return ModelLocation(path=None, source="", tried=tuple(tried))
+
+
+class ServeSettings(BaseModel):
+    """Everything ``serve`` and the app need; build it with :meth:`from_env` or directly in tests."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: ModelLocation = Field(..., description="The resolved model directory.")
+    host: str = Field("0.0.0.0", description="Interface to bind (BINSIGHT_HOST).")
+    port: int = Field(8080, ge=1, le=65535, description="Port (SAGEMAKER_BIND_TO_PORT).")
+    workers: int = Field(1, ge=1, le=64, description="Worker processes, each with its own model copy "
+                                                      "(SAGEMAKER_MODEL_SERVER_WORKERS).")
+    max_payload_mb: float = Field(6.0, gt=0, le=1024, description="Largest request body in MiB "
+                                                                  "(SAGEMAKER_MAX_PAYLOAD_IN_MB).")
+    max_batch_size: int = Field(16, ge=1, le=1024, description="Most images in one forward pass; larger "
+                                                               "requests run in chunks (BINSIGHT_MAX_BATCH_SIZE).")
+    batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="Longest a waiting image is held back so that "
+                                                                 "concurrent requests share one forward pass.")
+    torch_threads: int = Field(0, ge=0, le=512, description="torch intra-op threads; 0 keeps torch's default.")
+    decode_threads: int = Field(0, ge=0, le=256, description="Threads decoding images; 0 means one per CPU.")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Larger images are refused (decompression bombs).")
+    manual_check_confidence: float = Field(0.5, ge=0, le=1, description="Below this confidence /predict flags a "
+                                                                        "photo for a manual check.")
+    manual_check_expected_probability: float = Field(0.5, ge=0, le=1, description=(
+        "Below this probability of the expected quantity /predict flags a photo for a manual check."))
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    access_log: bool = Field(True, description="Log one line per request (successful /ping calls are left out).")
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return int(self.max_payload_mb * 1024 * 1024)
+
+    @property
+    def decode_workers(self) -> int:
+        return self.decode_threads or max(1, min(8, os.cpu_count() or 1))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "ServeSettings":
+        """Read the settings from ``environ`` (default ``os.environ``); ``overrides`` win over it."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for var, field in ENV_FIELDS.items():
+            raw = environ.get(var)
+            if raw is not None and raw.strip() != "":
+                values[field] = raw.strip().lower() if field == "log_level" else raw.strip()
+        values.update(overrides)
+        values.setdefault("model", resolve_model_dir(environ))
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            by_field = {field: var for var, field in ENV_FIELDS.items()}
+            problems = []
+            for error in exc.errors():
+                field = str(error["loc"][0]) if error["loc"] else ""
+                name = by_field.get(field, field) if field not in overrides else field
+                problems.append(f"{name}={values.get(field)!r}: {error['msg']}")
+            raise SettingsError("invalid serving configuration: " + "; ".join(problems)) from None
