@@ -149,3 +149,14 @@ def test_errors_are_clear(setup, tmp_path: Path, capsys) -> None:
         artifact = load_artifact(setup["model_dir"])
         items, _ = apply_label_policy(discover_records(bad, log=None), LabelPolicy(max_count=3))
         evaluate_model(artifact.model, artifact.metadata, items)
+
+
+def test_write_plots_for_the_training_loop(tmp_path: Path) -> None:
+    from training.evaluate import write_plots
+    from training.metrics import compute_metrics
+
+    metrics = compute_metrics([0, 1, 2, 2], [0, 1, 1, 2], class_values=[0, 1, 2])
+    files = write_plots(tmp_path, metrics, [{"epoch": 1, "val_acc": 0.5, "train_loss": 1.0}], ["0", "1", "2+"])
+    assert [f.name for f in files] == ["confusion_matrix.png", "training_curves.png"]
+    assert write_plots(tmp_path / "no_history", metrics, None, ["0", "1", "2+"])[0].name == "confusion_matrix.png"
+    assert not (tmp_path / "no_history" / "training_curves.png").exists()

@@ -266,6 +266,19 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: Path) -> Path 
     return path
 
 
+def write_plots(output_dir: str | os.PathLike, metrics: dict[str, Any], history: Sequence[dict[str, Any]] | None,
+                class_names: Sequence[str], title: str = "Confusion matrix") -> list[Path]:
+    """``confusion_matrix.png`` from ``metrics`` and, when a history is given, ``training_curves.png``."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [plot_confusion_matrix(metrics["confusion_matrix"], class_names, out / "confusion_matrix.png", title)]
+    if history:
+        curves = plot_training_curves(history, out / "training_curves.png")
+        if curves is not None:
+            files.append(curves)
+    return files
+
+
 # --------------------------------------------------------------------------------------------
 # The command
 # --------------------------------------------------------------------------------------------
@@ -324,14 +337,9 @@ def run(config: EvaluateConfig, log: Log = _print) -> dict[str, Any]:
         writer = csv.DictWriter(fh, fieldnames=["id", "label", "predicted", "probability"])
         writer.writeheader()
         writer.writerows(predictions)
-    files = [out / "metrics.json", out / "predictions.csv",
-             plot_confusion_matrix(metrics["confusion_matrix"], metadata.labels, out / "confusion_matrix.png",
-                                   title=f"{metadata.architecture}: {info['part']} (n={metrics['n']})")]
-    history = read_history(config.model_dir)
-    if history is not None:
-        curves = plot_training_curves(history, out / "training_curves.png")
-        if curves is not None:
-            files.append(curves)
+    files = [out / "metrics.json", out / "predictions.csv"]
+    files += write_plots(out, metrics, read_history(config.model_dir), metadata.labels,
+                         title=f"{metadata.architecture}: {info['part']} (n={metrics['n']})")
     log(format_metrics(metrics, "eval_"))
     log(f"eval_loss: {metrics['loss']:.4f}")
     log(f"eval_skipped: {metrics['skipped']}")
