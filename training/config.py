@@ -1,0 +1,219 @@
+"""Training hyperparameters: one pydantic model, filled from hyperparameters.json, environment and CLI.
+
+SageMaker writes every hyperparameter as a string (``"true"``, ``"0.001"``, ``"32"``), so the
+model is built in pydantic's lax mode from strings and types them itself. Precedence, lowest
+first: field defaults < ``hyperparameters.json`` < ``BINSIGHT_<FIELD>`` environment variables
+< command-line options. An unknown key or a value of the wrong type is a :class:`ConfigError`
+whose message names the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from service.architectures import ArchitectureError, architecture_names, get_architecture
+from service.preprocess import ResizePolicy
+
+ENV_PREFIX = "BINSIGHT_"
+
+#: Keys SageMaker's own SDKs may add to hyperparameters.json (script mode); never ours, so ignored.
+SAGEMAKER_RESERVED_PREFIX = "sagemaker_"
+
+#: Fields that do not change what is learned; a checkpoint made with other values of these resumes.
+RUNTIME_FIELDS = frozenset({"num_workers", "tta_flip", "eval_batch_size", "threads"})
+
+_NONE_WORDS = {"", "none", "null", "auto"}
+
+
+class ConfigError(ValueError):
+    """A hyperparameter is unknown or invalid; the message names it and its source."""
+
+
+class TrainConfig(BaseModel):
+    """Every knob of a training run. Learning rates are per process; ``batch_size`` is per process."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True)
+
+    # Model
+    architecture: str = Field("efficientnet_lite0", description="Name in service.architectures.")
+    pretrained: bool = Field(True, description="Start from ImageNet weights (no download for efficientnet_lite0).")
+    input_size: int | None = Field(None, ge=16, le=2048, description="Square input side; default: the architecture's.")
+    resize: ResizePolicy = Field("squash", description="squash, letterbox or center_crop (recorded in model.json).")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout before the classifier.")
+    freeze: Literal["none", "backbone", "all_but_last_stage"] = Field("none", description="Parameters kept fixed.")
+    # Labels
+    max_count: int = Field(5, ge=1, le=1000, description="Classes are counts 0..max_count.")
+    overflow: bool = Field(False, description="Bins above max_count become one 'N+' class instead of being dropped.")
+    # Optimisation
+    epochs: int = Field(15, ge=1, le=10_000)
+    batch_size: int = Field(32, ge=1, le=65_536, description="Per process.")
+    eval_batch_size: int | None = Field(None, ge=1, description="Validation/test batch; default 2 x batch_size.")
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0, le=10, description="Learning rate of the head.")
+    backbone_lr_mult: float = Field(0.1, ge=0, le=10, description="Backbone learning rate = lr x this.")
+    weight_decay: float = Field(0.01, ge=0, le=1, description="Not applied to biases and norm layers.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (Nesterov).")
+    schedule: Literal["cosine", "constant"] = Field("cosine", description="After warmup, per step.")
+    warmup_epochs: float = Field(1.0, ge=0, description="Linear warmup from 1% of the learning rate.")
+    min_lr_ratio: float = Field(0.01, ge=0, le=1, description="Cosine ends at lr x this.")
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    loss: Literal["ce", "ordinal"] = Field("ce", description="ordinal = CE + ordinal_weight x (E[count] - count)^2.")
+    ordinal_weight: float = Field(0.1, ge=0, le=100)
+    class_weighting: Literal["none", "inverse", "balanced_sampler"] = "none"
+    class_weight_power: float = Field(0.5, ge=0, le=2, description="inverse weights are (N / (K n_c)) ** power.")
+    grad_clip: float = Field(1.0, ge=0, description="Max gradient norm; 0 disables clipping.")
+    amp: bool = Field(True, description="Mixed precision on CUDA (ignored on CPU).")
+    amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"
+    channels_last: bool = Field(True, description="channels_last memory format on CUDA.")
+    select_metric: Literal["val_acc", "val_rmse", "val_loss"] = Field(
+        "val_acc", description="Which validation figure picks the best epoch.")
+    # Data
+    augment_strength: float = Field(1.0, ge=0, le=2, description="0 = none, 1 = default, 2 = strong.")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Ignored when a validation channel is given.")
+    test_fraction: float = Field(0.1, ge=0, lt=1, description="Ignored when a test channel is given.")
+    max_bad_fraction: float = Field(0.01, ge=0, le=1, description="Unreadable images allowed before failing.")
+    limit: int | None = Field(None, ge=1, description="Use at most this many bins (quick runs).")
+    seed: int = Field(0, ge=0, lt=2**31)
+    # Runtime
+    num_workers: int | None = Field(None, ge=0, le=64, description="DataLoader workers per process; default auto.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1, le=512, description="CPU threads per process (torch); default torch's.")
+    nproc_per_node: int | None = Field(None, ge=1, le=64, description="Processes per host; default: GPUs or 1.")
+    tta_flip: bool = Field(False, description="Average with the horizontally flipped image at test time.")
+
+    @field_validator("input_size", "eval_batch_size", "limit", "num_workers", "nproc_per_node", "threads",
+                     mode="before")
+    @classmethod
+    def _none_words(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in _NONE_WORDS:
+            return None
+        return value
+
+    @field_validator("architecture")
+    @classmethod
+    def _known_architecture(cls, value: str) -> str:
+        try:
+            get_architecture(value)
+        except ArchitectureError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> "TrainConfig":
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(f"val_fraction + test_fraction must be below 1 (got {self.val_fraction} + "
+                             f"{self.test_fraction})")
+        return self
+
+    # ----------------------------------------------------------------------------------------
+    @property
+    def effective_input_size(self) -> int:
+        return self.input_size or get_architecture(self.architecture).input_size
+
+    @property
+    def effective_eval_batch_size(self) -> int:
+        return self.eval_batch_size or 2 * self.batch_size
+
+    def recipe_hash(self) -> str:
+        """Hash of everything that decides what is learned (not :data:`RUNTIME_FIELDS`)."""
+        payload = {k: v for k, v in self.model_dump(mode="json").items() if k not in RUNTIME_FIELDS}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def recipe_diff(self, other: Mapping[str, Any]) -> list[str]:
+        """``key: ours vs theirs`` for every learning-relevant field that differs from ``other`` (a dump)."""
+        ours = self.model_dump(mode="json")
+        return [f"{k}: {other.get(k)!r} -> {ours[k]!r}" for k in sorted(ours)
+                if k not in RUNTIME_FIELDS and ours[k] != other.get(k)]
+
+
+FIELD_NAMES = tuple(TrainConfig.model_fields)
+
+
+def normalise_key(key: str) -> str:
+    return key.strip().replace("-", "_").lower()
+
+
+def _unknown_key_message(key: str, source: str) -> str:
+    close = difflib.get_close_matches(normalise_key(key), FIELD_NAMES, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown hyperparameter {key!r} (from {source}){hint} Known: {', '.join(FIELD_NAMES)}"
+
+
+def _unquote(value: Any) -> Any:
+    """SageMaker's framework SDKs JSON-encode values (``'"adamw"'``); plain estimators do not."""
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def read_hyperparameters_file(path: str | os.PathLike) -> dict[str, Any]:
+    """``hyperparameters.json`` as a dict (``{}`` when the file does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8") or "{}")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path} is not readable JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a JSON object of hyperparameters, not {type(raw).__name__}")
+    return raw
+
+
+def env_hyperparameters(environ: Mapping[str, str]) -> dict[str, str]:
+    """``BINSIGHT_<FIELD>`` variables naming a config field (other BINSIGHT_ variables are not ours)."""
+    names = (ENV_PREFIX + name.upper() for name in FIELD_NAMES)
+    return {key: environ[key] for key in names if key in environ}
+
+
+def build_config(sources: list[tuple[str, Mapping[str, Any]]]) -> TrainConfig:
+    """Merge ``(source name, {key: value})`` pairs, later ones winning, into a validated config.
+
+    Keys starting with ``sagemaker_`` are SageMaker's and skipped; anything else unknown fails.
+    """
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for source, values in sources:
+        for key, value in values.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"hyperparameter names must be strings, got {key!r} (from {source})")
+            if key.startswith(SAGEMAKER_RESERVED_PREFIX):
+                continue
+            name = normalise_key(key.removeprefix(ENV_PREFIX))
+            if name not in TrainConfig.model_fields:
+                raise ConfigError(_unknown_key_message(key, source))
+            merged[name] = _unquote(value)
+            origin[name] = f"{key!r} (from {source})"
+    try:
+        return TrainConfig(**merged)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else ""
+            where = origin.get(name, repr(name)) if name else "(combination)"
+            got = f", got {merged[name]!r}" if name in merged else ""
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"hyperparameter {where}: {message}{got}")
+        raise ConfigError("; ".join(problems)) from None
+
+
+def load_config(cli: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
+                hyperparameters_file: str | os.PathLike | None = None) -> TrainConfig:
+    """The run's config from ``hyperparameters.json``, ``BINSIGHT_*`` environment and CLI values."""
+    environ = os.environ if environ is None else environ
+    sources: list[tuple[str, Mapping[str, Any]]] = []
+    if hyperparameters_file is not None:
+        sources.append((str(hyperparameters_file), read_hyperparameters_file(hyperparameters_file)))
+    sources.append(("environment", env_hyperparameters(environ)))
+    sources.append(("command line", dict(cli or {})))
+    return build_config(sources)

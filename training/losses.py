@@ -1,0 +1,46 @@
+"""Loss for count classes: cross-entropy, optionally with an ordinal term.
+
+Counts are ordered: predicting 4 for a bin of 5 is better than predicting 0. Plain
+cross-entropy does not know that. ``ordinal_weight > 0`` adds the squared error between the
+expected count under the predicted distribution (``softmax(logits) @ class_values``) and the true
+count, which pushes probability mass towards neighbouring counts. The output stays a softmax
+over classes, so the artifact contract (argmax = predicted class) does not change.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CountLoss(nn.Module):
+    def __init__(self, class_values: Sequence[float], label_smoothing: float = 0.0,
+                 class_weights: torch.Tensor | None = None, ordinal_weight: float = 0.0):
+        super().__init__()
+        if class_weights is not None and len(class_weights) != len(class_values):
+            raise ValueError(f"{len(class_weights)} class weights for {len(class_values)} classes")
+        self.register_buffer("values", torch.tensor([float(v) for v in class_values]))
+        self.register_buffer("weights", None if class_weights is None else class_weights.float().clone())
+        self.label_smoothing = float(label_smoothing)
+        self.ordinal_weight = float(ordinal_weight)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()  # AMP: the loss is computed in float32
+        loss = F.cross_entropy(logits, targets, weight=self.weights, label_smoothing=self.label_smoothing)
+        if self.ordinal_weight > 0:
+            expected = logits.softmax(dim=-1) @ self.values
+            error = (expected - self.values[targets]) ** 2
+            if self.weights is not None:
+                w = self.weights[targets]
+                error = (w * error).sum() / w.sum()
+            else:
+                error = error.mean()
+            loss = loss + self.ordinal_weight * error
+        return loss
+
+    def extra_repr(self) -> str:
+        return (f"classes={len(self.values)}, label_smoothing={self.label_smoothing}, "
+                f"ordinal_weight={self.ordinal_weight}, weighted={self.weights is not None}")
