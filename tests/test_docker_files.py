@@ -77,3 +77,14 @@ def test_compose_passes_every_hyperparameter_variable_to_train() -> None:
     assert passed == expected, (
         f"docker-compose.yml train.environment is out of step with training.config.TrainConfig: "
         f"add {sorted(expected - passed)}, remove {sorted(passed - expected)}")
+
+
+def test_artifact_files_are_readable_by_the_non_root_server(tmp_path: Path) -> None:
+    """The serving image runs as a non-root user on files that training wrote as root."""
+    from service.architectures import build_model
+    from service.artifact import METADATA_FILE, WEIGHTS_FILE, metadata_for, save_artifact
+
+    model = build_model("efficientnet_lite0", 3, False, 0.2)
+    save_artifact(tmp_path, model, metadata_for("efficientnet_lite0", ["0", "1", "2"], input_size=32))
+    for name in (METADATA_FILE, WEIGHTS_FILE):
+        assert (tmp_path / name).stat().st_mode & 0o044 == 0o044, name
