@@ -7,6 +7,7 @@ override it and are written back into the environment so every worker process se
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 import signal
@@ -83,6 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         proxy_headers=False, server_header=False,
     )
     if settings.workers > 1:
+        if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters:
+            # A worker imports torch before it can answer the supervisor's health check; uvicorn's
+            # default of 5 s would kill and restart it on a busy or slow machine.
+            common["timeout_worker_healthcheck"] = 120
         uvicorn.run("service.app:create_app_from_env", factory=True, workers=settings.workers, **common)
     else:
         from service.app import create_app

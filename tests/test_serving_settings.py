@@ -1,0 +1,72 @@
+"""service.settings: environment -> ServeSettings, model directory resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.settings import DEFAULT_MODEL_DIR, ServeSettings, SettingsError, resolve_model_dir
+
+
+def _model(dir_: Path) -> Path:
+    dir_.mkdir(parents=True, exist_ok=True)
+    (dir_ / "model.json").write_text("{}")
+    return dir_
+
+
+def test_defaults_follow_sagemaker(tmp_path: Path) -> None:
+    settings = ServeSettings.from_env({"MODEL_DIR": str(tmp_path)})
+    assert (settings.host, settings.port, settings.workers, settings.max_payload_mb) == ("0.0.0.0", 8080, 1, 6.0)
+    assert settings.max_payload_bytes == 6 * 1024 * 1024
+    assert settings.model.path == tmp_path and settings.model.source == "MODEL_DIR"
+
+
+def test_environment_is_read() -> None:
+    settings = ServeSettings.from_env({
+        "SM_MODEL_DIR": "/models/x", "SAGEMAKER_BIND_TO_PORT": "9000", "SAGEMAKER_MODEL_SERVER_WORKERS": "3",
+        "SAGEMAKER_MAX_PAYLOAD_IN_MB": "0.5", "BINSIGHT_MAX_BATCH_SIZE": "4", "BINSIGHT_TORCH_THREADS": "2",
+        "BINSIGHT_MANUAL_CHECK_CONFIDENCE": "0.7", "BINSIGHT_LOG_LEVEL": "DEBUG", "BINSIGHT_ACCESS_LOG": "false",
+    })
+    assert settings.model.path == Path("/models/x") and settings.model.source == "SM_MODEL_DIR"
+    assert (settings.port, settings.workers, settings.max_batch_size, settings.torch_threads) == (9000, 3, 4, 2)
+    assert settings.max_payload_bytes == 512 * 1024
+    assert settings.manual_check_confidence == 0.7 and settings.log_level == "debug" and not settings.access_log
+
+
+@pytest.mark.parametrize("var, value", [
+    ("SAGEMAKER_BIND_TO_PORT", "http"), ("SAGEMAKER_BIND_TO_PORT", "70000"),
+    ("SAGEMAKER_MODEL_SERVER_WORKERS", "0"), ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "-1"),
+    ("BINSIGHT_MANUAL_CHECK_CONFIDENCE", "2"), ("BINSIGHT_LOG_LEVEL", "loud"),
+])
+def test_bad_values_name_the_variable(var: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=var):
+        ServeSettings.from_env({var: value})
+
+
+def test_model_dir_order(tmp_path: Path) -> None:
+    sagemaker, default = tmp_path / "opt-ml-model", tmp_path / "default_model"
+    found = resolve_model_dir({"MODEL_DIR": "/a", "SM_MODEL_DIR": "/b"}, sagemaker, default)
+    assert (found.path, found.source) == (Path("/a"), "MODEL_DIR")
+    found = resolve_model_dir({"SM_MODEL_DIR": "/b"}, sagemaker, default)
+    assert (found.path, found.source) == (Path("/b"), "SM_MODEL_DIR")
+    _model(default)
+    assert resolve_model_dir({}, sagemaker, default).path == default
+    _model(sagemaker)
+    found = resolve_model_dir({"MODEL_DIR": "  "}, sagemaker, default)
+    assert (found.path, found.source) == (sagemaker, "/opt/ml/model")
+
+
+def test_no_model_anywhere_names_every_place_tried(tmp_path: Path) -> None:
+    found = resolve_model_dir({}, tmp_path / "opt-ml-model", tmp_path / "default_model")
+    assert found.path is None
+    message = found.not_found_message()
+    for place in ("MODEL_DIR (not set)", "SM_MODEL_DIR (not set)", str(tmp_path / "opt-ml-model"),
+                  str(tmp_path / "default_model"), "Set MODEL_DIR"):
+        assert place in message
+
+
+def test_default_model_dir_is_package_data() -> None:
+    assert DEFAULT_MODEL_DIR.parent.name == "service" and DEFAULT_MODEL_DIR.name == "default_model"
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert 'service = ["default_model/*"]' in pyproject
