@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import httpx
@@ -103,6 +104,9 @@ def test_serve_with_two_workers(artifact: Path, tmp_path: Path) -> None:
             response = httpx.post(f"{server.url}/invocations", content=jpeg(), timeout=30,
                                   headers={"Content-Type": "image/jpeg"})
             assert response.status_code == 200
+        deadline = time.monotonic() + 120
+        while server.log().count("model ready") < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)  # the second worker may still be loading its copy
     finally:
         code = server.stop()
     assert code == 0, server.log()
