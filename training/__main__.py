@@ -89,6 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _path_overrides(argv: Sequence[str]) -> dict[str, str | None]:
+    """The path options alone, read leniently (the full parse may fail on another option)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for flag, dest in PATH_OPTIONS.items():
+        parser.add_argument(flag, dest=dest, default=None)
+    try:
+        known, _ = parser.parse_known_args(argv)
+    except SystemExit:  # e.g. a path option without its value; the full parse reports it
+        return {}
+    return vars(known)
+
+
 def _log(line: str) -> None:
     print(line, flush=True)
 
@@ -110,8 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     is_main = not worker or os.environ.get("RANK", "0") == "0"
     paths: RunPaths | None = None
     try:
+        paths = resolve_paths(_path_overrides(argv))  # first, so that even a bad option is reported there
         args = build_parser().parse_args(argv)
-        paths = resolve_paths({dest: getattr(args, f"path_{dest}") for dest in PATH_OPTIONS.values()})
         if not worker:
             clear_failure(paths.failure_file)
         cli = {name: getattr(args, f"hp_{name}") for name in TrainConfig.model_fields

@@ -171,9 +171,12 @@ def read_hyperparameters_file(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def env_hyperparameters(environ: Mapping[str, str]) -> dict[str, str]:
-    """``BINSIGHT_<FIELD>`` variables naming a config field (other BINSIGHT_ variables are not ours)."""
+    """``BINSIGHT_<FIELD>`` variables naming a config field (other BINSIGHT_ variables are not ours).
+
+    An empty variable counts as unset (compose passes ``BINSIGHT_X=`` for an unset ``${X}``).
+    """
     names = (ENV_PREFIX + name.upper() for name in FIELD_NAMES)
-    return {key: environ[key] for key in names if key in environ}
+    return {key: environ[key] for key in names if environ.get(key, "").strip() != ""}
 
 
 def build_config(sources: list[tuple[str, Mapping[str, Any]]]) -> TrainConfig:
