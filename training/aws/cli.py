@@ -1,0 +1,177 @@
+"""binsight-aws (python -m training.aws): one command line for the AWS side of binsight.
+
+Options are generated from the subcommand's pydantic config (:mod:`training.aws.configs`): every
+field ``some_name`` is ``--some-name`` and ``BINSIGHT_AWS_SOME_NAME`` (the command line wins). An
+operation's module is imported only when it runs, so ``--help`` needs neither torch nor boto3.
+
+Exit status: 0 done, 1 an AWS operation or a job failed, 2 bad input (nothing was sent), 130 stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Any, Callable, Mapping, Sequence
+
+from pydantic import BaseModel, ValidationError
+
+from training.aws import configs
+from training.aws.configs import ENV_PREFIX, field_kind
+from training.aws.progress import Log, print_line
+from training.aws.validate import InputError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+#: subcommand -> (config model, "module:function" run with (config, log) -> exit status)
+COMMANDS: dict[str, tuple[type[BaseModel], str]] = {
+    "download-abid": (configs.DownloadAbidConfig, "training.aws.download:run"),
+    "upload-dataset": (configs.UploadDatasetConfig, "training.aws.upload:run"),
+    "push-images": (configs.PushImagesConfig, "training.aws.ecr:run"),
+    "train": (configs.TrainingJobConfig, "training.aws.training_job:run"),
+    "tune": (configs.TuningJobConfig, "training.aws.tuning:run"),
+    "package-model": (configs.PackageModelConfig, "training.aws.model_package:run"),
+    "deploy": (configs.DeployConfig, "training.aws.endpoint:run_deploy"),
+    "delete-endpoint": (configs.DeleteEndpointConfig, "training.aws.endpoint:run_delete"),
+    "invoke": (configs.InvokeConfig, "training.aws.endpoint:run_invoke"),
+    "batch-transform": (configs.BatchTransformConfig, "training.aws.transform:run"),
+}
+
+
+class UsageError(Exception):
+    """argparse found a bad command line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def option_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def _add_options(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
+    for name, info in model.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        flags = [option_name(name)] + [f for f in extra.get("flags", []) if f != option_name(name)]
+        kind = field_kind(info.annotation)
+        default = None if info.is_required() or info.default_factory is not None else info.default
+        shown = "required" if info.is_required() else ("generated" if info.default_factory else f"{default}")
+        if isinstance(default, list):
+            shown = ",".join(map(str, default))
+        help_text = f"{info.description or ''} [{shown}; env {env_name(name)}]".replace("%", "%%")
+        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
+        if kind == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind == "dict":
+            kwargs.update(action="append", metavar=extra.get("metavar", "KEY=VALUE"))
+        elif kind == "list":
+            kwargs.update(nargs="+", metavar=extra.get("metavar", name.rstrip("s").upper()))
+        else:
+            kwargs["metavar"] = extra.get("metavar", name.upper())
+        parser.add_argument(*flags, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="binsight-aws", description=__doc__.split("\n\n")[0],
+                     epilog="Run 'binsight-aws <command> --help' for a command's options.")
+    sub = parser.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
+    for command, (model, _) in COMMANDS.items():
+        summary = (model.__doc__ or "").strip().splitlines()[0]
+        sub_parser = sub.add_parser(command, help=summary.split(": ", 1)[-1], description=summary)
+        _add_options(sub_parser, model)
+    return parser
+
+
+def values_from_env(model: type[BaseModel], environ: Mapping[str, str]) -> dict[str, Any]:
+    return {name: environ[env_name(name)] for name in model.model_fields if env_name(name) in environ}
+
+
+def format_validation_error(exc: ValidationError) -> list[str]:
+    """One ``--option: message`` line per problem."""
+    lines = []
+    for error in exc.errors():
+        loc = error.get("loc") or ()
+        where = option_name(str(loc[0])) + ": " if loc else ""
+        message = str(error.get("msg", "invalid"))
+        message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if error.get("type") == "missing":
+            message = f"required (or set {env_name(str(loc[0]))})" if loc else "required"
+        lines.append(f"{where}{message}")
+    return lines
+
+
+def make_config(model: type[BaseModel], cli_values: Mapping[str, Any], environ: Mapping[str, str]) -> BaseModel:
+    values = values_from_env(model, environ)
+    values.update(cli_values)
+    return model.model_validate(values)
+
+
+def _runner(target: str) -> Callable[[Any, Log], int]:
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def describe_aws_error(exc: Exception) -> str | None:
+    """A one-line message for boto errors, or ``None`` when ``exc`` is not one."""
+    try:
+        import botocore.exceptions as bex
+    except ImportError:  # pragma: no cover - boto3 is in the aws extra
+        return None
+    if isinstance(exc, bex.NoCredentialsError):
+        return ("no AWS credentials found: run 'aws configure', set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                "or pass --profile")
+    if isinstance(exc, bex.NoRegionError):
+        return "no AWS region: pass --region or set AWS_REGION"
+    if isinstance(exc, bex.ProfileNotFound):
+        return str(exc)
+    if isinstance(exc, bex.ClientError):
+        error = exc.response.get("Error", {})
+        operation = getattr(exc, "operation_name", "AWS call")
+        return f"{operation} failed: {error.get('Code', 'Error')}: {error.get('Message', '')}".rstrip(": ")
+    if isinstance(exc, bex.ParamValidationError):
+        return f"request rejected before sending: {exc}"
+    if isinstance(exc, bex.BotoCoreError):
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None, log: Log = print_line) -> int:
+    environ = os.environ if environ is None else environ
+    parser = build_parser()
+    try:
+        args = vars(parser.parse_args(argv))
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    command = args.pop("command", None)
+    if command is None:
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    model, target = COMMANDS[command]
+    try:
+        config = make_config(model, args, environ)
+    except ValidationError as exc:
+        for line in format_validation_error(exc):
+            print(f"error: {command}: {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        return int(_runner(target)(config, log))
+    except InputError as exc:
+        print(f"error: {command}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"error: {command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - boto errors become one line; anything else is a bug
+        message = describe_aws_error(exc)
+        if message is None:
+            raise
+        print(f"error: {command}: {message}", file=sys.stderr)
+        return EXIT_FAILED
