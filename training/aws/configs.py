@@ -377,6 +377,9 @@ class TuningJobConfig(JobConfig):
             raise ValueError(f"{', '.join(clash)} are tuned; drop them from the static --hp values")
         if self.max_parallel_jobs > self.max_jobs:
             raise ValueError("--max-parallel-jobs cannot exceed --max-jobs")
+        if self.strategy == "Grid" and (self.lr_range or self.epochs_range or self.batch_size_range):
+            raise ValueError("the Grid strategy searches categorical values only: use --batch-sizes and "
+                             "--architectures, and --lr-range '' to turn off the default learning-rate range")
         if self.strategy == "Hyperband" and self.early_stopping != "Off":
             raise ValueError("Hyperband stops jobs itself: use --early-stopping Off with it")
         return self

@@ -1,0 +1,219 @@
+"""``deploy``, ``delete-endpoint`` and ``invoke``: a real-time SageMaker endpoint with the serving image.
+
+Deploying always makes a new model and endpoint config (named ``<endpoint>-<time>``), then creates
+the endpoint or points the existing one at the new config (UpdateEndpoint: SageMaker swaps the
+instances without downtime and rolls back if the new ones fail their health checks).
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from botocore.exceptions import ClientError
+
+from training.aws.configs import DeleteEndpointConfig, DeployConfig, InvokeConfig
+from training.aws.model_package import package, upload_archive, upload_target
+from training.aws.progress import Log, StatusWatcher, print_line
+from training.aws.session import AwsClients
+from training.aws.validate import InputError, parse_s3_uri
+
+VARIANT = "AllTraffic"
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+IMAGE_CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
+
+
+def _clients(config: Any, clients: AwsClients | None) -> AwsClients:
+    return clients or AwsClients(region=config.region, profile=config.profile, endpoint_url=config.endpoint_url)
+
+
+def describe_endpoint(sagemaker: Any, name: str) -> dict[str, Any] | None:
+    """The endpoint's description, or ``None`` when there is no such endpoint."""
+    try:
+        return sagemaker.describe_endpoint(EndpointName=name)
+    except ClientError as exc:
+        message = str(exc.response.get("Error", {}).get("Message", ""))
+        if exc.response.get("Error", {}).get("Code") in ("ValidationException", "ResourceNotFound") and \
+                "not find" in message.lower():
+            return None
+        raise
+
+
+def model_request(name: str, config: DeployConfig, model_data: str) -> dict[str, Any]:
+    container: dict[str, Any] = {"Image": config.image_uri, "ModelDataUrl": model_data, "Mode": "SingleModel"}
+    if config.env:
+        container["Environment"] = dict(config.env)
+    return {"ModelName": name, "ExecutionRoleArn": config.role_arn, "PrimaryContainer": container,
+            "Tags": [{"Key": "project", "Value": "binsight"}]}
+
+
+def endpoint_config_request(name: str, model_name: str, config: DeployConfig) -> dict[str, Any]:
+    return {"EndpointConfigName": name,
+            "ProductionVariants": [{"VariantName": VARIANT, "ModelName": model_name,
+                                    "InitialInstanceCount": config.instance_count,
+                                    "InstanceType": config.instance_type, "InitialVariantWeight": 1.0}],
+            "Tags": [{"Key": "project", "Value": "binsight"}]}
+
+
+def resolve_model_data(config: DeployConfig, clients: AwsClients, model_name: str, log: Log) -> str:
+    """The S3 URI of the model.tar.gz to serve (packaged and uploaded for ``--model-dir``)."""
+    s3 = clients.client("s3")
+    if config.model_dir is not None:
+        with tempfile.TemporaryDirectory(prefix="binsight-model-") as tmp:
+            archive = package(config.model_dir, Path(tmp) / "model.tar.gz", log)
+            target = upload_target(config.upload_uri, f"{model_name}/model.tar.gz")  # type: ignore[arg-type]
+            return upload_archive(s3, archive, target, log)
+    if config.training_job is not None:
+        job = clients.client("sagemaker").describe_training_job(TrainingJobName=config.training_job)
+        if job["TrainingJobStatus"] != "Completed":
+            raise InputError(f"training job {config.training_job} is {job['TrainingJobStatus']}, not Completed")
+        uri = job["ModelArtifacts"]["S3ModelArtifacts"]
+        log(f"model_data: {uri} (from training job {config.training_job})")
+        return uri
+    uri = parse_s3_uri(config.model_data)  # type: ignore[arg-type]
+    try:
+        s3.head_object(Bucket=uri.bucket, Key=uri.key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            raise InputError(f"--model-data {uri.uri} does not exist") from None
+        raise
+    return uri.uri
+
+
+def wait_for_endpoint(sagemaker: Any, name: str, *, poll_s: float, log: Log = print_line,
+                      sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+    watcher = StatusWatcher("endpoint_status", log)
+    while True:
+        description = sagemaker.describe_endpoint(EndpointName=name)
+        status = description["EndpointStatus"]
+        watcher.observe(status=status, failure_reason=description.get("FailureReason"))
+        if status not in ("Creating", "Updating", "SystemUpdating", "RollingBack"):
+            return description
+        sleep(poll_s)
+
+
+def run_deploy(config: DeployConfig, log: Log = print_line, clients: AwsClients | None = None,
+               sleep: Callable[[float], None] = time.sleep) -> int:
+    if config.model_dir is not None and not config.model_dir.is_dir():
+        raise InputError(f"--model-dir {config.model_dir} is not a folder")
+    clients = _clients(config, clients)
+    sagemaker = clients.client("sagemaker")
+    existing = describe_endpoint(sagemaker, config.endpoint_name)
+    if existing is not None and config.mode == "create":
+        raise InputError(f"endpoint {config.endpoint_name} exists (status {existing['EndpointStatus']}); use "
+                         "--mode update (or auto), or delete-endpoint first")
+    if existing is None and config.mode == "update":
+        raise InputError(f"there is no endpoint {config.endpoint_name} to update; use --mode create (or auto)")
+    if existing is not None and existing["EndpointStatus"] != "InService":
+        raise InputError(f"endpoint {config.endpoint_name} is {existing['EndpointStatus']}; only an InService "
+                         "endpoint can be updated (wait, or delete-endpoint and deploy again)")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    model_name = config.model_name or f"{config.endpoint_name[:47]}-{stamp}"
+    config_name = f"{config.endpoint_name[:47]}-{stamp}"
+    model_data = resolve_model_data(config, clients, model_name, log)
+    sagemaker.create_model(**model_request(model_name, config, model_data))
+    log(f"model: {model_name} image: {config.image_uri} model_data: {model_data}")
+    sagemaker.create_endpoint_config(**endpoint_config_request(config_name, model_name, config))
+    log(f"endpoint_config: {config_name} instance_type: {config.instance_type} "
+        f"instance_count: {config.instance_count}")
+    if existing is None:
+        sagemaker.create_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name,
+                                  Tags=[{"Key": "project", "Value": "binsight"}])
+        log(f"endpoint: {config.endpoint_name} action: create")
+    else:
+        sagemaker.update_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
+        log(f"endpoint: {config.endpoint_name} action: update previous_config: {existing['EndpointConfigName']}")
+    if not config.wait:
+        return EXIT_OK
+    try:
+        description = wait_for_endpoint(sagemaker, config.endpoint_name, poll_s=config.poll_s, log=log, sleep=sleep)
+    except KeyboardInterrupt:
+        log("detached: the endpoint keeps deploying; check it with: aws sagemaker describe-endpoint "
+            f"--endpoint-name {config.endpoint_name}")
+        return EXIT_INTERRUPTED
+    status = description["EndpointStatus"]
+    if status == "InService" and description.get("EndpointConfigName") == config_name:
+        log(f"endpoint_ready: {config.endpoint_name} model: {model_name} config: {config_name}")
+        log(f"try: binsight-aws invoke --endpoint-name {config.endpoint_name} --images photo.jpg")
+        return EXIT_OK
+    reason = description.get("FailureReason") or "the endpoint kept its previous config (the update rolled back)"
+    log(f"endpoint_failed: {config.endpoint_name} status: {status} reason: {reason}")
+    return EXIT_FAILED
+
+
+def run_delete(config: DeleteEndpointConfig, log: Log = print_line, clients: AwsClients | None = None) -> int:
+    sagemaker = _clients(config, clients).client("sagemaker")
+    existing = describe_endpoint(sagemaker, config.endpoint_name)
+    if existing is None:
+        raise InputError(f"there is no endpoint {config.endpoint_name}")
+    config_name = existing["EndpointConfigName"]
+    models: list[str] = []
+    if not config.keep_model:
+        try:
+            variants = sagemaker.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]
+            models = [v["ModelName"] for v in variants]
+        except ClientError as exc:
+            log(f"endpoint_config_unreadable: {config_name} ({exc.response.get('Error', {}).get('Code')}); "
+                "its models are kept")
+    sagemaker.delete_endpoint(EndpointName=config.endpoint_name)
+    log(f"deleted_endpoint: {config.endpoint_name}")
+    if not config.keep_config:
+        sagemaker.delete_endpoint_config(EndpointConfigName=config_name)
+        log(f"deleted_endpoint_config: {config_name}")
+    for model in models:
+        sagemaker.delete_model(ModelName=model)
+        log(f"deleted_model: {model}")
+    return EXIT_OK
+
+
+def content_type_for(path: Path, explicit: str | None) -> str:
+    return explicit or IMAGE_CONTENT_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] \
+        or "application/x-image"
+
+
+def parse_prediction(body: bytes) -> dict[str, Any]:
+    """The first prediction of a serving answer (``{"predictions": [...]}``, one object, or JSON lines)."""
+    text = body.decode("utf-8", errors="replace").strip()
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            payload = json.loads(text.splitlines()[0]) if text else None
+        except json.JSONDecodeError:
+            payload = None
+    if isinstance(payload, dict) and isinstance(payload.get("predictions"), list) and payload["predictions"]:
+        payload = payload["predictions"][0]
+    if not isinstance(payload, dict):
+        return {"error": f"unexpected answer: {text[:200]!r}"}
+    return payload
+
+
+def format_prediction(prediction: Mapping[str, Any]) -> str:
+    if "count" not in prediction:
+        return f"error: {prediction.get('error', prediction)}"
+    parts = [f"count: {prediction['count']}"]
+    for key in ("label", "confidence", "expected_count"):
+        if key in prediction:
+            value = prediction[key]
+            parts.append(f"{key}: {round(value, 4) if isinstance(value, float) else value}")
+    return " ".join(parts)
+
+
+def run_invoke(config: InvokeConfig, log: Log = print_line, clients: AwsClients | None = None) -> int:
+    runtime = _clients(config, clients).client("sagemaker-runtime")
+    failed = 0
+    for path in config.images:
+        body = path.read_bytes()
+        started = time.monotonic()
+        response = runtime.invoke_endpoint(EndpointName=config.endpoint_name, Body=body,
+                                           ContentType=content_type_for(path, config.content_type),
+                                           Accept="application/json")
+        prediction = parse_prediction(response["Body"].read())
+        failed += "count" not in prediction
+        log(f"image: {path} {format_prediction(prediction)} latency_ms: {1000 * (time.monotonic() - started):.0f}")
+    return EXIT_FAILED if failed else EXIT_OK
