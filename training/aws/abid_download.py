@@ -277,7 +277,12 @@ class AbidDownloader:
             result["filtered"] = True
             return result
         image_path = self.dest / ABID_IMAGE_DIR / f"{bin_id}.jpg"
-        image = self.ensure_file(image_key(bin_id), image_path, check_jpeg)
+        try:
+            image = self.ensure_file(image_key(bin_id), image_path, check_jpeg)
+        except Interrupted:
+            if meta.status == "downloaded" and not image_path.is_file():
+                meta_path.unlink(missing_ok=True)  # no half bins, even when stopped
+            raise
         self._count(result, image)
         if image.status == "failed":
             result["failure"] = (image_key(bin_id), image.reason)
