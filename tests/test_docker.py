@@ -66,6 +66,9 @@ def images(docker: Docker) -> str:
     docker.run("compose", *COMPOSE_FILES, "--profile", "train", "build", "serve", "train", timeout=1800,
                extra_env=compose_env(BINSIGHT_TORCH_SOURCE=source, BINSIGHT_TRAIN_TORCH_SOURCE=source))
     print(f"docker_build_s: {time.monotonic() - started:.1f} torch_source: {source}")
+    # Each rebuild leaves the previous images untagged; drop binsight's (their layers stay cached).
+    for title in ("binsight-serve", "binsight-train"):
+        docker.run("image", "prune", "-f", "--filter", f"label=org.opencontainers.image.title={title}", check=False)
     for image in (SERVE_IMAGE, TRAIN_IMAGE):
         size = int(docker.run("image", "inspect", "--format", "{{.Size}}", image).stdout)
         print(f"image: {image} size_mb: {size / 1e6:.0f}")
