@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -191,7 +192,14 @@ class _Run:
         self.checkpoint_path = self.paths.checkpoint_dir / CHECKPOINT_FILE
         self.progress = Progress()
         self.best_state: dict[str, torch.Tensor] | None = None
-        payload = load_checkpoint(self.checkpoint_path, self.config, self.data.fingerprint, self.ctx.world_size)
+        payload = None
+        if self.ctx.is_main:
+            payload = load_checkpoint(self.checkpoint_path, self.config, self.data.fingerprint, self.ctx.world_size)
+        if self.ctx.enabled:
+            # Rank 0's checkpoint is the truth: other hosts may not have the file (or an older one).
+            shared = [payload]
+            dist.broadcast_object_list(shared, src=0)
+            payload = shared[0]
         if payload is None:
             self.resumed = False
             return
@@ -257,10 +265,10 @@ class _Run:
             if self.ctx.enabled:
                 flags = torch.tensor([float(self.stop.requested), float(too_small)], device=self.device)
                 all_reduce(flags, self.ctx, op="max")
-                stop, too_small = bool(flags[0]), bool(flags[1])
-            else:
-                stop = self.stop.requested
-            if stop:
+                if bool(flags[0]) and not self.stop.requested:
+                    self.stop.request("peer")  # another worker was told to stop: stop at the same step
+                too_small = bool(flags[1])
+            if self.stop.requested:
                 break
             if not too_small:
                 torch.manual_seed(mix_seed("step", cfg.seed, epoch, step, self.ctx.rank))
@@ -336,7 +344,7 @@ class _Run:
         cfg, progress = self.config, self.progress
         started = time.monotonic()
         sums = self._train_steps(epoch)
-        stopped = progress.step_in_epoch < self.steps
+        stopped = self.stop.requested and progress.step_in_epoch < self.steps
         if not stopped:
             val_sums, stopped = self._validate()
         if self.ctx.enabled:
@@ -391,7 +399,7 @@ class _Run:
             "steps_per_epoch": self.steps,
             "world_size": self.ctx.world_size,
             "device": str(self.device),
-            "amp": self.use_amp and cfg.amp_dtype,
+            "amp_used": cfg.amp_dtype if self.use_amp else None,
             "trainable_parameters": self.trainable,
             "total_parameters": self.total_params,
             "resumed": self.resumed,
