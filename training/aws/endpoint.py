@@ -1,6 +1,7 @@
 """``deploy``, ``delete-endpoint`` and ``invoke``: a real-time SageMaker endpoint with the serving image.
 
-Deploying always makes a new model and endpoint config (named ``<endpoint>-<time>``), then creates
+Deploying always makes a new model and endpoint config (both named ``<endpoint>-<time>``, or
+``--model-name``), then creates
 the endpoint or points the existing one at the new config (UpdateEndpoint: SageMaker swaps the
 instances without downtime and rolls back if the new ones fail their health checks).
 """
@@ -114,7 +115,7 @@ def run_deploy(config: DeployConfig, log: Log = print_line, clients: AwsClients 
                          "endpoint can be updated (wait, or delete-endpoint and deploy again)")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     model_name = config.model_name or f"{config.endpoint_name[:47]}-{stamp}"
-    config_name = f"{config.endpoint_name[:47]}-{stamp}"
+    config_name = model_name  # models and endpoint configs have separate namespaces; one name ties them
     model_data = resolve_model_data(config, clients, model_name, log)
     sagemaker.create_model(**model_request(model_name, config, model_data))
     log(f"model: {model_name} image: {config.image_uri} model_data: {model_data}")
