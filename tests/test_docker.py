@@ -214,20 +214,40 @@ def test_serve_image_serves_the_trained_model_and_stops_on_sigterm(docker: Docke
         docker.run("rm", "-f", name, check=False)
 
 
-def test_compose_up_serves_and_goes_down(docker: Docker, images: str, trained: Path, opt_ml: Path,
-                                         workdir: Path) -> None:
-    """`docker compose up -d --wait` (host-network override) with the trained model in MODEL_HOST_DIR."""
+def test_compose_trains_then_serves_the_new_model(docker: Docker, images: str, opt_ml: Path,
+                                                  workdir: Path) -> None:
+    """`docker compose run train` (data, config, model, checkpoint folders; a BINSIGHT_ variable wins
+    over hyperparameters.json), then `docker compose up -d --wait` serves that model; `down -v`."""
+    root = workdir / "compose"
+    folders = {name: root / name for name in ("model", "checkpoints", "config")}
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+    root.chmod(0o755)
+    (folders["config"] / "hyperparameters.json").write_text(json.dumps({**TINY_HYPERPARAMETERS, "epochs": "3"}))
     port = free_port()
     project = ("-p", f"binsight-test-{os.getpid()}")
-    env = compose_env(BINSIGHT_PORT=str(port), MODEL_HOST_DIR=str(trained))
+    env = compose_env(BINSIGHT_PORT=str(port), DATA_HOST_DIR=str(opt_ml / "input" / "data" / "train"),
+                      MODEL_HOST_DIR=str(folders["model"]), CHECKPOINT_HOST_DIR=str(folders["checkpoints"]),
+                      CONFIG_HOST_DIR=str(folders["config"]), BINSIGHT_EPOCHS="1")
     try:
+        started = time.monotonic()
+        docker.run("compose", *COMPOSE_FILES, *project, "--profile", "train", "run", "--rm", "train",
+                   timeout=600, extra_env=env)
+        print(f"docker_compose_train_s: {time.monotonic() - started:.1f}")
+        trained = json.loads((folders["model"] / "model.json").read_text())
+        assert trained["input_size"] == 64  # from ./config/hyperparameters.json
+        assert trained["training"]["epochs_completed"] == 1  # BINSIGHT_EPOCHS beat the file's 3
+        assert any(folders["checkpoints"].iterdir())
+
         started = time.monotonic()
         docker.run("compose", *COMPOSE_FILES, *project, "up", "-d", "--wait", "--wait-timeout", "180", "serve",
                    timeout=300, extra_env=env)
         print(f"docker_compose_up_s: {time.monotonic() - started:.1f}")
         url = f"http://127.0.0.1:{port}"
-        assert _http(url + "/ping")[0] == 200
+        status, info = _http(url + "/model")
+        assert status == 200 and info["metadata"]["created_at"] == trained["created_at"]
         jpeg = next((opt_ml / "input" / "data" / "train" / "bin-images").glob("*.jpg")).read_bytes()
         assert _predict_jpeg(url, jpeg)["label"] in ("0", "1", "2")
     finally:
-        docker.run("compose", *COMPOSE_FILES, *project, "down", "-v", timeout=120, extra_env=env, check=False)
+        docker.run("compose", *COMPOSE_FILES, *project, "--profile", "train", "down", "-v", timeout=120,
+                   extra_env=env, check=False)
