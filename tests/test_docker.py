@@ -214,6 +214,28 @@ def test_serve_image_serves_the_trained_model_and_stops_on_sigterm(docker: Docke
         docker.run("rm", "-f", name, check=False)
 
 
+def test_serve_image_without_a_mounted_model_uses_the_built_in_one(docker: Docker, images: str,
+                                                                   opt_ml: Path) -> None:
+    """Nothing in /opt/ml/model: the package's default model serves; without one, /ping says why (503)."""
+    port = free_port()
+    name = f"binsight-test-default-{os.getpid()}"
+    docker.run("run", "-d", "--name", name, "--network", "host", "-e", f"SAGEMAKER_BIND_TO_PORT={port}",
+               SERVE_IMAGE, "serve")
+    try:
+        url = f"http://127.0.0.1:{port}"
+        if (REPO_ROOT / "service" / "default_model" / "model.json").is_file():
+            _wait_for_ping(url, docker, name)
+            status, info = _http(url + "/model")
+            assert status == 200 and info["model_dir"].endswith("site-packages/service/default_model")
+            jpeg = next((opt_ml / "input" / "data" / "train" / "bin-images").glob("*.jpg")).read_bytes()
+            assert isinstance(_predict_jpeg(url, jpeg)["count"], int)
+        else:
+            with pytest.raises(AssertionError, match="no model found"):
+                _wait_for_ping(url, docker, name, limit_s=60)
+    finally:
+        docker.run("rm", "-f", name, check=False)
+
+
 def test_compose_trains_then_serves_the_new_model(docker: Docker, images: str, opt_ml: Path,
                                                   workdir: Path) -> None:
     """`docker compose run train` (data, config, model, checkpoint folders; a BINSIGHT_ variable wins
