@@ -10,7 +10,7 @@ import io
 import json
 import logging
 import urllib.request
-from typing import Iterator
+from collections.abc import Iterator
 
 import boto3
 import pytest

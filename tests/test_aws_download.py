@@ -10,10 +10,18 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from aws_support import client, fake_aws_env, jpeg_bytes, make_public_bucket, metadata_bytes, moto_endpoint  # noqa: F401
-from aws_support import put_abid_bins, reset_moto
+from aws_support import (  # noqa: F401
+    client,
+    fake_aws_env,
+    jpeg_bytes,
+    make_public_bucket,
+    metadata_bytes,
+    moto_endpoint,
+    put_abid_bins,
+    reset_moto,
+)
 
-from training.aws.abid_download import SUMMARY_FILE, AbidDownloader, CorruptObject, check_jpeg, check_metadata
+from training.aws.abid_download import SUMMARY_FILE, CorruptObject, check_jpeg, check_metadata
 from training.aws.abid_selection import parse_file_list, read_ids_file
 from training.aws.cli import main
 from training.aws.configs import DownloadAbidConfig

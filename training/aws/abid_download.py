@@ -17,10 +17,11 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from botocore.exceptions import ClientError
 from PIL import Image

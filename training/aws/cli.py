@@ -13,7 +13,8 @@ import argparse
 import importlib
 import os
 import sys
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 

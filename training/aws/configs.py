@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import typing
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,7 +39,7 @@ CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
 
 
 def _stamp(fmt: str = "%Y%m%d-%H%M%S") -> str:
-    return datetime.now(timezone.utc).strftime(fmt)
+    return datetime.now(UTC).strftime(fmt)
 
 
 def _unwrap(annotation: Any) -> Any:
@@ -154,7 +154,7 @@ class DownloadAbidConfig(CommandConfig):
         return None if value is None else [check_abid_id(v.strip()) for v in value]
 
     @model_validator(mode="after")
-    def _one_selection(self) -> "DownloadAbidConfig":
+    def _one_selection(self) -> DownloadAbidConfig:
         chosen = [name for name, given in (("--file-list", self.file_list), ("--ids", self.ids),
                                            ("--ids-file", self.ids_file), ("--sample", self.sample))
                   if given is not None]
@@ -184,7 +184,7 @@ class UploadDatasetConfig(CommandConfig):
     _s3 = field_validator("s3_uri")(classmethod(lambda cls, v: check_s3_uri(v)))
 
     @model_validator(mode="after")
-    def _source(self) -> "UploadDatasetConfig":
+    def _source(self) -> UploadDatasetConfig:
         if not self.source.is_dir():
             raise ValueError(f"--source {self.source} is not a folder")
         for name, path in (self.channel or {}).items():
@@ -264,7 +264,7 @@ class JobConfig(CommandConfig):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> "JobConfig":
+    def _consistent(self) -> JobConfig:
         check_instance_type(self.instance_type, self.allow_unknown_instance_type)
         if self.hyperparameters_file is not None:
             if not self.hyperparameters_file.is_file():
@@ -272,7 +272,8 @@ class JobConfig(CommandConfig):
             try:
                 loaded = json.loads(self.hyperparameters_file.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise ValueError(f"--hyperparameters-file {self.hyperparameters_file}: not readable JSON ({exc})")
+                raise ValueError(f"--hyperparameters-file {self.hyperparameters_file}: not readable JSON ({exc})") \
+                    from None
             if not isinstance(loaded, dict):
                 raise ValueError(f"--hyperparameters-file {self.hyperparameters_file} must hold a JSON object")
             merged = self._stringify(loaded)
@@ -312,7 +313,7 @@ class TrainingJobConfig(JobConfig):
     _name = field_validator("job_name")(classmethod(lambda cls, v: check_sagemaker_name(v, "training job name")))
 
     @model_validator(mode="after")
-    def _spot_checkpoint(self) -> "TrainingJobConfig":
+    def _spot_checkpoint(self) -> TrainingJobConfig:
         if self.spot and not self.checkpoint_uri:
             raise ValueError("--spot needs --checkpoint-uri: an interrupted spot job resumes from the checkpoints "
                              "synced there (without them it starts over)")
@@ -351,7 +352,7 @@ class TuningJobConfig(JobConfig):
         return lo, hi
 
     @model_validator(mode="after")
-    def _ranges(self) -> "TuningJobConfig":
+    def _ranges(self) -> TuningJobConfig:
         if self.lr_range:
             lo, _ = self.split_range(self.lr_range, "--lr-range", float)
             if lo <= 0:
@@ -459,7 +460,7 @@ class DeployConfig(CommandConfig):
         return None if value is None else check_s3_uri(value)
 
     @model_validator(mode="after")
-    def _one_model_source(self) -> "DeployConfig":
+    def _one_model_source(self) -> DeployConfig:
         check_instance_type(self.instance_type, self.allow_unknown_instance_type)
         sources = [n for n, v in (("--model-data", self.model_data), ("--model-dir", self.model_dir),
                                   ("--training-job", self.training_job)) if v is not None]
@@ -528,7 +529,7 @@ class BatchTransformConfig(CommandConfig):
         return check_s3_uri(value)
 
     @model_validator(mode="after")
-    def _instance(self) -> "BatchTransformConfig":
+    def _instance(self) -> BatchTransformConfig:
         check_instance_type(self.instance_type, self.allow_unknown_instance_type)
         if parse_s3_uri(self.input_uri).as_prefix() == parse_s3_uri(self.output_uri).as_prefix():
             raise ValueError("--output-uri must differ from --input-uri")

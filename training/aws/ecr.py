@@ -9,7 +9,8 @@ from __future__ import annotations
 import base64
 import shutil
 import subprocess
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from training.aws.configs import PushImagesConfig
 from training.aws.progress import Log, print_line

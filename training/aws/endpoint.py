@@ -12,9 +12,10 @@ import json
 import mimetypes
 import tempfile
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from botocore.exceptions import ClientError
 
@@ -113,7 +114,7 @@ def run_deploy(config: DeployConfig, log: Log = print_line, clients: AwsClients 
     if existing is not None and existing["EndpointStatus"] != "InService":
         raise InputError(f"endpoint {config.endpoint_name} is {existing['EndpointStatus']}; only an InService "
                          "endpoint can be updated (wait, or delete-endpoint and deploy again)")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     model_name = config.model_name or f"{config.endpoint_name[:47]}-{stamp}"
     config_name = model_name  # models and endpoint configs have separate namespaces; one name ties them
     model_data = resolve_model_data(config, clients, model_name, log)

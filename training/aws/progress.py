@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import Any, Callable, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 Log = Callable[[str], None]
 
@@ -50,7 +51,7 @@ class Progress:
                 self._bar = tqdm(total=total, desc=name, unit=unit, file=stream, unit_scale=unit_scale,
                                  dynamic_ncols=True)
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -11,7 +11,8 @@ interrupted job resumes. Metrics come from the log lines the training loop print
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from training.aws.cloudwatch import TRAINING_LOG_GROUP, LogFollower
 from training.aws.configs import CHECKPOINT_LOCAL_PATH, JobConfig, TrainingJobConfig

@@ -8,7 +8,8 @@ answer as JSON lines (``Accept: application/jsonlines``, ``AssembleWith`` Line).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from training.aws.configs import BatchTransformConfig
 from training.aws.progress import Log, StatusWatcher, print_line

@@ -9,7 +9,8 @@ from the same log lines as a single job's metrics.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from training.aws.configs import TuningJobConfig
 from training.aws.progress import Log, Progress, StatusWatcher, print_line

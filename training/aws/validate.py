@@ -60,7 +60,7 @@ class S3Uri:
     def uri(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
 
-    def join(self, *parts: str) -> "S3Uri":
+    def join(self, *parts: str) -> S3Uri:
         """Append path parts with single slashes (``prefix/part``)."""
         key = self.key.rstrip("/")
         for part in parts:
@@ -69,7 +69,7 @@ class S3Uri:
                 key = f"{key}/{part}" if key else part
         return S3Uri(self.bucket, key)
 
-    def as_prefix(self) -> "S3Uri":
+    def as_prefix(self) -> S3Uri:
         """The key with a trailing slash, so ``data/train`` never also matches ``data/train2``."""
         return S3Uri(self.bucket, self.key if not self.key or self.key.endswith("/") else self.key + "/")
 
