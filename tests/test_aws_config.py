@@ -233,3 +233,45 @@ def test_metric_regexes_read_the_training_loop_format() -> None:
         line = f"epoch: 2 val_acc: {_fmt(value)} lr: {_fmt(value)}"
         assert first_match("val_acc", line) == pytest.approx(float(_fmt(value)))
         assert first_match("lr", line) == pytest.approx(float(_fmt(value)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Progress display and import weight
+# ------------------------------------------------------------------------------------------------
+
+def test_progress_lines_without_terminal_and_bar_with_one() -> None:
+    import io
+
+    from training.aws.progress import Progress, StatusWatcher
+
+    lines: list[str] = []
+    with Progress("download", total=4, unit="bin", log=lines.append, interval_s=0, tty=False) as progress:
+        for _ in range(4):
+            progress.update(1, failed=0)
+    assert lines[0].startswith("download_progress: done: 1 total: 4 percent: 25.0 rate_per_s: ")
+    assert lines[-1].startswith("download_progress: done: 4 total: 4 percent: 100.0") and "failed: 0" in lines[-1]
+    assert len(lines) == 5  # one per update (interval 0) and one at the end, not two
+    quiet: list[str] = []
+    with Progress("upload", total=100, log=quiet.append, interval_s=3600, tty=False) as progress:
+        progress.update(50)
+    assert len(quiet) == 1  # within the interval only the closing line
+    stream = io.StringIO()
+    bar_lines: list[str] = []
+    with Progress("download", total=4, unit="bin", log=bar_lines.append, stream=stream, tty=True) as progress:
+        progress.update(4)
+    assert "4/4" in stream.getvalue() and bar_lines == []  # a terminal gets a tqdm bar instead of lines
+    watched: list[str] = []
+    watcher = StatusWatcher("job_status", watched.append, heartbeat_s=3600)
+    assert watcher.observe(status="InProgress") and not watcher.observe(status="InProgress")
+    assert watcher.observe(status="Completed") and len(watched) == 2
+
+
+def test_cli_help_imports_neither_torch_nor_boto3() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; import training.aws.cli as c; c.build_parser(); "
+            "print('torch' in sys.modules, 'boto3' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.split() == ["False", "False"]
