@@ -133,6 +133,14 @@ def test_unknown_command_line_option_fails(tmp_path: Path) -> None:
     assert code == 2 and "--epochz" in reason
 
 
+def test_help_lists_paths_and_every_hyperparameter(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--checkpoint-dir PATH" in out and "--warmup-epochs VALUE" in out and "1% of the learning rate" in out
+
+
 def test_empty_and_missing_channel_fail_clearly(tmp_path: Path) -> None:
     root = tmp_path / "ml"
     (root / "input/data/train").mkdir(parents=True)

@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, field in TrainConfig.model_fields.items():
         default = field.default
         hps.add_argument("--" + name.replace("_", "-"), dest=f"hp_{name}", default=None, metavar="VALUE",
-                         help=f"{field.description or ''} [default: {'auto' if default is None else default}]")
+                         help=f"{field.description or ''} [default: {'auto' if default is None else default}]"
+                         .replace("%", "%%"))
     parser.add_argument("--dry-run", action="store_true", help="print the resolved paths and config, then exit")
     return parser
 
@@ -109,7 +110,9 @@ def _fail(paths: RunPaths | None, message: str, code: int, worker: bool) -> int:
     print(f"error: {message}", file=sys.stderr, flush=True)
     if paths is None:
         paths = resolve_paths()
-    if not (worker and paths.failure_file.exists()):  # the first worker to fail tells why
+    # No /opt/ml on a workstation: do not create one just to hold the reason (it is on stderr).
+    in_tree = paths.root.is_dir() or not paths.failure_file.is_relative_to(paths.root)
+    if in_tree and not (worker and paths.failure_file.exists()):  # the first worker to fail tells why
         write_failure(paths.failure_file, message)
     return code
 

@@ -398,7 +398,7 @@ class _Run:
             "select_metric": cfg.select_metric,
             "steps_per_epoch": self.steps,
             "world_size": self.ctx.world_size,
-            "device": str(self.device),
+            "device_used": str(self.device),
             "amp_used": cfg.amp_dtype if self.use_amp else None,
             "trainable_parameters": self.trainable,
             "total_parameters": self.total_params,
