@@ -103,6 +103,28 @@ def test_stop_midway_then_resume_matches_uninterrupted_run(tmp_path: Path) -> No
         run_training(tiny_config(epochs=3, lr=0.01), paths, log=lambda line: None)
 
 
+@pytest.mark.parametrize("options", [
+    {"class_weighting": "balanced_sampler", "loss": "ordinal", "optimizer": "sgd", "freeze": "all_but_last_stage",
+     "schedule": "constant", "val_fraction": 0, "test_fraction": 0},
+    {"class_weighting": "inverse", "freeze": "backbone", "label_smoothing": 0, "grad_clip": 0, "warmup_epochs": 0,
+     "select_metric": "val_rmse"},
+])
+def test_other_recipes_run(tmp_path: Path, options: dict) -> None:
+    data = tmp_path / "data"
+    make_synthetic_abid(data, 24, max_count=3, size=40, seed=2)
+    lines: list[str] = []
+    result = run_training(tiny_config(epochs=2, **options), local_paths(tmp_path, data), log=lines.append)
+    assert result.status == "completed" and len(result.history) == 2
+    meta = load_artifact(result.model_dir).metadata
+    assert meta.training["freeze"] == options["freeze"]
+    assert meta.training["trainable_parameters"] < meta.training["total_parameters"]
+    if options.get("val_fraction") == 0:
+        assert result.best_epoch == 2 and "val_acc" not in result.history[0] and result.test_metrics is None
+        assert "test: none (test_fraction is 0 and there is no test channel)" in lines
+    else:
+        assert "class_weights: [" in "\n".join(lines) and result.test_metrics["n"] == 4
+
+
 # --------------------------------------------------------------------------------------------
 # Bad input through the entry point (failure file + exit status)
 # --------------------------------------------------------------------------------------------
