@@ -105,6 +105,7 @@ def test_ids_download_writes_abid_layout_and_reports_missing(abid_bucket, moto_e
     assert rc == 1  # a missing bin is a failure, reported by name
     assert "download_failed: metadata/99999.json reason: not in the bucket" in lines
     assert "complete_bins: 3 failed_bins: 1" in line(lines, "download_summary")
+    assert line(lines, "download_progress").startswith("download_progress: done: 4 total: 4")  # no TTY: lines
     assert sorted(p.name for p in (dest / "bin-images").iterdir()) == ["00001.jpg", "00010.jpg", "10.jpg"]
     records = {r.id: r.count for r in read_abid(dest, log=None)}
     assert records == {"00001": 1, "00010": 7, "10": 2}  # ids stay strings: "10" is not "00010"

@@ -319,7 +319,7 @@ class AbidDownloader:
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="abid")
         pending: set[Future] = set()
         try:
-            with self.progress_factory("download", total=len(ids), unit="bin") as progress:
+            with self.progress_factory("download", total=len(ids), unit="bin", log=self.log) as progress:
                 queue = iter(ids)
                 # a bounded queue of futures: memory stays flat for 500k ids and Ctrl-C is prompt
                 for bin_id in queue:

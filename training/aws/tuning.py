@@ -147,6 +147,10 @@ def run(config: TuningJobConfig, log: Log = print_line, clients: AwsClients | No
     log(f"tuning_job: {config.tuning_job_name} arn: {arn} tuned: {', '.join(config.tuned_names())} "
         f"max_jobs: {config.max_jobs} max_parallel_jobs: {config.max_parallel_jobs} objective: {OBJECTIVE_METRIC} "
         "(maximise)")
+    if config.checkpoint_uri:
+        log(f"checkpoint_note: every training job of the tuning job gets CheckpointConfig {config.checkpoint_uri}; "
+            "binsight's training refuses a checkpoint made with other hyperparameters, so trials sharing that "
+            "prefix fail instead of mixing; leave --checkpoint-uri out to have interrupted spot trials start over")
     if not config.wait:
         return EXIT_OK
     try:
