@@ -6,7 +6,8 @@
   uses every core through torch's intra-op threads.
 * Micro-batching: prepared images from concurrent requests wait in one queue and go through
   the model together, up to ``max_batch_size``. The batcher waits at most ``max_wait_s`` for
-  more images, and only while other images are still being decoded: a lone request never waits.
+  more images, and only while other images are on their way (a request body being read, an
+  image being decoded): a lone request never waits.
 * At most ``max_in_flight`` images are decoded-but-not-yet-answered, which bounds memory even
   for a request with thousands of tiny images.
 """
@@ -15,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from service.predictor import ImageFailure, Prediction, PredictionResult, PreparedImage, Predictor
@@ -39,7 +41,7 @@ class InferenceEngine:
         self._forward_pool = ThreadPoolExecutor(1, thread_name_prefix="binsight-forward")
         self._slots = asyncio.Semaphore(max_in_flight or 4 * predictor.max_batch_size)
         self._queue: asyncio.Queue[tuple[PreparedImage, asyncio.Future]] = asyncio.Queue()
-        self._decoding = 0
+        self._pending = 0  # images (or announced requests) on their way to the queue
         self._task: asyncio.Task | None = None
         self.batches = 0
         self.images = 0
@@ -49,6 +51,9 @@ class InferenceEngine:
             self._task = asyncio.create_task(self._batch_loop(), name="binsight-batcher")
 
     async def close(self) -> None:
+        if self.batches:
+            logger.info("inference stats: images: %d batches: %d mean_batch_size: %.2f",
+                        self.images, self.batches, self.images / self.batches)
         if self._task is not None:
             self._task.cancel()
             try:
@@ -63,25 +68,47 @@ class InferenceEngine:
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self._forward_pool.shutdown(wait=False, cancel_futures=True)
 
+    @contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Wrap the reading of a request body: while it lasts the batcher knows images are coming
+        and may hold a batch back for them (up to ``max_wait_s``)."""
+        self._pending += 1
+        try:
+            yield
+        finally:
+            self._pending -= 1
+
     async def predict(self, images: Sequence[bytes]) -> list[PredictionResult]:
         """Predictions for ``images`` in order; unreadable ones become :class:`ImageFailure`."""
         if self._task is None:
             raise InferenceError("inference engine is not started")
-        return list(await asyncio.gather(*(self._predict_one(data) for data in images)))
+        self._pending += len(images)  # counted at once: the tasks below start a loop turn later
+        tasks = [asyncio.ensure_future(self._predict_one(data)) for data in images]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
 
     async def _predict_one(self, data: bytes) -> PredictionResult:
         loop = asyncio.get_running_loop()
-        async with self._slots:
-            self._decoding += 1
-            try:
-                prepared = await loop.run_in_executor(self._decode_pool, self.predictor.prepare, data)
-            except ImageDecodeError as exc:
-                return ImageFailure(str(exc))
-            finally:
-                self._decoding -= 1
-            future: asyncio.Future[Prediction] = loop.create_future()
-            self._queue.put_nowait((prepared, future))
-            return await future
+        counted = True
+        try:
+            async with self._slots:
+                try:
+                    prepared = await loop.run_in_executor(self._decode_pool, self.predictor.prepare, data)
+                except ImageDecodeError as exc:
+                    return ImageFailure(str(exc))
+                finally:
+                    self._pending -= 1
+                    counted = False
+                future: asyncio.Future[Prediction] = loop.create_future()
+                self._queue.put_nowait((prepared, future))
+                return await future
+        finally:
+            if counted:  # cancelled while waiting for a slot
+                self._pending -= 1
 
     async def _batch_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -94,7 +121,7 @@ class InferenceEngine:
                     batch.append(self._queue.get_nowait())
                     continue
                 remaining = deadline - loop.time()
-                if self._decoding == 0 or remaining <= 0:
+                if self._pending == 0 or remaining <= 0:
                     break  # nobody else is about to arrive, or we waited long enough
                 try:
                     batch.append(await asyncio.wait_for(self._queue.get(), remaining))

@@ -18,15 +18,18 @@ from service.settings import ServeSettings
 # ------------------------------------------------------------------------------- dependencies
 
 
-def get_settings(request: Request) -> ServeSettings:
+# The dependencies are ``async def`` on purpose: FastAPI runs plain ``def`` dependencies on its
+# thread pool, a thread hop per dependency per request.
+
+async def get_settings(request: Request) -> ServeSettings:
     return request.app.state.settings
 
 
-def get_model_state(request: Request) -> ModelState:
+async def get_model_state(request: Request) -> ModelState:
     return request.app.state.model
 
 
-def get_engine(state: Annotated[ModelState, Depends(get_model_state)]) -> InferenceEngine:
+async def get_engine(state: Annotated[ModelState, Depends(get_model_state)]) -> InferenceEngine:
     """The ready inference engine, or 503 while the model loads or after it failed to load."""
     if state.status != "ready" or state.engine is None:
         raise HTTPException(503, detail=state.describe())
@@ -109,7 +112,8 @@ async def invoke(request: Request, engine: EngineDep) -> Response:
     `application/json` `{"instances": [{"b64": ...}, ...]}` or `application/jsonlines` -> one per image."""
     response_type = codecs.choose_response_type(request.headers.get("accept"))
     kind = codecs.request_kind(request.headers.get("content-type"))  # 415 before reading the body
-    decoded = codecs.decode_request(kind, await request.body())
+    with engine.arriving():
+        decoded = codecs.decode_request(kind, await request.body())
     results = await engine.predict(decoded.images)
     if all(isinstance(r, ImageFailure) for r in results):
         if len(results) == 1:

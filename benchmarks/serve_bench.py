@@ -1,0 +1,293 @@
+"""Serving throughput: forward-only vs end-to-end HTTP, same model, same machine.
+
+    .venv/bin/python benchmarks/serve_bench.py                       # efficientnet_lite0 @224, random init
+    .venv/bin/python benchmarks/serve_bench.py --model-dir path/to/artifact --seconds 30
+
+Prints (as ``key: value`` lines):
+
+* forward-only img/s at batch 1 and batch 8 (prepared images straight into ``Predictor.forward``,
+  normalisation included, in this process),
+* end-to-end ``POST /invocations`` img/s and p50/p99 latency at concurrency 1, 8 and 32, with
+  real JPEG bytes (ABID photos from ``../shared/abid`` when present, else generated 640x480 JPEGs),
+  against a real ``serve`` subprocess on a free port,
+* the ratio end-to-end / forward-only (concurrency 8 vs batch 8 is the headline figure).
+
+The two measurements run one after the other, never at once, with the same torch thread count.
+The load generator is a minimal asyncio HTTP/1.1 keep-alive client (one connection per
+concurrent user) so that the client's own CPU use stays small next to the server's.
+A figure, not a test: nothing here is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ABID_IMAGES = ROOT.parent / "shared" / "abid" / "bin-images"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, help="artifact to serve (default: a random-init model)")
+    parser.add_argument("--architecture", default="efficientnet_lite0", help="for the random-init model")
+    parser.add_argument("--input-size", type=int, default=224, help="for the random-init model")
+    parser.add_argument("--images", choices=["auto", "abid", "synthetic"], default="auto",
+                        help="ABID photos (auto: when present) or generated 640x480 JPEGs")
+    parser.add_argument("--num-images", type=int, default=32, help="distinct JPEGs cycled through")
+    parser.add_argument("--seconds", type=float, default=8.0, help="measuring time per figure and round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--torch-threads", type=int, default=0, help="0: torch's default (one per core)")
+    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--batch-wait-ms", type=float, default=5.0)
+    return parser.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------- inputs
+
+def make_model(args: argparse.Namespace, workdir: Path) -> Path:
+    if args.model_dir:
+        return args.model_dir
+    import torch
+
+    from service.architectures import build_model
+    from service.artifact import count_labels, metadata_for, save_artifact
+
+    torch.manual_seed(0)
+    labels = count_labels(5, overflow=True)
+    model = build_model(args.architecture, len(labels), pretrained=False)
+    metadata = metadata_for(args.architecture, labels, input_size=args.input_size, data={"note": "benchmark"})
+    return save_artifact(workdir / "model", model, metadata)
+
+
+def synthetic_jpegs(count: int, size=(640, 480)) -> list[bytes]:
+    """Photo-like JPEGs: a smooth random field with boxes, so they compress like photos, not noise."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = random.Random(0)
+    out = []
+    for _ in range(count):
+        small = Image.frombytes("RGB", (32, 24), bytes(rng.randrange(256) for _ in range(32 * 24 * 3)))
+        image = small.resize(size, Image.Resampling.BICUBIC).filter(ImageFilter.GaussianBlur(3))
+        draw = ImageDraw.Draw(image)
+        for _ in range(rng.randint(1, 8)):
+            x, y = rng.randrange(size[0] - 120), rng.randrange(size[1] - 90)
+            draw.rectangle((x, y, x + rng.randint(40, 120), y + rng.randint(30, 90)),
+                           fill=tuple(rng.randrange(256) for _ in range(3)), outline=(0, 0, 0), width=2)
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
+
+
+def abid_jpegs(count: int) -> list[bytes]:
+    """Full-size ABID photos (not the copies already shrunk to 224x224)."""
+    shrunk_list = ABID_IMAGES.parent / "resized_224.txt"
+    shrunk = set(shrunk_list.read_text().split()) if shrunk_list.exists() else set()
+    paths = [p for p in sorted(ABID_IMAGES.glob("*.jpg")) if p.stem not in shrunk]
+    return [p.read_bytes() for p in paths[:count]]
+
+
+def load_images(args: argparse.Namespace) -> tuple[list[bytes], str]:
+    use_abid = args.images == "abid" or (args.images == "auto" and ABID_IMAGES.is_dir())
+    if use_abid:
+        images = abid_jpegs(args.num_images)
+        if images:
+            return images, f"ABID photos from {ABID_IMAGES}"
+    return synthetic_jpegs(args.num_images), "generated 640x480 JPEGs"
+
+
+# ------------------------------------------------------------------------------- forward only
+
+class ForwardOnly:
+    """Prepared images straight into ``Predictor.forward`` (normalisation included), in this process."""
+
+    def __init__(self, model_dir: Path, images: list[bytes], args: argparse.Namespace) -> None:
+        import torch
+
+        from service.predictor import Predictor
+
+        if args.torch_threads:
+            torch.set_num_threads(args.torch_threads)
+        self.predictor = Predictor.from_artifact(model_dir, max_batch_size=args.max_batch_size)
+        self.prepared = [self.predictor.prepare(data) for data in images]
+
+    def rate(self, batch_size: int, seconds: float) -> float:
+        batch = [self.prepared[i % len(self.prepared)] for i in range(batch_size)]
+        self.predictor.forward(batch)  # warm this shape
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            self.predictor.forward(batch)
+            done += batch_size
+        return done / (time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------------------- end to end
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(model_dir: Path, port: int, args: argparse.Namespace, log_path: Path) -> subprocess.Popen:
+    env = dict(os.environ, MODEL_DIR=str(model_dir), SAGEMAKER_BIND_TO_PORT=str(port), BINSIGHT_HOST="127.0.0.1",
+               BINSIGHT_ACCESS_LOG="false", BINSIGHT_MAX_BATCH_SIZE=str(args.max_batch_size),
+               BINSIGHT_BATCH_WAIT_MS=str(args.batch_wait_ms))
+    if args.torch_threads:
+        env["BINSIGHT_TORCH_THREADS"] = str(args.torch_threads)
+    return subprocess.Popen([sys.executable, "-m", "service", "serve"], cwd=ROOT, env=env,
+                            stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection; just enough protocol for POST /invocations and GET /ping."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> "Connection":
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    async def request(self, method: str, path: str, body: bytes = b"", content_type: str = "image/jpeg"
+                      ) -> tuple[int, bytes]:
+        head = (f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        self.writer.write(head + body)
+        await self.writer.drain()
+        status_line = await self.reader.readline()
+        length = 0
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        payload = await self.reader.readexactly(length)
+        return int(status_line.split()[1]), payload
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def wait_ready(port: int, server: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"serve exited with {server.returncode}")
+        try:
+            connection = await Connection.open(port)
+            status, _ = await connection.request("GET", "/ping")
+            connection.close()
+            if status == 200:
+                return
+        except OSError:
+            pass
+        await asyncio.sleep(0.2)
+    raise SystemExit("serve did not become ready")
+
+
+async def load_level(port: int, images: list[bytes], concurrency: int, seconds: float) -> tuple[float, list[float]]:
+    connections = [await Connection.open(port) for _ in range(concurrency)]
+    latencies: list[float] = []
+    errors = 0
+    # warm-up: every connection sends one request first
+    await asyncio.gather(*(c.request("POST", "/invocations", images[i % len(images)])
+                           for i, c in enumerate(connections)))
+    start = time.perf_counter()
+    stop_at = start + seconds
+
+    async def user(index: int, connection: Connection) -> None:
+        nonlocal errors
+        i = index
+        while time.perf_counter() < stop_at:
+            sent = time.perf_counter()
+            status, _ = await connection.request("POST", "/invocations", images[i % len(images)])
+            latencies.append(time.perf_counter() - sent)
+            errors += status != 200
+            i += concurrency
+
+    await asyncio.gather(*(user(i, c) for i, c in enumerate(connections)))
+    elapsed = time.perf_counter() - start
+    for connection in connections:
+        connection.close()
+    if errors:
+        print(f"warning: {errors} requests did not answer 200")
+    return len(latencies) / elapsed, latencies
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+async def measure(model_dir: Path, images: list[bytes], args: argparse.Namespace, workdir: Path
+                  ) -> tuple[dict[int, list[float]], dict[int, list[tuple[float, list[float]]]]]:
+    """``rounds`` rounds of: forward-only b1, b8, then HTTP at each concurrency, one after another.
+
+    Interleaving keeps both figures under the same background load on a shared machine.
+    """
+    forward = ForwardOnly(model_dir, images, args)
+    port = free_port()
+    log_path = workdir / "serve.log"
+    server = start_server(model_dir, port, args, log_path)
+    forward_rates: dict[int, list[float]] = {1: [], 8: []}
+    http: dict[int, list[tuple[float, list[float]]]] = {c: [] for c in args.concurrency}
+    try:
+        await wait_ready(port, server)
+        for round_ in range(args.rounds):
+            for batch_size in forward_rates:
+                forward_rates[batch_size].append(forward.rate(batch_size, args.seconds))
+            for concurrency in args.concurrency:
+                http[concurrency].append(await load_level(port, images, concurrency, args.seconds))
+            print(f"round: {round_ + 1} forward_b8_img_per_s: {forward_rates[8][-1]:.2f} "
+                  + " ".join(f"http_c{c}_img_per_s: {runs[-1][0]:.2f}" for c, runs in http.items()), flush=True)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(60)
+        if code != 0:
+            print(f"warning: serve exited with {code}; log in {log_path}")
+    return forward_rates, http
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    # The same OpenMP policy `serve` uses, so that forward-only runs under the server's settings.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
+        workdir = Path(tmp)
+        model_dir = make_model(args, workdir)
+        images, source = load_images(args)
+        mean_kb = sum(map(len, images)) / len(images) / 1024
+        print(f"model_dir: {model_dir} images: {len(images)} source: {source} mean_kb: {mean_kb:.1f} "
+              f"cpus: {os.cpu_count()} load_avg: {os.getloadavg()[0]:.2f}")
+        forward_rates, http = asyncio.run(measure(model_dir, images, args, workdir))
+        forward = {b: statistics.median(rates) for b, rates in forward_rates.items()}
+        for batch_size, rate in forward.items():
+            print(f"forward_only batch: {batch_size} img_per_s: {rate:.2f} (median of {args.rounds} rounds)")
+        e2e = {}
+        for concurrency, runs in http.items():
+            e2e[concurrency] = statistics.median(rate for rate, _ in runs)
+            latencies = [latency for _, run in runs for latency in run]
+            print(f"end_to_end concurrency: {concurrency} img_per_s: {e2e[concurrency]:.2f} "
+                  f"p50_ms: {statistics.median(latencies) * 1000:.1f} p99_ms: {percentile(latencies, 99) * 1000:.1f} "
+                  f"requests: {len(latencies)}")
+        for concurrency, rate in e2e.items():
+            reference = 1 if concurrency == 1 else 8
+            print(f"ratio end_to_end_c{concurrency} / forward_only_b{reference}: {rate / forward[reference]:.3f}")
+        print(f"load_avg_after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
