@@ -127,6 +127,17 @@ def test_upload_dataset_channels_and_skip_unchanged(aws, tmp_path) -> None:
     assert rc == 0 and "remote_only: 6" in next(x for x in lines if x.startswith("upload_summary"))
 
 
+def test_upload_explicit_channels_dry_run(aws, tmp_path) -> None:
+    make_dataset(tmp_path / "ds")
+    rc, lines = cli(aws, "upload-dataset", "--source", str(tmp_path / "ds"), "--s3-uri", f"s3://{BUCKET}/x",
+                    "--channel", "train=train", "--channel", "test=val", "--dry-run")
+    assert rc == 0, lines
+    assert any(x.startswith("upload_channel: test folder: ") and x.endswith(f"uri: s3://{BUCKET}/x/test/")
+               for x in lines)
+    assert "upload_dry_run: to_upload: 8 unchanged: 0" in lines
+    assert "Contents" not in client("s3", aws).list_objects_v2(Bucket=BUCKET, Prefix="x/")  # nothing sent
+
+
 def test_multipart_etag_matches_s3(aws, tmp_path) -> None:
     from training.aws.upload import MULTIPART_CHUNK, s3_etag
 
@@ -452,6 +463,16 @@ def test_deploy_update_with_stubber(aws, rolled_back) -> None:
         assert rc == 1 and any("reason: health check failed" in x for x in lines)
     else:
         assert rc == 0 and "endpoint_ready: bs-ep model: bs-model-2 config: bs-model-2" in lines
+
+
+def test_deploy_from_training_job(aws) -> None:
+    rc, _ = cli(aws, "train", *JOB_ARGS, "--job-name", "bs-train-3", "--no-wait")
+    assert rc == 0
+    rc, lines = cli(aws, "deploy", "--image-uri", SERVE_IMAGE, "--role-arn", ROLE_ARN, "--endpoint-name", "bs-ep3",
+                    "--training-job", "bs-train-3", "--model-name", "bs-model-3", "--poll-s", "0.01")
+    assert rc == 0, lines
+    model = client("sagemaker", aws).describe_model(ModelName="bs-model-3")
+    assert model["PrimaryContainer"]["ModelDataUrl"] == f"s3://{BUCKET}/output/bs-train-3/output/model.tar.gz"
 
 
 def test_deploy_missing_model_data_is_clear(aws) -> None:
