@@ -128,7 +128,7 @@ def test_file_list_with_max_count_filters_without_half_bins(abid_bucket, moto_en
 
 def test_resume_after_interrupted_run(abid_bucket, moto_endpoint, tmp_path) -> None:  # noqa: F811
     dest = tmp_path / "abid"
-    config = DownloadAbidConfig(dest=dest, ids=list(COUNTS), endpoint_url=moto_endpoint, workers=1)
+    config = DownloadAbidConfig(dest=dest, ids=list(COUNTS), endpoint_url=moto_endpoint, workers=2)
 
     class StopAfterTwo(Progress):
         def update(self, n: int = 1, **fields) -> None:

@@ -317,30 +317,29 @@ class AbidDownloader:
         self.log(f"download_start: bins: {len(ids)} bucket: {self.bucket} dest: {self.dest} workers: {self.workers}")
         self.stop.clear()
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="abid")
-        pending: set[Future] = set()
+        inflight: set[Future] = set()  # submitted and not yet counted
         try:
             with self.progress_factory("download", total=len(ids), unit="bin", log=self.log) as progress:
-                queue = iter(ids)
                 # a bounded queue of futures: memory stays flat for 500k ids and Ctrl-C is prompt
-                for bin_id in queue:
-                    pending.add(pool.submit(self._safe_fetch, bin_id, max_count, metadata.get(bin_id),
-                                            metadata_sizes.get(bin_id)))
-                    if len(pending) >= self.workers * 4:
-                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                        self._collect(done, summary, progress)
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    self._collect(done, summary, progress)
+                for bin_id in ids:
+                    inflight.add(pool.submit(self._safe_fetch, bin_id, max_count, metadata.get(bin_id),
+                                             metadata_sizes.get(bin_id)))
+                    if len(inflight) >= self.workers * 4:
+                        done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                        self._collect(done, inflight, summary, progress)
+                while inflight:
+                    done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                    self._collect(done, inflight, summary, progress)
         except KeyboardInterrupt:
             summary.interrupted = True
             self.stop.set()
-            for future in pending:
+            for future in inflight:
                 future.cancel()
             self.log("download_interrupted: stopping; finished files are kept, run the same command to resume")
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-            if summary.interrupted:  # bins that finished while shutting down still count
-                self._collect({f for f in pending if f.done() and not f.cancelled()}, summary, None)
+            if summary.interrupted:  # bins that finished before or while shutting down still count
+                self._collect({f for f in inflight if f.done() and not f.cancelled()}, inflight, summary, None)
         summary.retries = self._retries
         summary.seconds = time.monotonic() - started
         self._write_summary(summary)
@@ -353,8 +352,10 @@ class AbidDownloader:
         except Interrupted:
             return {"interrupted": True}
 
-    def _collect(self, done: Iterable[Future], summary: DownloadSummary, progress: Progress | None) -> None:
-        for future in done:
+    def _collect(self, done: Iterable[Future], inflight: set[Future], summary: DownloadSummary,
+                 progress: Progress | None) -> None:
+        for future in list(done):
+            inflight.discard(future)
             result = future.result()
             if result.get("interrupted"):
                 continue
