@@ -10,7 +10,9 @@ Prints (as ``key: value`` lines):
 * end-to-end ``POST /invocations`` img/s and p50/p99 latency at concurrency 1, 8 and 32, with
   real JPEG bytes (ABID photos from ``../shared/abid`` when present, else generated 640x480 JPEGs),
   against a real ``serve`` subprocess on a free port,
-* the ratio end-to-end / forward-only (concurrency 8 vs batch 8 is the headline figure).
+* the ratio end-to-end / forward-only (concurrency 8 vs batch 8 is the headline figure), and the
+  same ratio in CPU time per image (forward-only process vs the whole server process, decoding,
+  HTTP and JSON included), which a busy shared machine disturbs far less than wall-clock rates.
 
 The two measurements run one after the other, never at once, with the same torch thread count.
 The load generator is a minimal asyncio HTTP/1.1 keep-alive client (one connection per
@@ -124,14 +126,15 @@ class ForwardOnly:
         self.predictor = Predictor.from_artifact(model_dir, max_batch_size=args.max_batch_size)
         self.prepared = [self.predictor.prepare(data) for data in images]
 
-    def rate(self, batch_size: int, seconds: float) -> float:
+    def rate(self, batch_size: int, seconds: float) -> tuple[float, float]:
+        """(images per second, CPU seconds per image)."""
         batch = [self.prepared[i % len(self.prepared)] for i in range(batch_size)]
         self.predictor.forward(batch)  # warm this shape
-        done, start = 0, time.perf_counter()
+        done, start, cpu = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - start < seconds:
             self.predictor.forward(batch)
             done += batch_size
-        return done / (time.perf_counter() - start)
+        return done / (time.perf_counter() - start), (time.process_time() - cpu) / done
 
 
 # ------------------------------------------------------------------------------- end to end
@@ -227,13 +230,22 @@ async def load_level(port: int, images: list[bytes], concurrency: int, seconds: 
     return len(latencies) / elapsed, latencies
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (Linux /proc), or None where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 async def measure(model_dir: Path, images: list[bytes], args: argparse.Namespace, workdir: Path
-                  ) -> tuple[dict[int, list[float]], dict[int, list[tuple[float, list[float]]]]]:
+                  ) -> tuple[dict, dict, dict]:
     """``rounds`` rounds of: forward-only b1, b8, then HTTP at each concurrency, one after another.
 
     Interleaving keeps both figures under the same background load on a shared machine.
@@ -242,23 +254,30 @@ async def measure(model_dir: Path, images: list[bytes], args: argparse.Namespace
     port = free_port()
     log_path = workdir / "serve.log"
     server = start_server(model_dir, port, args, log_path)
-    forward_rates: dict[int, list[float]] = {1: [], 8: []}
+    forward_rates: dict[int, list[tuple[float, float]]] = {1: [], 8: []}
     http: dict[int, list[tuple[float, list[float]]]] = {c: [] for c in args.concurrency}
+    server_cpu: dict[int, list[float]] = {c: [] for c in args.concurrency}
     try:
         await wait_ready(port, server)
         for round_ in range(args.rounds):
             for batch_size in forward_rates:
                 forward_rates[batch_size].append(forward.rate(batch_size, args.seconds))
             for concurrency in args.concurrency:
-                http[concurrency].append(await load_level(port, images, concurrency, args.seconds))
-            print(f"round: {round_ + 1} forward_b8_img_per_s: {forward_rates[8][-1]:.2f} "
+                before = process_cpu_seconds(server.pid)
+                rate, latencies = await load_level(port, images, concurrency, args.seconds)
+                after = process_cpu_seconds(server.pid)
+                http[concurrency].append((rate, latencies))
+                if before is not None and after is not None:
+                    # includes the warm-up request of each connection
+                    server_cpu[concurrency].append((after - before) / (len(latencies) + concurrency))
+            print(f"round: {round_ + 1} forward_b8_img_per_s: {forward_rates[8][-1][0]:.2f} "
                   + " ".join(f"http_c{c}_img_per_s: {runs[-1][0]:.2f}" for c, runs in http.items()), flush=True)
     finally:
         server.send_signal(signal.SIGTERM)
         code = server.wait(60)
         if code != 0:
             print(f"warning: serve exited with {code}; log in {log_path}")
-    return forward_rates, http
+    return forward_rates, http, server_cpu
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -272,20 +291,30 @@ def main(argv: list[str] | None = None) -> None:
         mean_kb = sum(map(len, images)) / len(images) / 1024
         print(f"model_dir: {model_dir} images: {len(images)} source: {source} mean_kb: {mean_kb:.1f} "
               f"cpus: {os.cpu_count()} load_avg: {os.getloadavg()[0]:.2f}")
-        forward_rates, http = asyncio.run(measure(model_dir, images, args, workdir))
-        forward = {b: statistics.median(rates) for b, rates in forward_rates.items()}
+        forward_rates, http, server_cpu = asyncio.run(measure(model_dir, images, args, workdir))
+        forward = {b: statistics.median(r for r, _ in runs) for b, runs in forward_rates.items()}
+        forward_cpu = {b: statistics.median(c for _, c in runs) for b, runs in forward_rates.items()}
         for batch_size, rate in forward.items():
-            print(f"forward_only batch: {batch_size} img_per_s: {rate:.2f} (median of {args.rounds} rounds)")
+            print(f"forward_only batch: {batch_size} img_per_s: {rate:.2f} cpu_ms_per_img: "
+                  f"{forward_cpu[batch_size] * 1000:.1f} (median of {args.rounds} rounds)")
         e2e = {}
         for concurrency, runs in http.items():
             e2e[concurrency] = statistics.median(rate for rate, _ in runs)
             latencies = [latency for _, run in runs for latency in run]
             print(f"end_to_end concurrency: {concurrency} img_per_s: {e2e[concurrency]:.2f} "
                   f"p50_ms: {statistics.median(latencies) * 1000:.1f} p99_ms: {percentile(latencies, 99) * 1000:.1f} "
-                  f"requests: {len(latencies)}")
+                  f"requests: {len(latencies)}"
+                  + (f" server_cpu_ms_per_img: {statistics.median(server_cpu[concurrency]) * 1000:.1f}"
+                     if server_cpu[concurrency] else ""))
         for concurrency, rate in e2e.items():
             reference = 1 if concurrency == 1 else 8
-            print(f"ratio end_to_end_c{concurrency} / forward_only_b{reference}: {rate / forward[reference]:.3f}")
+            line = f"ratio end_to_end_c{concurrency} / forward_only_b{reference}: {rate / forward[reference]:.3f}"
+            if server_cpu[concurrency]:
+                # CPU-time efficiency: what the throughput ratio would be on an otherwise idle CPU-bound
+                # machine; far steadier than wall-clock rates on a shared one.
+                efficiency = forward_cpu[reference] / statistics.median(server_cpu[concurrency])
+                line += f" cpu_efficiency: {efficiency:.3f}"
+            print(line)
         print(f"load_avg_after: {os.getloadavg()[0]:.2f}")
 
 
