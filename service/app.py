@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -60,7 +60,9 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None, *,
             yield
         finally:
             if loading is not None and not loading.done():
-                loading.cancel()
+                loading.cancel()  # the loader thread is a daemon: it does not hold up the exit
+                with suppress(asyncio.CancelledError):
+                    await loading
             if state.engine is not None:
                 await state.engine.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -328,3 +329,18 @@ async def test_loader_exceptions_of_any_kind_reach_ping(artifact: Path) -> None:
     async with client_for(create_app(settings_for(artifact), loader=failing)) as client:
         response = await wait_settled(client, timeout=30)
         assert response.status_code == 503 and "model.pth is missing" in response.json()["detail"]
+
+
+@pytest.mark.anyio
+async def test_shutdown_while_loading_does_not_wait_for_the_loader(artifact: Path) -> None:
+    never = threading.Event()
+
+    def stuck_loader(settings: ServeSettings) -> Predictor:
+        never.wait(60)
+        raise RuntimeError("released")
+
+    started = time.monotonic()
+    async with client_for(create_app(settings_for(artifact), loader=stuck_loader)) as client:
+        assert (await client.get("/ping")).status_code == 503
+    assert time.monotonic() - started < 10
+    never.set()
