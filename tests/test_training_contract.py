@@ -87,7 +87,7 @@ def test_sigterm_saves_a_checkpoint_and_the_next_run_resumes(tmp_path: Path) -> 
     root = make_opt_ml(tmp_path / "opt_ml", hps, n_bins=40)
     env = subprocess_env(root)
     proc = subprocess.Popen(train_command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out = []
+    out, sent = [], None
     try:
         for line in proc.stdout:
             out.append(line)
@@ -99,9 +99,10 @@ def test_sigterm_saves_a_checkpoint_and_the_next_run_resumes(tmp_path: Path) -> 
     finally:
         if proc.poll() is None:
             proc.kill()
-    stopped_after = time.monotonic() - sent
     out.append(rest)
     stdout = "".join(out)
+    assert sent is not None, f"the run ended before its first epoch line: {stdout[-2000:]} {err[-2000:]}"
+    stopped_after = time.monotonic() - sent
     assert proc.returncode == 143, stdout[-2000:] + err[-2000:]
     assert stopped_after < 30
     assert re.search(r"^training_interrupted: SIGTERM epoch: 2 step: \d/4 ", stdout, re.M), stdout
