@@ -1,13 +1,14 @@
 #!/bin/sh
 # Installs torch (and torchvision when asked) into the active Python environment, from one of:
-#   cpu    the PyTorch CPU wheel index (TORCH_INDEX_URL): small CPU-only torch, for serving
+#   index  a PyTorch wheel index, TORCH_INDEX_URL (default the CPU index: small CPU-only torch, for
+#          serving; https://download.pytorch.org/whl/cu126 and the like give other CUDA builds)
 #   pypi   PyPI's default Linux wheels, which bundle the CUDA runtime: for GPU training
 #   local  a torch wheel in the wheel folder (/wheels, i.e. .wheels/ of the build context),
 #          for machines that cannot reach the PyTorch index; its other dependencies come from PyPI
 #          or the same folder. torchvision is installed only when its wheel lies there too.
 # Usage: install-torch.sh SOURCE TORCH_VERSION [TORCHVISION_VERSION] (env TORCH_INDEX_URL, WHEEL_DIR)
 set -eu
-source=${1:?usage: install-torch.sh cpu|pypi|local TORCH_VERSION [TORCHVISION_VERSION]}
+source=${1:?usage: install-torch.sh index|pypi|local TORCH_VERSION [TORCHVISION_VERSION]}
 torch_version=${2:?torch version missing}
 vision_version=${3:-}
 index=${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}
@@ -15,7 +16,7 @@ wheels=${WHEEL_DIR:-/wheels}
 pip="python -m pip install --no-cache-dir --disable-pip-version-check"
 
 case "$source" in
-  cpu)
+  index)
     $pip --index-url "$index" "torch==$torch_version" ${vision_version:+"torchvision==$vision_version"} ;;
   pypi)
     $pip "torch==$torch_version" ${vision_version:+"torchvision==$vision_version"} ;;
@@ -33,7 +34,7 @@ case "$source" in
     fi
     $pip --find-links "$wheels" "$torch_wheel" "$@" ;;
   *)
-    echo "error: unknown TORCH_SOURCE '$source' (cpu, pypi or local)" >&2
+    echo "error: unknown TORCH_SOURCE '$source' (index, pypi or local)" >&2
     exit 1 ;;
 esac
 python -c "import torch; print('torch:', torch.__version__, 'cuda:', torch.version.cuda)"

@@ -95,7 +95,7 @@ def connect(engine_script: Path | None = None, timeout: float = 900) -> Docker:
 
 
 def torch_source_for_builds() -> str:
-    """``local`` when .wheels/ holds (or can be given) one CPU torch wheel, else ``cpu`` (the index).
+    """``local`` when .wheels/ holds (or can be given) one CPU torch wheel, else ``index`` (the PyTorch CPU index).
 
     The wheel is hard-linked (or copied) from ``BINSIGHT_TORCH_WHEEL`` or this machine's wheel folder.
     """
@@ -108,7 +108,7 @@ def torch_source_for_builds() -> str:
     candidates = [Path(os.environ["BINSIGHT_TORCH_WHEEL"])] if os.environ.get("BINSIGHT_TORCH_WHEEL") else [
         path for pattern in LOCAL_WHEEL_GLOBS for path in sorted(Path("/").glob(pattern.lstrip("/")))]
     if not candidates:
-        return "cpu"
+        return "index"
     wheel = candidates[-1]
     WHEEL_DIR.mkdir(exist_ok=True)
     try:
