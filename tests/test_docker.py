@@ -133,6 +133,12 @@ def opt_ml(workdir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
+def jpeg(opt_ml: Path) -> bytes:
+    """A real JPEG: one of the synthetic bin photos."""
+    return next((opt_ml / "input" / "data" / "train" / "bin-images").glob("*.jpg")).read_bytes()
+
+
+@pytest.fixture(scope="module")
 def trained(docker: Docker, images: str, opt_ml: Path) -> Path:
     """``docker run TRAIN_IMAGE train`` on the /opt/ml tree, without any network; returns the model dir."""
     started = time.monotonic()
@@ -188,7 +194,7 @@ def test_train_failure_reason_lands_in_output_failure(docker: Docker, images: st
 
 
 def test_serve_image_serves_the_trained_model_and_stops_on_sigterm(docker: Docker, trained: Path,
-                                                                   opt_ml: Path) -> None:
+                                                                   jpeg: bytes) -> None:
     port = free_port()
     name = f"binsight-test-serve-{os.getpid()}"
     docker.run("run", "-d", "--name", name, "--network", "host", "-e", f"SAGEMAKER_BIND_TO_PORT={port}",
@@ -201,7 +207,6 @@ def test_serve_image_serves_the_trained_model_and_stops_on_sigterm(docker: Docke
         status, info = _http(url + "/model")
         assert status == 200 and info["model_dir"] == "/opt/ml/model"
         assert info["metadata"]["input_size"] == 64
-        jpeg = next((opt_ml / "input" / "data" / "train" / "bin-images").glob("*.jpg")).read_bytes()
         prediction = _predict_jpeg(url, jpeg)
         assert prediction["count"] in (0, 1, 2)
         # `docker stop` sends SIGTERM; an exec-form start lets the server get it and exit cleanly,
@@ -215,7 +220,7 @@ def test_serve_image_serves_the_trained_model_and_stops_on_sigterm(docker: Docke
 
 
 def test_serve_image_without_a_mounted_model_uses_the_built_in_one(docker: Docker, images: str,
-                                                                   opt_ml: Path) -> None:
+                                                                   jpeg: bytes) -> None:
     """Nothing in /opt/ml/model: the package's default model serves; without one, /ping says why (503)."""
     port = free_port()
     name = f"binsight-test-default-{os.getpid()}"
@@ -227,7 +232,6 @@ def test_serve_image_without_a_mounted_model_uses_the_built_in_one(docker: Docke
             _wait_for_ping(url, docker, name)
             status, info = _http(url + "/model")
             assert status == 200 and info["model_dir"].endswith("site-packages/service/default_model")
-            jpeg = next((opt_ml / "input" / "data" / "train" / "bin-images").glob("*.jpg")).read_bytes()
             assert isinstance(_predict_jpeg(url, jpeg)["count"], int)
         else:
             with pytest.raises(AssertionError, match="no model found"):
@@ -237,7 +241,7 @@ def test_serve_image_without_a_mounted_model_uses_the_built_in_one(docker: Docke
 
 
 def test_compose_trains_then_serves_the_new_model(docker: Docker, images: str, opt_ml: Path,
-                                                  workdir: Path) -> None:
+                                                  workdir: Path, jpeg: bytes) -> None:
     """`docker compose run train` (data, config, model, checkpoint folders; a BINSIGHT_ variable wins
     over hyperparameters.json), then `docker compose up -d --wait` serves that model; `down -v`."""
     root = workdir / "compose"
@@ -268,7 +272,6 @@ def test_compose_trains_then_serves_the_new_model(docker: Docker, images: str, o
         url = f"http://127.0.0.1:{port}"
         status, info = _http(url + "/model")
         assert status == 200 and info["metadata"]["created_at"] == trained["created_at"]
-        jpeg = next((opt_ml / "input" / "data" / "train" / "bin-images").glob("*.jpg")).read_bytes()
         assert _predict_jpeg(url, jpeg)["label"] in ("0", "1", "2")
     finally:
         docker.run("compose", *COMPOSE_FILES, *project, "--profile", "train", "down", "-v", timeout=120,
