@@ -44,9 +44,9 @@ class Docker:
         proc = subprocess.run(["docker", *args], env=self.environ(extra_env), capture_output=True, timeout=timeout,
                               input=input)
         if check and proc.returncode != 0:
-            raise AssertionError(
-                f"docker {shlex.join(args)} exited {proc.returncode}\n--- stdout\n"
-                f"{proc.stdout.decode(errors='replace')[-4000:]}\n--- stderr\n{proc.stderr.decode(errors='replace')[-6000:]}")
+            out, err = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+            raise AssertionError(f"docker {shlex.join(args)} exited {proc.returncode}\n"
+                                 f"--- stdout\n{out[-4000:]}\n--- stderr\n{err[-6000:]}")
         return proc
 
     def answers(self) -> bool:

@@ -162,7 +162,8 @@ def test_serve_image_is_sagemaker_ready_and_runs_as_non_root(docker: Docker, ima
     # No training code, tests or torchvision in the serving image; `train` explains itself.
     probe = ("import importlib.util as u, sys; "
              "sys.exit(any(u.find_spec(m) for m in ('training', 'torchvision', 'tests')))")
-    assert docker.run("run", "--rm", "--network", "none", SERVE_IMAGE, "python", "-c", probe, check=False).returncode == 0
+    absent = docker.run("run", "--rm", "--network", "none", SERVE_IMAGE, "python", "-c", probe, check=False)
+    assert absent.returncode == 0, "the serving image must carry no training code, tests or torchvision"
     wrong = docker.run("run", "--rm", "--network", "none", SERVE_IMAGE, "train", check=False)
     assert wrong.returncode == 2 and b"no 'train' command" in wrong.stderr
 
