@@ -18,7 +18,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from service.architectures import ArchitectureError, architecture_names, get_architecture
+from service.architectures import ArchitectureError, get_architecture
 from service.preprocess import ResizePolicy
 
 ENV_PREFIX = "BINSIGHT_"

@@ -44,7 +44,6 @@ from training.distributed import DistContext, all_reduce, init_distributed, shut
 from training.evaluate import HISTORY_FILE, evaluate_model
 from training.inputs import (
     EpochSampler,
-    PreparedData,
     auto_num_workers,
     eval_loader,
     mix_seed,
