@@ -19,6 +19,7 @@ def test_card_holds_the_metrics_per_class_and_provenance() -> None:
     assert "| counts 0-2 (ABID challenge task) | 3 | 66.7% |" in card
     assert "| all held-out bins, 3+ as one class | 6 | 66.7% |" in card
     assert "| 2 | 2 | 50.0% |" in card          # per class: two bins of count 2, one right
+    assert "always answering the commonest count scores 33.3% on these test bins" in card
     assert "| **2** | 0 | 1 | 0 |" in card        # counts 0-2 confusion row of the true count 2: predicted 1
     assert "epoch 2, the best validation accuracy (75.0%)" in card
     assert "python -m training.default_model --data-dir d" in card

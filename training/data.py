@@ -454,6 +454,7 @@ def write_split_manifest(path: str | os.PathLike, split: Split, extra: dict[str,
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(payload, fh, indent=1)
             fh.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from a non-root server reading the model folder
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
