@@ -160,3 +160,27 @@ def test_write_plots_for_the_training_loop(tmp_path: Path) -> None:
     assert [f.name for f in files] == ["confusion_matrix.png", "training_curves.png"]
     assert write_plots(tmp_path / "no_history", metrics, None, ["0", "1", "2+"])[0].name == "confusion_matrix.png"
     assert not (tmp_path / "no_history" / "training_curves.png").exists()
+
+
+def test_overflow_model_also_reports_the_counting_task(setup, tmp_path: Path, capsys) -> None:
+    """With a "3+" class the ABID task (bins holding 0..2, answered among 0..2) is reported beside the rest."""
+    labels = ["0", "1", "2", "3+"]
+    model_dir = tmp_path / "overflow-model"
+    save_artifact(model_dir, build_model("resnet18", 4, pretrained=False, dropout=0.0),
+                  metadata_for("resnet18", labels, input_size=32, dropout=0.0))
+    assert main(["--model-dir", str(model_dir), "--data-dir", str(setup["data"]), "--output-dir",
+                 str(tmp_path / "out"), "--batch-size", "8"]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]
+    in_range = sum(1 for item in apply_label_policy(discover_records(setup["data"], log=None),
+                                                    LabelPolicy(max_count=2, overflow=True))[0] if item.label < 3)
+    task = metrics["counts_0_2"]
+    assert metrics["n"] == 30 and task["n"] == in_range < 30
+    assert task["class_names"] == ["0", "1", "2"] and len(task["confusion_matrix"]) == 3
+    lines = capsys.readouterr().out.splitlines()
+    assert f"eval_counts_0_2_n: {in_range}" in lines
+    assert any(line.startswith("eval_counts_0_2_accuracy: ") for line in lines)
+
+    # Without an overflow class there is nothing to restrict (the setup's own model).
+    plain = evaluate_model(load_artifact(setup["model_dir"]).model, load_artifact(setup["model_dir"]).metadata,
+                           setup["items"][:6], batch_size=6)
+    assert not any(key.startswith("counts_0_") for key in plain)

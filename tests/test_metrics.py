@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from training.metrics import compute_metrics, confusion_matrix, format_metrics, metrics_from_logits, scalar_metrics
+from training.metrics import (
+    compute_metrics,
+    confusion_matrix,
+    counts_task_metrics,
+    format_metrics,
+    metrics_from_logits,
+    scalar_metrics,
+)
 
 LABELS = [0, 0, 1, 1, 2, 3, 3, 3]
 PREDS = [0, 1, 1, 1, 3, 3, 2, 0]
@@ -77,3 +84,18 @@ def test_bad_inputs_and_formatting() -> None:
                                                "test_macro_recall", "test_macro_f1"}
     lines = format_metrics(m, "val_").splitlines()
     assert "val_n: 8" in lines and "val_accuracy: 0.5000" in lines and "val_rmse: 1.2247" in lines
+
+
+def test_counts_task_drops_overflow_bins_and_answers_among_counts() -> None:
+    names, values = ["0", "1", "2+"], [0, 1, 2]
+    probs = torch.tensor([[0.5, 0.1, 0.4],    # true 0 -> 0
+                          [0.2, 0.3, 0.5],    # true 1: "2+" wins overall, 1 among the counts
+                          [0.6, 0.3, 0.1],    # true 1 -> 0
+                          [0.1, 0.2, 0.7]])   # true 2+: not part of the task
+    labels = torch.tensor([0, 1, 1, 2])
+    task = counts_task_metrics(probs, labels, values, names)
+    assert task["n"] == 3 and task["class_names"] == ["0", "1"]
+    assert task["accuracy"] == pytest.approx(2 / 3)
+    assert task["confusion_matrix"] == [[1, 0], [1, 1]]
+    assert counts_task_metrics(probs, labels, [0, 1, 2], ["0", "1", "2"]) is None     # no overflow class
+    assert counts_task_metrics(probs[3:], labels[3:], values, names) is None          # only overflow bins

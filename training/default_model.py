@@ -328,7 +328,7 @@ def tuning_features(cfg: RecipeConfig, model: nn.Module, spec: PreprocessSpec,
 
 def run(cfg: RecipeConfig) -> Path:
     from training.evaluate import predict_items, write_plots  # matplotlib only when the recipe runs
-    from training.metrics import compute_metrics
+    from training.metrics import compute_metrics, counts_task_metrics
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -349,11 +349,9 @@ def run(cfg: RecipeConfig) -> Path:
     test_metrics = compute_metrics(probs.argmax(1), test_labels, metadata.class_values, metadata.labels)
     test_metrics["skipped"] = len(skipped)
     test_metrics["tta_flip"] = cfg.tta_flip
-    # The ABID challenge's task: bins holding 0..max_count, the answer restricted to those classes.
-    in_range = test_labels <= cfg.max_count
-    n_counts = cfg.max_count + 1
-    restricted = compute_metrics(probs[in_range][:, :n_counts].argmax(1), test_labels[in_range],
-                                 metadata.class_values[:n_counts], metadata.labels[:n_counts])
+    # The ABID challenge's task: bins holding 0..max_count, the answer restricted to those classes
+    # (without an overflow class the ordinary metrics are that task).
+    restricted = counts_task_metrics(probs, test_labels, metadata.class_values, metadata.labels) or test_metrics
     log(**{f"test_{k}": round(v, 4) for k, v in test_metrics.items() if isinstance(v, float)})
     log(**{f"test_0_{cfg.max_count}_{k}": round(v, 4) for k, v in restricted.items() if isinstance(v, float)})
 

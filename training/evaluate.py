@@ -46,7 +46,7 @@ from training.data import (
     scan_records,
     select_ids,
 )
-from training.metrics import compute_metrics, format_metrics
+from training.metrics import compute_metrics, counts_task_metrics, format_metrics
 
 ENV_PREFIX = "BINSIGHT_EVAL_"
 HISTORY_FILE = "history.json"
@@ -152,10 +152,17 @@ def _collate_indexed(samples):
     return batch.images, batch.labels, indices, batch.skipped
 
 
+def counts_task_key(labels: Sequence[str]) -> str:
+    """``counts_0_5`` for labels 0..5 + "6+": where the counting task's metrics are kept."""
+    return f"counts_0_{len(labels) - 2}"
+
+
 def evaluate_model(model: nn.Module, metadata: ModelMetadata, items: Sequence[LabelledBin], batch_size: int = 64,
                    tta_flip: bool = False, num_workers: int = 0, device: torch.device | str | None = None,
                    return_predictions: bool = False) -> dict[str, Any]:
     """Metrics of ``model`` on ``items`` (labels already per ``metadata.labels``) with eval == serving.
+
+    With an overflow class, ``counts_0_N`` holds the ABID challenge's task (:func:`counts_task_metrics`).
 
     Returns :func:`training.metrics.compute_metrics`'s dict plus ``loss`` (cross entropy of the
     predicted probabilities), ``skipped`` (unreadable images) and ``tta_flip``; with
@@ -172,6 +179,9 @@ def evaluate_model(model: nn.Module, metadata: ModelMetadata, items: Sequence[La
     metrics["skipped"] = len(skipped)
     metrics["skipped_ids"] = [b.id for b in skipped][:100]
     metrics["tta_flip"] = tta_flip
+    counts_task = counts_task_metrics(probs, labels, metadata.class_values, metadata.labels)
+    if counts_task is not None:
+        metrics[counts_task_key(metadata.labels)] = counts_task
     if return_predictions:
         metrics["predictions"] = [
             {"id": i, "label": metadata.labels[int(t)], "predicted": metadata.labels[int(p)],
@@ -341,6 +351,9 @@ def run(config: EvaluateConfig, log: Log = _print) -> dict[str, Any]:
     files += write_plots(out, metrics, read_history(config.model_dir), metadata.labels,
                          title=f"{metadata.architecture}: {info['part']} (n={metrics['n']})")
     log(format_metrics(metrics, "eval_"))
+    task_key = counts_task_key(metadata.labels)
+    if task_key in metrics:
+        log(format_metrics(metrics[task_key], f"eval_{task_key}_"))
     log(f"eval_loss: {metrics['loss']:.4f}")
     log(f"eval_skipped: {metrics['skipped']}")
     log(f"eval_dropped: {info['dropped_above_max_count']}")

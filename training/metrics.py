@@ -88,6 +88,22 @@ def compute_metrics(predictions: torch.Tensor | Sequence[int], labels: torch.Ten
     }
 
 
+def counts_task_metrics(probs: torch.Tensor, labels: torch.Tensor | Sequence[int], class_values: Sequence[float],
+                        class_names: Sequence[str]) -> dict[str, Any] | None:
+    """The ABID challenge's task for a model with an overflow class ("6+"): only the bins holding
+    0..N, each answered with the most probable of the classes 0..N. ``None`` without an overflow class
+    (then the ordinary metrics are that task already)."""
+    if not class_names or not class_names[-1].endswith("+"):
+        return None
+    n_counts = len(class_names) - 1
+    labels = _as_long(labels, "labels")
+    in_range = labels < n_counts
+    if not bool(in_range.any()):
+        return None
+    return compute_metrics(probs[in_range][:, :n_counts].argmax(1), labels[in_range], class_values[:n_counts],
+                           class_names[:n_counts])
+
+
 def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor | Sequence[int], class_values: Sequence[float],
                         class_names: Sequence[str] | None = None) -> dict[str, Any]:
     """:func:`compute_metrics` on ``logits.argmax(1)``."""
