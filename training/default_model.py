@@ -52,6 +52,7 @@ from training.data import (
     stratified_split,
     write_split_manifest,
 )
+from training.metrics import compute_metrics
 from training.model_card import write_model_card
 
 ARCHITECTURE = "efficientnet_lite0"
@@ -81,8 +82,8 @@ class RecipeConfig(BaseModel):
     feature_dropout: float = Field(0.2, ge=0, lt=1, description="channel dropout on the cached feature maps (training)")
     augment: tuple[Literal["orig", "hflip", "vflip"], ...] = ("orig", "hflip")
     tta_flip: bool = True
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="validation part: picks the epoch kept")
+    test_fraction: float = Field(0.1, gt=0, lt=1, description="held-out test part: the reported figures")
     seed: int = 0
     threads: int = Field(2, ge=1)
     limit: int | None = Field(None, ge=20, description="use only this many bins (quick checks)")
@@ -255,14 +256,14 @@ def train_top(cfg: RecipeConfig, model: nn.Module, features: dict[str, torch.Ten
             correct += (logits.argmax(1) == y).sum().item()
         probs = _probabilities(model, [features["orig"]], val_idx, k)
         val_y = labels[val_idx]
-        val_pred = probs.argmax(1)
+        val = compute_metrics(probs.argmax(1), val_y, values.tolist())
         row = {
             "epoch": epoch,
             "train_loss": round(loss_sum / seen, 4),
             "train_acc": round(correct / seen, 4),
             "val_loss": round(F.nll_loss(probs.clamp_min(1e-8).log(), val_y).item(), 4),
-            "val_acc": round((val_pred == val_y).float().mean().item(), 4),
-            "val_rmse": round(((val_pred - val_y).float() ** 2).mean().sqrt().item(), 4),
+            "val_acc": round(val["accuracy"], 4),
+            "val_rmse": round(val["rmse"], 4),
             "lr": round(scheduler.get_last_lr()[0], 7),
             "epoch_time_s": round(time.time() - start, 1),
         }
@@ -328,7 +329,7 @@ def tuning_features(cfg: RecipeConfig, model: nn.Module, spec: PreprocessSpec,
 
 def run(cfg: RecipeConfig) -> Path:
     from training.evaluate import predict_items, write_plots  # matplotlib only when the recipe runs
-    from training.metrics import compute_metrics, counts_task_metrics
+    from training.metrics import counts_task_metrics
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
