@@ -1,4 +1,4 @@
-"""Test support for training.aws: a moto server on loopback, fake credentials, tiny ABID objects.
+"""Test support for binsight_aws: a moto server on loopback, fake credentials, tiny ABID objects.
 
 Every request the tests make goes to ``http://127.0.0.1:<port>``; AWS credentials and endpoint
 variables are replaced so nothing can reach AWS, even by mistake.

@@ -9,10 +9,10 @@ import pytest
 from aws_support import ROLE_ARN, TRAIN_IMAGE, fake_aws_env  # noqa: F401
 from pydantic import ValidationError
 
-from training.aws.cli import build_parser, main
-from training.aws.configs import TrainingJobConfig, TuningJobConfig
-from training.aws.training_job import METRIC_REGEXES, metric_definitions
-from training.aws.validate import check_instance_type, check_role_arn, parse_s3_uri
+from binsight_aws.cli import build_parser, main
+from binsight_aws.configs import TrainingJobConfig, TuningJobConfig
+from binsight_aws.training_job import METRIC_REGEXES, metric_definitions
+from binsight_aws.validate import check_instance_type, check_role_arn, parse_s3_uri
 
 JOB = ["--image-uri", TRAIN_IMAGE, "--role-arn", ROLE_ARN, "--train-uri", "s3://my-bucket/data/train",
        "--output-uri", "s3://my-bucket/output"]
@@ -242,7 +242,7 @@ def test_metric_regexes_read_the_training_loop_format() -> None:
 def test_progress_lines_without_terminal_and_bar_with_one() -> None:
     import io
 
-    from training.aws.progress import Progress, StatusWatcher
+    from binsight_aws.progress import Progress, StatusWatcher
 
     lines: list[str] = []
     with Progress("download", total=4, unit="bin", log=lines.append, interval_s=0, tty=False) as progress:
@@ -270,7 +270,7 @@ def test_cli_help_imports_neither_torch_nor_boto3() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; import training.aws.cli as c; c.build_parser(); "
+    code = ("import sys; import binsight_aws.cli as c; c.build_parser(); "
             "print('torch' in sys.modules, 'boto3' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1]).stdout

@@ -21,13 +21,13 @@ from aws_support import (  # noqa: F401
     reset_moto,
 )
 
-from training.aws.abid_download import SUMMARY_FILE, CorruptObject, check_jpeg, check_metadata
-from training.aws.abid_selection import parse_file_list, read_ids_file
-from training.aws.cli import main
-from training.aws.configs import DownloadAbidConfig
-from training.aws.download import make_downloader
-from training.aws.progress import Progress
-from training.aws.validate import InputError
+from binsight_aws.abid_download import SUMMARY_FILE, CorruptObject, check_jpeg, check_metadata
+from binsight_aws.abid_selection import parse_file_list, read_ids_file
+from binsight_aws.cli import main
+from binsight_aws.configs import DownloadAbidConfig
+from binsight_aws.download import make_downloader
+from binsight_aws.progress import Progress
+from binsight_aws.validate import InputError
 from training.data import read_abid
 
 BUCKET = "aft-vbi-pds"

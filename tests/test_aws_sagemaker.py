@@ -33,21 +33,21 @@ from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
 from botocore.validate import ParamValidator
 
-from training.aws import endpoint as endpoint_ops
-from training.aws.cli import main
-from training.aws.configs import (
+from binsight_aws import endpoint as endpoint_ops
+from binsight_aws.cli import main
+from binsight_aws.configs import (
     BatchTransformConfig,
     DeployConfig,
     InvokeConfig,
     TrainingJobConfig,
     TuningJobConfig,
 )
-from training.aws.model_package import check_archive
-from training.aws.session import AwsClients
-from training.aws.training_job import METRIC_REGEXES, report, training_job_request
-from training.aws.training_job import run as run_training
-from training.aws.transform import transform_request
-from training.aws.tuning import tuning_job_request
+from binsight_aws.model_package import check_archive
+from binsight_aws.session import AwsClients
+from binsight_aws.training_job import METRIC_REGEXES, report, training_job_request
+from binsight_aws.training_job import run as run_training
+from binsight_aws.transform import transform_request
+from binsight_aws.tuning import tuning_job_request
 
 BUCKET = "binsight-test"
 
@@ -139,7 +139,7 @@ def test_upload_explicit_channels_dry_run(aws, tmp_path) -> None:
 
 
 def test_multipart_etag_matches_s3(aws, tmp_path) -> None:
-    from training.aws.upload import MULTIPART_CHUNK, s3_etag
+    from binsight_aws.upload import MULTIPART_CHUNK, s3_etag
 
     big = tmp_path / "big" / "train"
     big.mkdir(parents=True)

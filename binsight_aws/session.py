@@ -10,7 +10,7 @@ import boto3
 import botocore.config
 from botocore import UNSIGNED
 
-from training.aws.validate import InputError
+from binsight_aws.validate import InputError
 
 
 @dataclass

@@ -13,10 +13,10 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from training.aws.configs import PackageModelConfig
-from training.aws.progress import Log, print_line
-from training.aws.session import AwsClients
-from training.aws.validate import InputError, S3Uri, parse_s3_uri
+from binsight_aws.configs import PackageModelConfig
+from binsight_aws.progress import Log, print_line
+from binsight_aws.session import AwsClients
+from binsight_aws.validate import InputError, S3Uri, parse_s3_uri
 
 REQUIRED = ("model.json", "model.pth")
 ARCHIVE_NAME = "model.tar.gz"

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.aws.abid_download import METADATA_PREFIX, AbidDownloader, atomic_write, check_metadata, metadata_key
-from training.aws.progress import Log, Progress, print_line
-from training.aws.retry import describe_error
-from training.aws.validate import InputError, check_abid_id
+from binsight_aws.abid_download import METADATA_PREFIX, AbidDownloader, atomic_write, check_metadata, metadata_key
+from binsight_aws.progress import Log, Progress, print_line
+from binsight_aws.retry import describe_error
+from binsight_aws.validate import InputError, check_abid_id
 from training.data import ABID_METADATA_DIR
 
 LISTING_FILE = ".binsight-abid-listing.json"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from training.aws.abid_download import AbidDownloader
-from training.aws.abid_selection import read_file_list, read_ids_file, sample_bins
-from training.aws.configs import DownloadAbidConfig
-from training.aws.progress import Log, print_line
-from training.aws.retry import Backoff
-from training.aws.session import AwsClients
+from binsight_aws.abid_download import AbidDownloader
+from binsight_aws.abid_selection import read_file_list, read_ids_file, sample_bins
+from binsight_aws.configs import DownloadAbidConfig
+from binsight_aws.progress import Log, print_line
+from binsight_aws.retry import Backoff
+from binsight_aws.session import AwsClients
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 

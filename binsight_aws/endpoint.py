@@ -19,11 +19,11 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from training.aws.configs import DeleteEndpointConfig, DeployConfig, InvokeConfig
-from training.aws.model_package import package, upload_archive, upload_target
-from training.aws.progress import Log, StatusWatcher, print_line
-from training.aws.session import AwsClients
-from training.aws.validate import InputError, parse_s3_uri
+from binsight_aws.configs import DeleteEndpointConfig, DeployConfig, InvokeConfig
+from binsight_aws.model_package import package, upload_archive, upload_target
+from binsight_aws.progress import Log, StatusWatcher, print_line
+from binsight_aws.session import AwsClients
+from binsight_aws.validate import InputError, parse_s3_uri
 
 VARIANT = "AllTraffic"
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130

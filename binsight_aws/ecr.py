@@ -12,10 +12,10 @@ import subprocess
 from collections.abc import Sequence
 from typing import Any
 
-from training.aws.configs import PushImagesConfig
-from training.aws.progress import Log, print_line
-from training.aws.session import AwsClients
-from training.aws.validate import InputError
+from binsight_aws.configs import PushImagesConfig
+from binsight_aws.progress import Log, print_line
+from binsight_aws.session import AwsClients
+from binsight_aws.validate import InputError
 
 
 class DockerError(RuntimeError):

@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from training.aws.cloudwatch import TRAINING_LOG_GROUP, LogFollower
-from training.aws.configs import CHECKPOINT_LOCAL_PATH, JobConfig, TrainingJobConfig
-from training.aws.progress import Log, StatusWatcher, print_line
-from training.aws.session import AwsClients
-from training.aws.validate import InputError
+from binsight_aws.cloudwatch import TRAINING_LOG_GROUP, LogFollower
+from binsight_aws.configs import CHECKPOINT_LOCAL_PATH, JobConfig, TrainingJobConfig
+from binsight_aws.progress import Log, StatusWatcher, print_line
+from binsight_aws.session import AwsClients
+from binsight_aws.validate import InputError
 
 #: A number as the training loop prints it: 0.4100, 3, 3.000e-04, -1.5
 NUMBER = r"([-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)"

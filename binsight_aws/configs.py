@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from training.aws.validate import (
+from binsight_aws.validate import (
     TUNING_JOB_NAME_MAX,
     check_abid_id,
     check_endpoint_url,

@@ -1,6 +1,6 @@
-"""binsight-aws (python -m training.aws): one command line for the AWS side of binsight.
+"""binsight-aws (python -m binsight_aws): one command line for the AWS side of binsight.
 
-Options are generated from the subcommand's pydantic config (:mod:`training.aws.configs`): every
+Options are generated from the subcommand's pydantic config (:mod:`binsight_aws.configs`): every
 field ``some_name`` is ``--some-name`` and ``BINSIGHT_AWS_SOME_NAME`` (the command line wins). An
 operation's module is imported only when it runs, so ``--help`` needs neither torch nor boto3.
 
@@ -18,25 +18,25 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from training.aws import configs
-from training.aws.configs import ENV_PREFIX, field_kind
-from training.aws.progress import Log, print_line
-from training.aws.validate import InputError
+from binsight_aws import configs
+from binsight_aws.configs import ENV_PREFIX, field_kind
+from binsight_aws.progress import Log, print_line
+from binsight_aws.validate import InputError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 #: subcommand -> (config model, "module:function" run with (config, log) -> exit status)
 COMMANDS: dict[str, tuple[type[BaseModel], str]] = {
-    "download-abid": (configs.DownloadAbidConfig, "training.aws.download:run"),
-    "upload-dataset": (configs.UploadDatasetConfig, "training.aws.upload:run"),
-    "push-images": (configs.PushImagesConfig, "training.aws.ecr:run"),
-    "train": (configs.TrainingJobConfig, "training.aws.training_job:run"),
-    "tune": (configs.TuningJobConfig, "training.aws.tuning:run"),
-    "package-model": (configs.PackageModelConfig, "training.aws.model_package:run"),
-    "deploy": (configs.DeployConfig, "training.aws.endpoint:run_deploy"),
-    "delete-endpoint": (configs.DeleteEndpointConfig, "training.aws.endpoint:run_delete"),
-    "invoke": (configs.InvokeConfig, "training.aws.endpoint:run_invoke"),
-    "batch-transform": (configs.BatchTransformConfig, "training.aws.transform:run"),
+    "download-abid": (configs.DownloadAbidConfig, "binsight_aws.download:run"),
+    "upload-dataset": (configs.UploadDatasetConfig, "binsight_aws.upload:run"),
+    "push-images": (configs.PushImagesConfig, "binsight_aws.ecr:run"),
+    "train": (configs.TrainingJobConfig, "binsight_aws.training_job:run"),
+    "tune": (configs.TuningJobConfig, "binsight_aws.tuning:run"),
+    "package-model": (configs.PackageModelConfig, "binsight_aws.model_package:run"),
+    "deploy": (configs.DeployConfig, "binsight_aws.endpoint:run_deploy"),
+    "delete-endpoint": (configs.DeleteEndpointConfig, "binsight_aws.endpoint:run_delete"),
+    "invoke": (configs.InvokeConfig, "binsight_aws.endpoint:run_invoke"),
+    "batch-transform": (configs.BatchTransformConfig, "binsight_aws.transform:run"),
 }
 
 

@@ -11,10 +11,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from training.aws.configs import BatchTransformConfig
-from training.aws.progress import Log, StatusWatcher, print_line
-from training.aws.session import AwsClients
-from training.aws.validate import InputError, parse_s3_uri
+from binsight_aws.configs import BatchTransformConfig
+from binsight_aws.progress import Log, StatusWatcher, print_line
+from binsight_aws.session import AwsClients
+from binsight_aws.validate import InputError, parse_s3_uri
 
 TERMINAL = ("Completed", "Failed", "Stopped")
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130

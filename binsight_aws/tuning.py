@@ -12,16 +12,16 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from training.aws.configs import TuningJobConfig
-from training.aws.progress import Log, Progress, StatusWatcher, print_line
-from training.aws.session import AwsClients
-from training.aws.training_job import (
+from binsight_aws.configs import TuningJobConfig
+from binsight_aws.progress import Log, Progress, StatusWatcher, print_line
+from binsight_aws.session import AwsClients
+from binsight_aws.training_job import (
     OBJECTIVE_METRIC,
     check_hyperparameters,
     job_parts,
     metric_definitions,
 )
-from training.aws.validate import InputError
+from binsight_aws.validate import InputError
 
 TERMINAL = ("Completed", "Failed", "Stopped")
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130

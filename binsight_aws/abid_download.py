@@ -1,6 +1,6 @@
 """Download ABID bins (``bin-images/<id>.jpg`` + ``metadata/<id>.json``) into the layout training reads.
 
-* Parallel (a thread pool), each file retried with backoff (:mod:`training.aws.retry`).
+* Parallel (a thread pool), each file retried with backoff (:mod:`binsight_aws.retry`).
 * Resumable: a file already on disk that verifies is skipped; one that does not is fetched again.
   Verified means: metadata parses and has a usable ``EXPECTED_QUANTITY``; an image starts with the
   JPEG SOI marker, ends with EOI and its header decodes; sizes match the object's where known.
@@ -26,8 +26,8 @@ from typing import Any
 from botocore.exceptions import ClientError
 from PIL import Image
 
-from training.aws.progress import Log, Progress, print_line
-from training.aws.retry import Backoff, IncompleteBody, describe_error
+from binsight_aws.progress import Log, Progress, print_line
+from binsight_aws.retry import Backoff, IncompleteBody, describe_error
 from training.data import ABID_IMAGE_DIR, ABID_METADATA_DIR, parse_expected_quantity
 
 IMAGE_PREFIX = f"{ABID_IMAGE_DIR}/"
