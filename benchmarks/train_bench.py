@@ -22,9 +22,11 @@ from torch.utils.data import DataLoader
 
 from service.architectures import build_model, get_architecture
 from service.preprocess import PreprocessSpec
-from training.data import apply_label_policy, collate_skip_bad, LabelPolicy, scan_records
+from training.dataset import collate_skip_bad
 from training.distributed import resolve_device
-from training.inputs import AugmentedBins, EpochSampler
+from training.labels import LabelPolicy, apply_label_policy
+from training.layouts import scan_records
+from training.loaders import AugmentedBins, EpochSampler
 from training.losses import CountLoss
 
 

@@ -28,7 +28,7 @@ from PIL import Image
 
 from binsight_aws.progress import Log, Progress, print_line
 from binsight_aws.retry import Backoff, IncompleteBody, describe_error
-from training.data import ABID_IMAGE_DIR, ABID_METADATA_DIR, parse_expected_quantity
+from training.layouts import ABID_IMAGE_DIR, ABID_METADATA_DIR, parse_expected_quantity
 
 IMAGE_PREFIX = f"{ABID_IMAGE_DIR}/"
 METADATA_PREFIX = f"{ABID_METADATA_DIR}/"

@@ -26,7 +26,7 @@ from binsight_aws.abid_download import METADATA_PREFIX, AbidDownloader, atomic_w
 from binsight_aws.progress import Log, Progress, print_line
 from binsight_aws.retry import describe_error
 from binsight_aws.validate import InputError, check_abid_id
-from training.data import ABID_METADATA_DIR
+from training.layouts import ABID_METADATA_DIR
 
 LISTING_FILE = ".binsight-abid-listing.json"
 _SUFFIXES = (".json", ".jpg", ".jpeg")

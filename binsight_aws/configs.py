@@ -92,7 +92,8 @@ class CommandConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    region: str | None = Field(None, description="AWS region (default: AWS_REGION, AWS_DEFAULT_REGION or the profile's)")
+    region: str | None = Field(
+        None, description="AWS region (default: AWS_REGION, AWS_DEFAULT_REGION or the profile's)")
     profile: str | None = Field(None, description="AWS profile name (default: the default credential chain)")
     endpoint_url: str | None = Field(None, description="Send every AWS call here (tests, S3-compatible stores)")
 

@@ -1,4 +1,4 @@
-"""training.data: layouts, labels, split + manifest, image checks, Dataset and samplers."""
+"""training.layouts, labels, splits, dataset: layouts, labels, split + manifest, image checks, Dataset."""
 
 from __future__ import annotations
 
@@ -11,30 +11,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from training.data import (
-    BadSample,
-    BinDataset,
-    BinRecord,
-    DataError,
-    LabelledBin,
-    LabelPolicy,
-    apply_label_policy,
-    apply_split_manifest,
-    balanced_sampler,
-    check_images,
-    class_counts,
-    class_weights,
-    collate_skip_bad,
-    discover_records,
-    read_abid,
-    read_count_folders,
-    read_split_manifest,
-    scan_abid,
-    scan_records,
-    select_ids,
-    stratified_split,
-    write_split_manifest,
-)
+from training.dataset import BadSample, BinDataset, check_images, collate_skip_bad
+from training.labels import LabelledBin, LabelPolicy, apply_label_policy, class_counts
+from training.layouts import BinRecord, DataError, read_abid, scan_abid, scan_count_folders, scan_records
+from training.loaders import sampling_weights
+from training.losses import class_weights
+from training.splits import read_split_manifest, select_ids, stratified_split, write_split_manifest
 from training.synthetic import corrupt_some, make_synthetic_abid, make_synthetic_folders
 
 
@@ -90,11 +72,11 @@ def test_count_folders_layout(tmp_path: Path, subdir) -> None:
     _jpeg(base / "3" / "c.png")
     (base / "3" / "readme.txt").write_text("not an image")
     (base / "misc").mkdir()
-    records = read_count_folders(tmp_path, log=None)
+    records, report = scan_count_folders(tmp_path)
     prefix = f"{subdir}/" if subdir else ""
     assert [(r.id, r.count) for r in records] == [(f"{prefix}0/a.jpg", 0), (f"{prefix}3/b.JPEG", 3),
                                                    (f"{prefix}3/c.png", 3)]
-    assert discover_records(tmp_path, log=None) == records
+    assert report.layout == "count_folders" and scan_records(tmp_path)[0] == records
 
 
 def test_discover_detects_both_layouts(tmp_path: Path) -> None:
@@ -108,19 +90,19 @@ def test_discover_detects_both_layouts(tmp_path: Path) -> None:
 
 def test_discover_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does not exist"):
-        discover_records(tmp_path / "missing")
+        scan_records(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="is empty"):
-        discover_records(tmp_path / "empty")
+        scan_records(tmp_path / "empty")
     (tmp_path / "odd" / "cats").mkdir(parents=True)
     (tmp_path / "odd" / "x.csv").write_text("1,2")
     with pytest.raises(DataError, match=r"no recognised layout \(found: cats, x.csv\)"):
-        discover_records(tmp_path / "odd")
+        scan_records(tmp_path / "odd")
     (tmp_path / "abid_no_images" / "bin-images").mkdir(parents=True)
     (tmp_path / "abid_no_images" / "metadata").mkdir()
     (tmp_path / "abid_no_images" / "metadata" / "1.json").write_text('{"EXPECTED_QUANTITY": 1}')
     with pytest.raises(DataError, match="no usable images: 1 skipped"):
-        discover_records(tmp_path / "abid_no_images")
+        scan_records(tmp_path / "abid_no_images")
 
 
 # ---------------------------------------------------------------------------- labels
@@ -161,8 +143,9 @@ def test_class_counts_weights_and_sampler() -> None:
     with pytest.raises(ValueError):
         class_counts(items, 2)
 
-    sampler = balanced_sampler(items, 4, num_samples=3000, generator=torch.Generator().manual_seed(0))
-    drawn = Counter(items[i].label for i in sampler)
+    weights = sampling_weights(items, 4)
+    draws = torch.multinomial(weights, 3000, replacement=True, generator=torch.Generator().manual_seed(0))
+    drawn = Counter(items[i].label for i in draws.tolist())
     assert set(drawn) == {0, 1, 2}
     assert all(900 < n < 1100 for n in drawn.values()), drawn
 
@@ -210,12 +193,12 @@ def test_manifest_round_trip_and_reapply(tmp_path: Path) -> None:
 
     manifest = read_split_manifest(path)
     assert manifest.seed == 3 and manifest.ids("test") == [i.id for i in split.test]
-    rebuilt = apply_split_manifest(list(reversed(items)), manifest)
-    assert [i.id for i in rebuilt.test] == [i.id for i in split.test]
-    assert [i.id for i in rebuilt.train] == [i.id for i in split.train]
+    for part in ("train", "val", "test"):  # the ids come back in the manifest's order, whatever the data's
+        found, missing = select_ids(list(reversed(items)), manifest.ids(part))
+        assert [i.id for i in found] == [i.id for i in split.part(part)] and not missing
 
     with pytest.raises(DataError, match="not in the data"):
-        apply_split_manifest(items[:10], manifest)
+        select_ids(items[:10], manifest.ids("test"))
     found, missing = select_ids(items[:10], manifest.ids("test"), strict=False)
     assert len(found) + len(missing) == len(split.test) and missing
     with pytest.raises(DataError, match="no part 'holdout'"):

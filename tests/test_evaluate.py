@@ -9,18 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.artifact import load_artifact, metadata_for, save_artifact
 from service.architectures import build_model
+from service.artifact import load_artifact, metadata_for, save_artifact
 from service.preprocess import preprocess_bytes
-from training.data import (
-    DataError,
-    LabelPolicy,
-    apply_label_policy,
-    discover_records,
-    stratified_split,
-    write_split_manifest,
-)
 from training.evaluate import EvaluateConfig, evaluate_model, label_policy_for, main, parse_config, run
+from training.labels import LabelPolicy, apply_label_policy
+from training.layouts import DataError, scan_records
+from training.splits import stratified_split, write_split_manifest
 from training.synthetic import corrupt_some, make_synthetic_abid
 
 LABELS = ["0", "1", "2", "3"]
@@ -36,7 +31,7 @@ def setup(tmp_path_factory) -> dict:
     model_dir = root / "model"
     model = build_model("resnet18", len(LABELS), pretrained=False, dropout=0.0)
     save_artifact(model_dir, model, metadata_for("resnet18", LABELS, input_size=32, dropout=0.0))
-    items, dropped = apply_label_policy(discover_records(data, log=None), LabelPolicy(max_count=3))
+    items, dropped = apply_label_policy(scan_records(data)[0], LabelPolicy(max_count=3))
     split = stratified_split(items, 0.2, 0.3, seed=1)
     write_split_manifest(model_dir / "split.json", split, extra={"labels": LABELS})
     history = [{"epoch": e, "train_loss": 1.5 / e, "val_loss": 1.6 / e, "val_acc": 0.2 * e, "val_rmse": 1.0 / e,
@@ -119,7 +114,7 @@ def test_unreadable_images_are_skipped_and_counted(setup, tmp_path: Path) -> Non
     make_synthetic_abid(data, 12, max_count=3, size=48, seed=2)
     corrupt_some(data, 1, kinds=("truncated",), seed=3)
     artifact = load_artifact(setup["model_dir"])
-    items, _ = apply_label_policy(discover_records(data, log=None), LabelPolicy(max_count=3))
+    items, _ = apply_label_policy(scan_records(data)[0], LabelPolicy(max_count=3))
     metrics = evaluate_model(artifact.model, artifact.metadata, items, batch_size=4)
     assert metrics["n"] + metrics["skipped"] == 12 and metrics["skipped"] == 1
 
@@ -147,7 +142,7 @@ def test_errors_are_clear(setup, tmp_path: Path, capsys) -> None:
         make_synthetic_abid(bad, 1, max_count=3, size=48)
         corrupt_some(bad, 1, kinds=("text",))
         artifact = load_artifact(setup["model_dir"])
-        items, _ = apply_label_policy(discover_records(bad, log=None), LabelPolicy(max_count=3))
+        items, _ = apply_label_policy(scan_records(bad)[0], LabelPolicy(max_count=3))
         evaluate_model(artifact.model, artifact.metadata, items)
 
 
@@ -171,7 +166,7 @@ def test_overflow_model_also_reports_the_counting_task(setup, tmp_path: Path, ca
     assert main(["--model-dir", str(model_dir), "--data-dir", str(setup["data"]), "--output-dir",
                  str(tmp_path / "out"), "--batch-size", "8"]) == 0
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]
-    in_range = sum(1 for item in apply_label_policy(discover_records(setup["data"], log=None),
+    in_range = sum(1 for item in apply_label_policy(scan_records(setup["data"])[0],
                                                     LabelPolicy(max_count=2, overflow=True))[0] if item.label < 3)
     task = metrics["counts_0_2"]
     assert metrics["n"] == 30 and task["n"] == in_range < 30

@@ -13,16 +13,10 @@ from PIL import Image
 from torch import nn
 
 from service.preprocess import ImageDecodeError, PreprocessSpec, decode_image, image_to_tensor
-from training.data import (
-    BinDataset,
-    LabelPolicy,
-    apply_label_policy,
-    check_image,
-    collate_skip_bad,
-    read_abid,
-    read_count_folders,
-    stratified_split,
-)
+from training.dataset import BinDataset, check_image, collate_skip_bad
+from training.labels import LabelPolicy, apply_label_policy
+from training.layouts import read_abid, scan_count_folders
+from training.splits import stratified_split
 from training.synthetic import corrupt_some, make_synthetic_abid, make_synthetic_folders
 
 
@@ -82,7 +76,7 @@ def test_generation_is_deterministic(tmp_path: Path) -> None:
 def test_folders_layout(tmp_path: Path) -> None:
     records = make_synthetic_folders(tmp_path, 8, max_count=3, size=48, seed=1)
     assert all(r.id == f"train/{r.count}/{r.image_path.name}" for r in records)
-    assert sorted(read_count_folders(tmp_path, log=None), key=lambda r: r.id) == sorted(records, key=lambda r: r.id)
+    assert sorted(scan_count_folders(tmp_path)[0], key=lambda r: r.id) == sorted(records, key=lambda r: r.id)
     flat = make_synthetic_folders(tmp_path / "flat", 4, size=48, subdir=None)
     assert all(r.id.split("/")[0] == str(r.count) for r in flat)
 

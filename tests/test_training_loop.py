@@ -14,7 +14,7 @@ from service.artifact import load_artifact
 from training.__main__ import main
 from training.checkpoint import CHECKPOINT_FILE, CheckpointError, GracefulStop
 from training.config import ConfigError
-from training.inputs import EpochSampler
+from training.loaders import EpochSampler
 from training.loop import TrainHooks, run_training
 from training.losses import CountLoss
 from training.optim import apply_freeze, lr_factor, param_groups

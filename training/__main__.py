@@ -26,8 +26,8 @@ from service.architectures import ArchitectureError
 from service.artifact import ArtifactError
 from training.checkpoint import CheckpointError
 from training.config import ConfigError, TrainConfig, load_config
-from training.data import DataError
 from training.distributed import in_torchrun_worker, launch, plan_launch
+from training.layouts import DataError
 from training.sagemaker_env import (
     RunPaths,
     SageMakerEnvError,

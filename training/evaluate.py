@@ -32,21 +32,11 @@ from torch.utils.data import DataLoader
 
 from service.artifact import ArtifactError, ModelMetadata, load_artifact
 from training.augment import eval_transform
-from training.data import (
-    SPLIT_MANIFEST_FILE,
-    BadSample,
-    BinDataset,
-    DataError,
-    LabelledBin,
-    LabelPolicy,
-    apply_label_policy,
-    check_images,
-    collate_skip_bad,
-    read_split_manifest,
-    scan_records,
-    select_ids,
-)
+from training.dataset import BadSample, BinDataset, check_images, collate_skip_bad
+from training.labels import LabelledBin, LabelPolicy, apply_label_policy
+from training.layouts import DataError, scan_records
 from training.metrics import compute_metrics, counts_task_metrics, format_metrics
+from training.splits import SPLIT_MANIFEST_FILE, read_split_manifest, select_ids
 
 ENV_PREFIX = "BINSIGHT_EVAL_"
 HISTORY_FILE = "history.json"
@@ -66,7 +56,8 @@ class EvaluateConfig(BaseModel):
     data_dir: Path = Field(..., description="ABID or count-folder data directory.")
     split_manifest: Path | None = Field(None, description="Split manifest; evaluate only the ids of --part.")
     part: Literal["train", "val", "test"] = Field("test", description="Part of the split manifest to evaluate.")
-    output_dir: Path | None = Field(None, description="Where metrics.json and plots go (default <model-dir>/evaluation).")
+    output_dir: Path | None = Field(
+        None, description="Where metrics.json and plots go (default <model-dir>/evaluation).")
     tta_flip: bool = Field(False, description="Average the predictions of the image and its horizontal mirror.")
     batch_size: int = Field(64, ge=1, le=4096)
     limit: int | None = Field(None, ge=1, description="Evaluate a seeded random subset of this many bins.")

@@ -39,23 +39,24 @@ from training.checkpoint import (
     save_checkpoint,
 )
 from training.config import TrainConfig
-from training.data import SPLIT_MANIFEST_FILE, DataError, class_weights, collate_skip_bad, write_split_manifest
+from training.channels import prepare_data
 from training.distributed import DistContext, all_reduce, init_distributed, shutdown_distributed
 from training.evaluate import HISTORY_FILE, evaluate_model
-from training.inputs import (
+from training.layouts import DataError
+from training.loaders import (
     EpochSampler,
     auto_num_workers,
     eval_loader,
     mix_seed,
-    prepare_data,
     sampling_weights,
     steps_per_epoch,
     train_loader,
 )
-from training.losses import CountLoss
+from training.losses import CountLoss, class_weights
 from training.metrics import scalar_metrics
 from training.optim import apply_freeze, frozen_norms_to_eval, make_optimizer, make_scheduler, param_groups
 from training.sagemaker_env import RunPaths
+from training.splits import SPLIT_MANIFEST_FILE, write_split_manifest
 
 Log = Callable[[str], None]
 METRICS_FILE = "metrics.json"
@@ -132,11 +133,10 @@ class _Run:
         self._resume()
         num_workers = cfg.num_workers if cfg.num_workers is not None else auto_num_workers(self.ctx.local_world_size)
         self.num_workers = num_workers
-        self.loader = train_loader(self.data.split.train, self.sampler, self.spec, cfg, num_workers, self.cuda,
-                                   collate_skip_bad)
+        self.loader = train_loader(self.data.split.train, self.sampler, self.spec, cfg, num_workers, self.cuda)
         val_shard = self.data.split.val[self.ctx.rank::self.ctx.world_size]
-        self.val_loader = (eval_loader(val_shard, self.spec, cfg.effective_eval_batch_size, num_workers, self.cuda,
-                                       collate_skip_bad) if self.data.split.val else None)
+        self.val_loader = (eval_loader(val_shard, self.spec, cfg.effective_eval_batch_size, num_workers, self.cuda)
+                           if self.data.split.val else None)
         log(f"train_plan: epochs: {cfg.epochs} steps_per_epoch: {self.steps} batch_size: {cfg.batch_size} "
             f"num_workers: {num_workers} trainable_params: {self.trainable} total_params: {self.total_params} "
             f"start_epoch: {self.progress.epoch + 1}")

@@ -5,6 +5,8 @@ cross-entropy does not know that. ``ordinal_weight > 0`` adds the squared error 
 expected count under the predicted distribution (``softmax(logits) @ class_values``) and the true
 count, which pushes probability mass towards neighbouring counts. The output stays a softmax
 over classes, so the artifact contract (argmax = predicted class) does not change.
+
+:func:`class_weights` gives the per-class weights of ``class_weighting=inverse``.
 """
 
 from __future__ import annotations
@@ -44,3 +46,19 @@ class CountLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f"classes={len(self.values)}, label_smoothing={self.label_smoothing}, "
                 f"ordinal_weight={self.ordinal_weight}, weighted={self.weights is not None}")
+
+
+def class_weights(counts: Sequence[int], power: float = 1.0) -> torch.Tensor:
+    """Inverse-frequency class weights ``(N / (K * n_c)) ** power``, normalised so sum(n_c * w_c) = N.
+
+    With the normalisation the average loss keeps its scale. Classes absent from the data get
+    weight 1 (they never occur as a target, so the value only matters for label smoothing).
+    """
+    n = torch.tensor([float(c) for c in counts])
+    present = n > 0
+    if not bool(present.any()):
+        raise ValueError("class_weights needs at least one non-empty class")
+    weights = torch.ones_like(n)
+    weights[present] = (n[present].sum() / (int(present.sum()) * n[present])) ** power
+    weights[present] *= n[present].sum() / (n[present] * weights[present]).sum()
+    return weights

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw
 
-from training.data import ABID_IMAGE_DIR, ABID_METADATA_DIR, BinRecord
+from training.layouts import ABID_IMAGE_DIR, ABID_METADATA_DIR, BinRecord
 
 _BACKGROUNDS = [(150, 120, 85), (170, 140, 100), (120, 118, 112), (95, 92, 88), (185, 175, 160)]
 
