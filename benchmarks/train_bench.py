@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from service.architectures import build_model, get_architecture
 from service.preprocess import PreprocessSpec
 from training.dataset import collate_skip_bad
-from training.distributed import resolve_device
+from training.device import resolve_device
 from training.labels import LabelPolicy, apply_label_policy
 from training.layouts import scan_records
 from training.loaders import AugmentedBins, EpochSampler

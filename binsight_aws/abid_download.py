@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -26,9 +25,10 @@ from typing import Any
 from botocore.exceptions import ClientError
 from PIL import Image
 
-from binsight_aws.progress import Log, Progress, print_line
 from binsight_aws.retry import Backoff, IncompleteBody, describe_error
+from service.files import atomic_write, atomic_write_json
 from training.layouts import ABID_IMAGE_DIR, ABID_METADATA_DIR, parse_expected_quantity
+from training.log import Log, Progress, print_line
 
 IMAGE_PREFIX = f"{ABID_IMAGE_DIR}/"
 METADATA_PREFIX = f"{ABID_METADATA_DIR}/"
@@ -83,18 +83,6 @@ def check_jpeg(data: bytes) -> None:
         raise
     except Exception as exc:  # PIL raises many types for bad headers
         raise CorruptObject(f"JPEG header unreadable ({type(exc).__name__}: {exc})") from None
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PART_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def remove_stale_parts(dest: Path) -> int:
@@ -241,7 +229,7 @@ class AbidDownloader:
             return FileOutcome("failed", reason=describe_error(exc), refetched=refetch)
         veto = accept(data) if accept else None
         if write and veto is None:
-            atomic_write(path, data)
+            atomic_write(path, data, suffix=PART_SUFFIX)
         return FileOutcome("downloaded", data=data, nbytes=len(data), refetched=refetch,
                            reason=veto)
 
@@ -262,7 +250,7 @@ class AbidDownloader:
             if meta_path.is_file() and meta_path.read_bytes() == metadata:
                 meta = FileOutcome("skipped", data=metadata)
             else:
-                atomic_write(meta_path, metadata)
+                atomic_write(meta_path, metadata, suffix=PART_SUFFIX)
                 meta = FileOutcome("downloaded", data=metadata, nbytes=len(metadata))
         else:
             meta = self.ensure_file(metadata_key(bin_id), meta_path, check_metadata, expected_size=metadata_size,
@@ -370,10 +358,10 @@ class AbidDownloader:
             else:
                 summary.complete_bins += 1
             if progress is not None:
-                progress.update(1, failed=summary.failed_bins, mb=round(summary.bytes_downloaded / 1e6, 1))
+                progress.update(1, failed=summary.failed_bins, mb=f"{summary.bytes_downloaded / 1e6:.1f}")
 
     def _write_summary(self, summary: DownloadSummary) -> None:
         try:
-            atomic_write(self.dest / SUMMARY_FILE, (json.dumps(summary.as_dict(), indent=2) + "\n").encode())
+            atomic_write_json(self.dest / SUMMARY_FILE, summary.as_dict())
         except OSError as exc:
             self.log(f"download_summary_not_written: {exc}")

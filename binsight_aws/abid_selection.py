@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from binsight_aws.abid_download import METADATA_PREFIX, AbidDownloader, atomic_write, check_metadata, metadata_key
-from binsight_aws.progress import Log, Progress, print_line
 from binsight_aws.retry import describe_error
 from binsight_aws.validate import InputError, check_abid_id
 from training.layouts import ABID_METADATA_DIR
+from training.log import Log, Progress, print_line
 
 LISTING_FILE = ".binsight-abid-listing.json"
 _SUFFIXES = (".json", ".jpg", ".jpeg")

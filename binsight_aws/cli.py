@@ -20,8 +20,8 @@ from pydantic import BaseModel, ValidationError
 
 from binsight_aws import configs
 from binsight_aws.configs import ENV_PREFIX, field_kind
-from binsight_aws.progress import Log, print_line
 from binsight_aws.validate import InputError
+from training.log import Log, print_line
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from binsight_aws.progress import Log, print_line
+from training.log import Log, print_line
 
 TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 TRANSFORM_LOG_GROUP = "/aws/sagemaker/TransformJobs"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from binsight_aws.abid_download import AbidDownloader
 from binsight_aws.abid_selection import read_file_list, read_ids_file, sample_bins
 from binsight_aws.configs import DownloadAbidConfig
-from binsight_aws.progress import Log, print_line
 from binsight_aws.retry import Backoff
 from binsight_aws.session import AwsClients
+from training.log import Log, print_line
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 

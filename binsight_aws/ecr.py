@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from binsight_aws.configs import PushImagesConfig
-from binsight_aws.progress import Log, print_line
 from binsight_aws.session import AwsClients
 from binsight_aws.validate import InputError
+from training.log import Log, print_line
 
 
 class DockerError(RuntimeError):

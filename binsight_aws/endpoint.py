@@ -21,13 +21,17 @@ from botocore.exceptions import ClientError
 
 from binsight_aws.configs import DeleteEndpointConfig, DeployConfig, InvokeConfig
 from binsight_aws.model_package import package, upload_archive, upload_target
-from binsight_aws.progress import Log, StatusWatcher, print_line
 from binsight_aws.session import AwsClients
+from binsight_aws.status import wait_for_status
 from binsight_aws.validate import InputError, parse_s3_uri
+from training.log import Log, print_line
 
 VARIANT = "AllTraffic"
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 IMAGE_CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
+
+#: Endpoint statuses that change by themselves; any other one is where a deployment ended.
+DEPLOYING = ("Creating", "Updating", "SystemUpdating", "RollingBack")
 
 
 def _clients(config: Any, clients: AwsClients | None) -> AwsClients:
@@ -89,14 +93,10 @@ def resolve_model_data(config: DeployConfig, clients: AwsClients, model_name: st
 
 def wait_for_endpoint(sagemaker: Any, name: str, *, poll_s: float, log: Log = print_line,
                       sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
-    watcher = StatusWatcher("endpoint_status", log)
-    while True:
-        description = sagemaker.describe_endpoint(EndpointName=name)
-        status = description["EndpointStatus"]
-        watcher.observe(status=status, failure_reason=description.get("FailureReason"))
-        if status not in ("Creating", "Updating", "SystemUpdating", "RollingBack"):
-            return description
-        sleep(poll_s)
+    return wait_for_status(lambda: sagemaker.describe_endpoint(EndpointName=name), "EndpointStatus",
+                           lambda status: status not in DEPLOYING, name="endpoint_status",
+                           details=lambda d: {"failure_reason": d.get("FailureReason")}, poll_s=poll_s, log=log,
+                           sleep=sleep)
 
 
 def run_deploy(config: DeployConfig, log: Log = print_line, clients: AwsClients | None = None,

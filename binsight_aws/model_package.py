@@ -8,15 +8,15 @@ JSON files training writes beside them (split manifest, history). The folder is 
 
 from __future__ import annotations
 
-import os
 import tarfile
-import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 from binsight_aws.configs import PackageModelConfig
-from binsight_aws.progress import Log, print_line
 from binsight_aws.session import AwsClients
 from binsight_aws.validate import InputError, S3Uri, parse_s3_uri
+from service.files import atomic_write
+from training.log import Log, print_line
 
 REQUIRED = ("model.json", "model.pth")
 ARCHIVE_NAME = "model.tar.gz"
@@ -51,17 +51,13 @@ def _tarinfo(info: tarfile.TarInfo) -> tarfile.TarInfo:
 def build_archive(model_dir: Path, output: Path) -> list[str]:
     """Write ``output`` atomically; returns the member names."""
     members = archive_members(model_dir)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        with tarfile.open(tmp, "w:gz") as tar:
+
+    def write(fh: BinaryIO) -> None:
+        with tarfile.open(fileobj=fh, mode="w:gz") as tar:
             for path in members:
                 tar.add(path, arcname=path.name, recursive=False, filter=_tarinfo)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(output, write, suffix=".part")
     return [p.name for p in members]
 
 

@@ -16,9 +16,10 @@ from typing import Any
 
 from binsight_aws.cloudwatch import TRAINING_LOG_GROUP, LogFollower
 from binsight_aws.configs import CHECKPOINT_LOCAL_PATH, JobConfig, TrainingJobConfig
-from binsight_aws.progress import Log, StatusWatcher, print_line
 from binsight_aws.session import AwsClients
+from binsight_aws.status import job_ended, wait_for_status
 from binsight_aws.validate import InputError
+from training.log import Log, print_line
 
 #: A number as the training loop prints it: 0.4100, 3, 3.000e-04, -1.5
 NUMBER = r"([-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)"
@@ -30,7 +31,6 @@ METRIC_REGEXES: dict[str, str] = {
 }
 METRIC_REGEXES["test_off_by_one_acc"] = rf"\btest_off_by_one(?:_acc)?: {NUMBER}"
 OBJECTIVE_METRIC = "val_acc"
-TERMINAL = ("Completed", "Failed", "Stopped")
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 
@@ -96,18 +96,13 @@ def _last_message(description: Mapping[str, Any]) -> str | None:
 def wait_for_training_job(sagemaker: Any, logs: Any | None, name: str, *, poll_s: float, log: Log = print_line,
                           sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
     """Poll until the job ends, printing status changes and (with ``logs``) its log lines."""
-    watcher = StatusWatcher("job_status", log)
     follower = LogFollower(logs, TRAINING_LOG_GROUP, name, log) if logs is not None else None
-    while True:
-        description = sagemaker.describe_training_job(TrainingJobName=name)
-        status = description["TrainingJobStatus"]
-        watcher.observe(status=status, secondary_status=description.get("SecondaryStatus"),
-                        message=_last_message(description))
-        if follower is not None:
-            follower.poll()
-        if status in TERMINAL:
-            return description
-        sleep(poll_s)
+    return wait_for_status(lambda: sagemaker.describe_training_job(TrainingJobName=name), "TrainingJobStatus",
+                           job_ended, name="job_status",
+                           details=lambda d: {"secondary_status": d.get("SecondaryStatus"),
+                                              "message": _last_message(d)},
+                           each=(lambda d: follower.poll()) if follower is not None else None,
+                           poll_s=poll_s, log=log, sleep=sleep)
 
 
 def report(description: Mapping[str, Any], log: Log = print_line) -> int:

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from typing import Any
 
 from binsight_aws.configs import BatchTransformConfig
-from binsight_aws.progress import Log, StatusWatcher, print_line
 from binsight_aws.session import AwsClients
+from binsight_aws.status import job_ended, wait_for_status
 from binsight_aws.validate import InputError, parse_s3_uri
+from training.log import Log, print_line
 
-TERMINAL = ("Completed", "Failed", "Stopped")
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 
@@ -52,14 +52,10 @@ def count_inputs(s3: Any, uri: str) -> int:
 
 def wait_for_transform_job(sagemaker: Any, name: str, *, poll_s: float, log: Log = print_line,
                            sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
-    watcher = StatusWatcher("transform_status", log)
-    while True:
-        description = sagemaker.describe_transform_job(TransformJobName=name)
-        status = description["TransformJobStatus"]
-        watcher.observe(status=status, failure_reason=description.get("FailureReason"))
-        if status in TERMINAL:
-            return description
-        sleep(poll_s)
+    return wait_for_status(lambda: sagemaker.describe_transform_job(TransformJobName=name), "TransformJobStatus",
+                           job_ended, name="transform_status",
+                           details=lambda d: {"failure_reason": d.get("FailureReason")}, poll_s=poll_s, log=log,
+                           sleep=sleep)
 
 
 def run(config: BatchTransformConfig, log: Log = print_line, clients: AwsClients | None = None,

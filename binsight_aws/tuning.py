@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from binsight_aws.configs import TuningJobConfig
-from binsight_aws.progress import Log, Progress, StatusWatcher, print_line
 from binsight_aws.session import AwsClients
+from binsight_aws.status import job_ended, wait_for_status
 from binsight_aws.training_job import (
     OBJECTIVE_METRIC,
     check_hyperparameters,
@@ -22,8 +22,8 @@ from binsight_aws.training_job import (
     metric_definitions,
 )
 from binsight_aws.validate import InputError
+from training.log import Log, Progress, print_line
 
-TERMINAL = ("Completed", "Failed", "Stopped")
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 
@@ -92,24 +92,25 @@ def check_architectures(names: list[str] | None) -> None:
 
 def wait_for_tuning_job(sagemaker: Any, name: str, total: int, *, poll_s: float, log: Log = print_line,
                         sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
-    watcher = StatusWatcher("tuning_status", log)
+    def details(description: Mapping[str, Any]) -> dict[str, Any]:
+        counters = description.get("TrainingJobStatusCounters") or {}
+        best = (description.get("BestTrainingJob") or {}).get("FinalHyperParameterTuningJobObjectiveMetric")
+        return {"completed": counters.get("Completed", 0), "in_progress": counters.get("InProgress", 0),
+                "failed": int(counters.get("NonRetryableError", 0)) + int(counters.get("RetryableError", 0)),
+                "best_val_acc": best.get("Value") if best else None}
+
     with Progress("tuning", total=total, unit="job", log=log, interval_s=poll_s) as progress:
-        while True:
-            description = sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
-            status = description["HyperParameterTuningJobStatus"]
+        def count_finished(description: Mapping[str, Any]) -> None:
             counters = description.get("TrainingJobStatusCounters") or {}
             finished = sum(int(counters.get(k, 0)) for k in ("Completed", "RetryableError", "NonRetryableError",
                                                              "Stopped"))
-            best = (description.get("BestTrainingJob") or {}).get("FinalHyperParameterTuningJobObjectiveMetric")
-            watcher.observe(status=status, completed=counters.get("Completed", 0),
-                            in_progress=counters.get("InProgress", 0),
-                            failed=int(counters.get("NonRetryableError", 0)) + int(counters.get("RetryableError", 0)),
-                            best_val_acc=best.get("Value") if best else None)
             if finished > progress.done:
                 progress.update(finished - progress.done)
-            if status in TERMINAL:
-                return description
-            sleep(poll_s)
+
+        return wait_for_status(
+            lambda: sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name),
+            "HyperParameterTuningJobStatus", job_ended, name="tuning_status", details=details,
+            each=count_finished, poll_s=poll_s, log=log, sleep=sleep)
 
 
 def report(description: Mapping[str, Any], sagemaker: Any, log: Log = print_line) -> int:

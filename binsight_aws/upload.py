@@ -21,10 +21,10 @@ from typing import Any
 from boto3.s3.transfer import TransferConfig
 
 from binsight_aws.configs import UploadDatasetConfig
-from binsight_aws.progress import Log, Progress, print_line
 from binsight_aws.retry import describe_error
 from binsight_aws.session import AwsClients
 from binsight_aws.validate import InputError, S3Uri, parse_s3_uri
+from training.log import Log, Progress, print_line
 
 MULTIPART_CHUNK = 8 * 1024 * 1024
 CHANNEL_FOLDERS = {"train": "train", "validation": "validation", "val": "validation", "test": "test"}

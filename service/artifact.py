@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from torch import nn
 
 from service.architectures import ArchitectureError, build_model, get_architecture
+from service.files import atomic_write, atomic_write_json
 from service.preprocess import PreprocessSpec, ResizePolicy
 
 FORMAT_VERSION = 1
@@ -45,7 +45,8 @@ class ModelMetadata(BaseModel):
     labels: list[str] = Field(..., description="Class labels in output order: counts, optionally an overflow class.",
                               examples=[["0", "1", "2", "3", "4", "5", "6+"]])
     input_size: int = Field(224, ge=16, le=2048, description="Square input side in pixels.")
-    resize: ResizePolicy = Field("squash", description="How a photo becomes a square: squash, letterbox or center_crop.")
+    resize: ResizePolicy = Field(
+        "squash", description="How a photo becomes a square: squash, letterbox or center_crop.")
     mean: tuple[float, float, float] = Field(..., description="Per-channel mean on the 0..1 scale.")
     std: tuple[float, float, float] = Field(..., description="Per-channel standard deviation on the 0..1 scale.")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Head dropout the module was built with.")
@@ -117,22 +118,6 @@ class LoadedArtifact:
     path: Path
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp makes the file private (0600); an artifact must be readable by the serving
-        # container's non-root user after SageMaker or compose hands it over.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -168,10 +153,8 @@ def save_artifact(model_dir: str | os.PathLike, model: nn.Module, metadata: Mode
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     _check_state_dict(reference, state, "the model being saved")
     model_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(model_dir / WEIGHTS_FILE, lambda fh: torch.save(state, fh))
-    payload = metadata.model_dump(mode="json")
-    _atomic_write(model_dir / METADATA_FILE,
-                  lambda fh: fh.write((json.dumps(payload, indent=2, sort_keys=False) + "\n").encode()))
+    atomic_write(model_dir / WEIGHTS_FILE, lambda fh: torch.save(state, fh))
+    atomic_write_json(model_dir / METADATA_FILE, metadata.model_dump(mode="json"))
     return model_dir
 
 

@@ -242,7 +242,8 @@ def test_metric_regexes_read_the_training_loop_format() -> None:
 def test_progress_lines_without_terminal_and_bar_with_one() -> None:
     import io
 
-    from binsight_aws.progress import Progress, StatusWatcher
+    from binsight_aws.status import StatusWatcher
+    from training.log import Progress
 
     lines: list[str] = []
     with Progress("download", total=4, unit="bin", log=lines.append, interval_s=0, tty=False) as progress:

@@ -26,9 +26,9 @@ from binsight_aws.abid_selection import parse_file_list, read_ids_file
 from binsight_aws.cli import main
 from binsight_aws.configs import DownloadAbidConfig
 from binsight_aws.download import make_downloader
-from binsight_aws.progress import Progress
 from binsight_aws.validate import InputError
 from training.layouts import read_abid
+from training.log import Progress
 
 BUCKET = "aft-vbi-pds"
 COUNTS = {"00001": 1, "00002": 3, "00003": 0, "00010": 7, "10": 2, "104573": 5, "00042": 2, "00043": 9}

@@ -12,7 +12,6 @@ from training.metrics import (
     confusion_matrix,
     counts_task_metrics,
     format_metrics,
-    metrics_from_logits,
     scalar_metrics,
 )
 
@@ -67,7 +66,7 @@ def test_absent_classes_and_overflow_values() -> None:
 
 def test_perfect_predictions_and_logits() -> None:
     logits = torch.tensor([[2.0, 0.1, 0.0], [0.0, 3.0, 1.0], [0.0, 0.0, 0.5]])
-    m = metrics_from_logits(logits, torch.tensor([0, 1, 2]), class_values=[0, 1, 2])
+    m = compute_metrics(logits.argmax(1), torch.tensor([0, 1, 2]), class_values=[0, 1, 2])
     assert (m["accuracy"], m["rmse"], m["mae"], m["macro_f1"], m["off_by_one_accuracy"]) == (1.0, 0.0, 0.0, 1.0, 1.0)
 
 

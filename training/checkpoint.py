@@ -12,10 +12,8 @@ signal into a flag the loop checks between steps; the loop then saves and exits.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any, Iterator
 
 import torch
 
+from service.files import atomic_write
 from training.config import TrainConfig
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -76,21 +75,6 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file in the same directory, fsync, then ``os.replace``: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _cpu(state: Any) -> Any:
     if isinstance(state, torch.Tensor):
         return state.detach().to("cpu")
@@ -118,7 +102,7 @@ def save_checkpoint(path: Path, *, config: TrainConfig, data_fingerprint: str, w
         "best_state": best_state,
         "rng": capture_rng(),
     }
-    atomic_torch_save(payload, path)
+    atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
 def load_checkpoint(path: Path, config: TrainConfig, data_fingerprint: str,

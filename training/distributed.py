@@ -20,22 +20,12 @@ import torch
 import torch.distributed as dist
 
 from training.config import ConfigError, TrainConfig
+from training.device import resolve_device
 from training.sagemaker_env import ResourceConfig
 
 DEFAULT_MASTER_PORT = 29500
 #: Collectives wait this long (rank 0 evaluates while the others wait at most this).
 PROCESS_GROUP_TIMEOUT = timedelta(minutes=60)
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> this worker's GPU when CUDA is there, else the CPU; ``cuda`` without CUDA is an error."""
-    if name == "cpu":
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        if name == "cuda":
-            raise ConfigError("hyperparameter 'device' is 'cuda' but CUDA is not available on this machine")
-        return torch.device("cpu")
-    return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
 
 
 @dataclass(frozen=True)
@@ -67,7 +57,10 @@ def init_distributed(config: TrainConfig, environ: Mapping[str, str] | None = No
     rank = int(environ.get("RANK", "0")) if world > 1 else 0
     local_rank = int(environ.get("LOCAL_RANK", "0")) if world > 1 else 0
     local_world = int(environ.get("LOCAL_WORLD_SIZE", str(world))) if world > 1 else 1
-    device = resolve_device(config.device, local_rank)
+    try:
+        device = resolve_device(config.device, local_rank)
+    except ValueError as exc:
+        raise ConfigError(f"hyperparameter 'device': {exc}") from None
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
@@ -88,11 +81,6 @@ def all_reduce(tensor: torch.Tensor, ctx: DistContext, op: str = "sum") -> torch
     if ctx.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
     return tensor
-
-
-def barrier(ctx: DistContext) -> None:
-    if ctx.enabled:
-        dist.barrier()
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import random
@@ -31,8 +32,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from service.artifact import ArtifactError, ModelMetadata, load_artifact
+from service.files import atomic_write, atomic_write_json
 from training.augment import eval_transform
 from training.dataset import BadSample, BinDataset, check_images, collate_skip_bad
+from training.device import resolve_device
 from training.labels import LabelledBin, LabelPolicy, apply_label_policy
 from training.layouts import DataError, scan_records
 from training.metrics import compute_metrics, counts_task_metrics, format_metrics
@@ -71,15 +74,6 @@ class EvaluateConfig(BaseModel):
         if self.output_dir is None:
             self.output_dir = self.model_dir / "evaluation"
         return self
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return device
 
 
 def label_policy_for(metadata: ModelMetadata) -> LabelPolicy:
@@ -333,11 +327,12 @@ def run(config: EvaluateConfig, log: Log = _print) -> dict[str, Any]:
         "config": json.loads(config.model_dump_json()),
         "seconds": round(time.monotonic() - start, 2),
     }
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    with open(out / "predictions.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["id", "label", "predicted", "probability"])
-        writer.writeheader()
-        writer.writerows(predictions)
+    atomic_write_json(out / "metrics.json", result)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=["id", "label", "predicted", "probability"])
+    writer.writeheader()
+    writer.writerows(predictions)
+    atomic_write(out / "predictions.csv", table.getvalue())
     files = [out / "metrics.json", out / "predictions.csv"]
     files += write_plots(out, metrics, read_history(config.model_dir), metadata.labels,
                          title=f"{metadata.architecture}: {info['part']} (n={metrics['n']})")

@@ -104,12 +104,6 @@ def counts_task_metrics(probs: torch.Tensor, labels: torch.Tensor | Sequence[int
                            class_names[:n_counts])
 
 
-def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor | Sequence[int], class_values: Sequence[float],
-                        class_names: Sequence[str] | None = None) -> dict[str, Any]:
-    """:func:`compute_metrics` on ``logits.argmax(1)``."""
-    return compute_metrics(logits.argmax(1), labels, class_values, class_names)
-
-
 def scalar_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """The headline numbers of a metrics dict, keys optionally prefixed (``val_accuracy``)."""
     return {f"{prefix}{k}": metrics[k] for k in SCALAR_KEYS if k in metrics}
