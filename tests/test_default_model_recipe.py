@@ -1,56 +1,174 @@
-"""The default-model recipe end to end on a small synthetic ABID (real pretrained Lite0 weights)."""
+"""The default-model recipe (training.recipes): its parts, then end to end on a small synthetic ABID."""
 
 import json
 
 import pytest
 import torch
 
-from service.artifact import load_artifact
-from training import default_model
+from service.architectures import build_model
+from service.artifact import load_artifact, metadata_for
+from training.metrics import compute_metrics
+from training.model_card import render_model_card
+from training.recipes import default_model, learning_curve, sweep
+from training.recipes.decision import accuracy_with_offsets, fold_offsets, tune_offsets
+from training.recipes.feature_cache import VARIANT_TRANSFORMS, TrunkRunner
+from training.recipes.lite_parts import top_forward, trunk_forward
+from training.recipes.served_metrics import served_metrics
+from training.recipes.verification import choose_thresholds, flag_rates
 from training.synthetic import make_synthetic_abid
+
+LABELS = ["0", "1", "2", "3", "4", "5", "6+"]
+VALUES = [0, 1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("architecture,block", [("efficientnet_lite0", 11), ("efficientnet_lite2", 15)])
+def test_trunk_then_top_is_the_whole_network(architecture, block):
+    torch.manual_seed(0)
+    model = build_model(architecture, 7).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(top_forward(model, trunk_forward(model, x, block), block), model(x), atol=1e-5)
+
+
+def test_onnx_runtime_trunk_matches_torch():
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", 7).eval()
+    lines = []
+    runner = TrunkRunner(model, 11, "auto", 1, lambda **kw: lines.append(kw))
+    assert runner.runtime == "onnxruntime"
+    x = torch.randn(3, 3, 64, 64)
+    out = runner(x)
+    with torch.no_grad():
+        assert torch.allclose(out, trunk_forward(model, x, 11), atol=1e-3)
+    assert lines and lines[0]["feature_runtime"] == "onnxruntime"
+    assert TrunkRunner(model, 11, "torch", 1, print).runtime == "torch"
+
+
+def test_every_variant_keeps_the_pixels_of_a_square_image():
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
+    outputs = [t(x) for t in VARIANT_TRANSFORMS.values()]
+    assert all(o.shape == x.shape and torch.equal(o.flatten(2).sort(-1).values, x.flatten(2).sort(-1).values)
+               for o in outputs)
+    assert len({tuple(o[0, 0].flatten().tolist()) for o in outputs}) == 8  # the eight dihedral transforms
+
+
+def test_answer_rule_offsets_fix_a_biased_classifier_and_fold_into_the_bias():
+    torch.manual_seed(0)
+    labels = torch.randint(0, 3, (300,))
+    logits = torch.nn.functional.one_hot(labels, 3).float() * 2 + torch.randn(300, 3)
+    logits[:, 2] -= 2.5  # class 2 is under-answered
+    log_probs = logits.log_softmax(1)
+    before = accuracy_with_offsets(log_probs, labels, torch.zeros(3))
+    offsets = tune_offsets(log_probs, labels)
+    assert offsets[0] == 0 and offsets[2] > 1
+    assert accuracy_with_offsets(log_probs, labels, offsets) > before + 0.1
+    layer = torch.nn.Linear(4, 3)
+    features = torch.randn(10, 4)
+    expected = (layer(features) + offsets).argmax(1)
+    fold_offsets(layer, offsets)
+    assert torch.equal(layer(features).argmax(1), expected)
+
+
+def test_a_balanced_classifier_keeps_zero_offsets():
+    labels = torch.arange(6) % 3
+    log_probs = torch.nn.functional.one_hot(labels, 3).float().log_softmax(1)
+    assert torch.equal(tune_offsets(log_probs, labels), torch.zeros(3))
+
+
+def test_served_metrics_count_a_five_answered_six_plus_as_wrong():
+    probs = torch.tensor([[0, 0, 0, 0, 0, 0.45, 0.55], [0, 0, 0, 0, 0.1, 0.1, 0.8], [0.9, 0.1, 0, 0, 0, 0, 0]])
+    labels = torch.tensor([5, 6, 0])
+    m = served_metrics(probs, labels, VALUES, LABELS)
+    assert m["all"]["accuracy"] == pytest.approx(2 / 3)
+    assert m["bins_0_5"]["n"] == 2 and m["bins_0_5"]["accuracy"] == pytest.approx(0.5)
+    assert m["counts_task"]["accuracy"] == 1.0  # restricted to 0..5, the first bin's 5 wins
+
+
+def test_flag_rates_separate_right_from_wrong_quantities():
+    probs = torch.tensor([[0.02, 0.9, 0.02, 0.02, 0.02, 0.01, 0.01]] * 4)
+    counts = [1, 1, 1, 1]
+    rates = flag_rates(probs, counts, LABELS, min_confidence=0.5, min_expected_probability=0.5)
+    assert rates["right"]["flag_rate"] == 0.0 and rates["right"]["n"] == 4
+    assert rates["off_by_1"]["flag_rate"] == 1.0 and rates["off_by_1"]["n"] == 8
+    assert rates["off_by_2_or_more"]["n"] == 8  # 1 - 2 and 1 - 3 are not asked
+    chosen = choose_thresholds(probs, counts, LABELS)
+    assert chosen["youden_j"] == 1.0
+
+
+def test_card_leads_with_the_served_answer():
+    meta = metadata_for("efficientnet_lite0", LABELS, input_size=224, resize="squash", dropout=0.2)
+    served = served_metrics(torch.tensor([[0, 0, 0, 0, 0, 0.4, 0.6], [0.9, 0.1, 0, 0, 0, 0, 0]]),
+                            torch.tensor([5, 0]), VALUES, LABELS)
+    meta.metrics = {"test": served["all"], "test_bins_0_5": served["bins_0_5"], "test_counts_task": served["counts_task"],
+                    "manual_check": {"thresholds": {"min_confidence": 0.3, "min_expected_probability": 0.2,
+                                                    "criterion": "c"},
+                                     "test": {"right": {"flag_rate": 0.25, "n": 2}}}}
+    meta.data = {"split": {"train": 1, "val": 1, "test": 2}, "split_seed": 0}
+    meta.training = {"best_epoch": 3}
+    card = render_model_card(meta, "python -m training.recipes.default_model --data-dir d")
+    assert card.index("all bins (served answer) | 2 | **50.0%**") < card.index("ABID challenge protocol, for comparison) | 2 | **100.0%**")
+    assert "| right | 2 | 25.0% |" in card and "recommended 0.20" in card
 
 
 @pytest.mark.slow
-def test_recipe_writes_a_loadable_artifact_with_card_inputs(tmp_path):
+def test_recipe_writes_a_loadable_artifact_and_resumes(tmp_path, capsys):
     data = tmp_path / "abid"
     make_synthetic_abid(data, n_bins=70, max_count=5, size=96, seed=3, overflow_extra=10)
-    out = tmp_path / "model"
-    argv = ["--data-dir", str(data), "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"),
-            "--input-size", "64", "--epochs", "2", "--batch-size", "16", "--threads", "1"]
+    out, cache = tmp_path / "model", tmp_path / "cache"
+    argv = ["--data-dir", str(data), "--output-dir", str(out), "--cache-dir", str(cache), "--input-size", "64",
+            "--epochs", "2", "--batch-size", "16", "--threads", "1", "--final-fit", "--augment", "orig,hflip"]
     assert default_model.main(argv) == 0
 
     loaded = load_artifact(out)
     meta = loaded.metadata
-    assert meta.architecture == "efficientnet_lite0"
-    assert meta.labels == ["0", "1", "2", "3", "4", "5", "6+"]
-    assert meta.input_size == 64
-    assert 0.0 <= meta.metrics["test"]["accuracy"] <= 1.0
-    assert "confusion_matrix" in meta.metrics["test_counts_0_5"]
-    assert meta.data["bins"] == 70  # overflow_extra widens the counts (up to 15, "6+"), not the bin number
-    assert meta.training["first_tuned_block"] == 13
+    assert meta.architecture == "efficientnet_lite0" and meta.labels == LABELS and meta.input_size == 64
+    assert meta.metrics["evaluation"].endswith("no test-time augmentation")
+    assert meta.metrics["test"]["n"] + meta.metrics["validation"]["served"]["n"] <= 70
+    assert "bins_0_5" not in meta.metrics and "accuracy" in meta.metrics["test_bins_0_5"]
+    assert set(meta.metrics["manual_check"]["test"]) == {"right", "off_by_1", "off_by_2_or_more"}
+    assert meta.training["first_tuned_block"] == 11 and meta.training["final_fit"] is True
     history = json.loads((out / "history.json").read_text())
-    assert [row["epoch"] for row in history] == [1, 2]
-    assert (out / "confusion_matrix.png").stat().st_size > 1000
-    assert (out / "split.json").is_file()
+    assert [row["epoch"] for row in history["selection"]] == [1, 2]
+    assert 1 <= len(history["final_fit"]) <= 2
+    for name in ("confusion_matrix.png", "manual_check.png", "training_curves.png", "split.json"):
+        assert (out / name).stat().st_size > 100
     card = (out / "README.md").read_text()
-    assert f"{100 * meta.metrics['test']['accuracy']:.1f}%" in card
-    assert "CC BY-NC-SA 3.0" in card and "confusion_matrix.png" in card
-    assert (f"python -m training.default_model --data-dir {data} --output-dir {out} --input-size 64 --epochs 2 "
-            "--batch-size 16") in card
+    assert f"**{100 * meta.metrics['test']['accuracy']:.1f}%**" in card
+    assert f"python -m training.recipes.default_model --data-dir {data} --output-dir {out} --input-size 64" in card
 
-    # The frozen part is untouched ImageNet Lite0; the tuned part moved.
-    reference = default_model.build_model("efficientnet_lite0", 7, pretrained=True).state_dict()
+    # The frozen trunk is untouched ImageNet Lite0; the tuned top moved.
+    reference = build_model("efficientnet_lite0", 7, pretrained=True).state_dict()
     state = loaded.model.state_dict()
     assert torch.equal(state["_blocks.3._project_conv.weight"], reference["_blocks.3._project_conv.weight"])
-    assert not torch.equal(state["_blocks.14._project_conv.weight"], reference["_blocks.14._project_conv.weight"])
+    assert not torch.equal(state["_blocks.12._project_conv.weight"], reference["_blocks.12._project_conv.weight"])
 
-    # A second run reuses the caches (same key) and gives the same model: the recipe is reproducible.
+    # A second run reads the caches and the finished checkpoints: the same model, no epoch retrained.
+    capsys.readouterr()
     out2 = tmp_path / "model2"
     assert default_model.main(argv[:2] + ["--output-dir", str(out2)] + argv[4:]) == 0
+    printed = capsys.readouterr().out
+    assert "resumed_from_epoch: 2" in printed and "\nepoch: " not in printed
     again = load_artifact(out2).model.state_dict()
-    assert all(torch.allclose(state[k].float(), again[k].float(), atol=1e-5) for k in state)
+    assert all(torch.allclose(state[k].float(), again[k].float(), atol=1e-6) for k in state)
+
+    # The sweep (validation only) and the learning curve run on the same caches.
+    assert sweep.main(["--data-dir", str(data), "--cache-dir", str(cache),
+                       "--base", "input_size=64,epochs=1,batch_size=16,threads=1",
+                       "--variant", "augment=orig+vflip"]) == 0
+    assert "val_acc_served" in capsys.readouterr().out
+    assert learning_curve.main(argv[:4] + argv[6:12] + ["--fractions", "0.5,1"]) == 0
+    curve = json.loads((out / "learning_curve.json").read_text())
+    assert [p["fraction"] for p in curve["points"]] == [0.5, 1.0]
+    assert curve["points"][0]["train_bins"] < curve["points"][1]["train_bins"]
+    assert (out / "learning_curve.png").stat().st_size > 1000
 
 
-def test_bad_option_is_a_clear_error(capsys, tmp_path):
+def test_bad_options_are_clear_errors(capsys, tmp_path):
     assert default_model.main(["--data-dir", str(tmp_path), "--epochs", "zero"]) == 2
     assert "epochs" in capsys.readouterr().err
+    assert default_model.main(["--data-dir", str(tmp_path), "--first-tuned-block", "16"]) == 2
+    assert "first_tuned_block" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        sweep.main(["--data-dir", str(tmp_path), "--variant", "seed=3"])
+    assert exited.value.code == 2 and "use --base" in capsys.readouterr().err

