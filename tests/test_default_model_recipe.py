@@ -157,7 +157,7 @@ def test_recipe_writes_a_loadable_artifact_and_resumes(tmp_path, capsys):
                        "--base", "input_size=64,epochs=1,batch_size=16,threads=1",
                        "--variant", "augment=orig+vflip"]) == 0
     assert "val_acc_served" in capsys.readouterr().out
-    assert learning_curve.main(argv[:4] + argv[6:12] + ["--fractions", "0.5,1"]) == 0
+    assert learning_curve.main(argv[:12] + ["--threads", "1", "--fractions", "0.5,1"]) == 0
     curve = json.loads((out / "learning_curve.json").read_text())
     assert [p["fraction"] for p in curve["points"]] == [0.5, 1.0]
     assert curve["points"][0]["train_bins"] < curve["points"][1]["train_bins"]
