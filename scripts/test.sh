@@ -12,6 +12,6 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # torch/torchvision pinned exactly: these install from local files on the project's machines.
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
-  torch==2.14.1 torchvision==0.29.1 -e '.[train,aws,test]' 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+  torch==2.14.1 torchvision==0.29.1 -e '.[train,aws,test,onnx]' 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 "$VENV/bin/python" -m pip check >/dev/null || { "$VENV/bin/python" -m pip check; exit 1; }
 exec "$VENV/bin/python" -m pytest "$@"

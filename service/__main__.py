@@ -75,9 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s", settings.model.not_found_message())
     logger.info(
         "serve starting: host: %s port: %d workers: %d model_dir: %s model_source: %s max_payload_mb: %g "
-        "max_batch_size: %d batch_wait_ms: %g",
+        "max_batch_size: %d batch_wait_ms: %g runtime: %s precision: %s",
         settings.host, settings.port, settings.workers, settings.model.path, settings.model.source or "none",
-        settings.max_payload_mb, settings.max_batch_size, settings.batch_wait_ms)
+        settings.max_payload_mb, settings.max_batch_size, settings.batch_wait_ms, settings.runtime,
+        settings.precision)
 
     import uvicorn  # here, not at import time: `python -m service --help` stays fast
 

@@ -60,7 +60,9 @@ def load_predictor(settings: ServeSettings) -> Predictor:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     return Predictor.from_artifact(settings.model.path, max_batch_size=settings.max_batch_size,
-                                   max_image_pixels=settings.max_image_pixels, warm_up=True)
+                                   max_image_pixels=settings.max_image_pixels, warm_up=True,
+                                   runtime=settings.runtime, precision=settings.precision,
+                                   cache_dir=settings.cache_dir, threads=settings.ort_threads)
 
 
 def new_engine(predictor: Predictor, settings: ServeSettings) -> InferenceEngine:
@@ -106,5 +108,6 @@ async def load_in_background(state: ModelState, settings: ServeSettings, loader:
         logger.error("model load failed: error: %s", message)
         return
     state.set_ready(predictor, engine)
-    logger.info("model ready: architecture: %s after_s: %.2f", predictor.metadata.architecture,
+    logger.info("model ready: architecture: %s runtime: %s precision: %s after_s: %.2f",
+                predictor.metadata.architecture, predictor.runtime.name, predictor.runtime.precision,
                 time.monotonic() - state.since)

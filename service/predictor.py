@@ -28,7 +28,16 @@ from PIL import Image
 from torch import nn
 
 from service.artifact import ModelMetadata, load_artifact
+from service.onnx_graph import CacheDir, resolve_cache_dir
 from service.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, normalize, resize_image
+from service.runtimes import (
+    Precision,
+    RuntimeChoice,
+    RuntimeInfo,
+    RuntimeUnavailable,
+    available_cpus,
+    onnxruntime_module,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -80,13 +89,19 @@ class PreparedImage:
 
 @dataclass
 class Predictor:
-    """A model in eval mode plus what is needed to feed it and read its output."""
+    """A model in eval mode plus what is needed to feed it and read its output.
+
+    ``model`` is whatever runs the forward pass: the artifact's torch module, or an
+    :class:`service.runtimes.OnnxRuntimeModule` once :meth:`from_artifact` switched to ONNX
+    Runtime; ``runtime`` says which.
+    """
 
     model: nn.Module
     metadata: ModelMetadata
     model_dir: Path | None = None
     max_batch_size: int = 16
     max_image_pixels: int = DEFAULT_MAX_PIXELS
+    runtime: RuntimeInfo = RuntimeInfo(name="torch")
     _class_values: list[float] = field(init=False, repr=False)
     _counts: list[int] = field(init=False, repr=False)
 
@@ -100,21 +115,56 @@ class Predictor:
 
     @classmethod
     def from_artifact(cls, model_dir: str | Path, *, max_batch_size: int = 16,
-                      max_image_pixels: int = DEFAULT_MAX_PIXELS, warm_up: bool = True) -> "Predictor":
-        """Load an artifact (validated by :func:`load_artifact`) and, by default, warm it up."""
+                      max_image_pixels: int = DEFAULT_MAX_PIXELS, warm_up: bool = True,
+                      runtime: RuntimeChoice = "torch", precision: Precision = "fp32",
+                      cache_dir: Path | None = None, threads: int = 0) -> "Predictor":
+        """Load an artifact (validated by :func:`load_artifact`), pick its runtime and, by default, warm it up.
+
+        ``runtime``: ``torch``; ``onnxruntime`` (fp32 graph derived from model.pth, or with
+        ``precision="int8"`` the artifact's int8 graph), which fails the load when ONNX Runtime
+        cannot serve or disagrees with torch; ``auto``: ONNX Runtime when it can, else torch with
+        the reason logged and reported (int8 is never a silent fallback: asking for it fails the
+        load when it cannot be had). ``cache_dir`` holds exported graphs (default: see
+        :func:`service.onnx_graph.resolve_cache_dir`); ``threads`` are ONNX Runtime's intra-op
+        threads (0: one per available CPU).
+        """
+        if precision == "int8" and runtime == "torch":
+            raise ValueError("precision int8 runs on ONNX Runtime; use runtime auto or onnxruntime")
         start = time.perf_counter()
         artifact = load_artifact(model_dir)
         predictor = cls(artifact.model, artifact.metadata, model_dir=artifact.path,
-                        max_batch_size=max_batch_size, max_image_pixels=max_image_pixels)
+                        max_batch_size=max_batch_size, max_image_pixels=max_image_pixels,
+                        runtime=RuntimeInfo(name="torch", requested=runtime, threads=torch.get_num_threads()))
         loaded = time.perf_counter()
+        if runtime != "torch":
+            # The runtime check runs torch on the check images too, so torch needs no warm-up of its own.
+            predictor._use_onnxruntime(runtime, precision, resolve_cache_dir(cache_dir), threads or available_cpus())
         if warm_up:
             predictor.warm_up()
         logger.info(
-            "model loaded: model_dir: %s architecture: %s classes: %d input_size: %d load_s: %.2f warmup_s: %.2f",
+            "model loaded: model_dir: %s architecture: %s classes: %d input_size: %d load_s: %.2f warmup_s: %.2f %s",
             artifact.path, artifact.metadata.architecture, artifact.metadata.num_classes,
-            artifact.metadata.input_size, loaded - start, time.perf_counter() - loaded,
+            artifact.metadata.input_size, loaded - start, time.perf_counter() - loaded, predictor.runtime.log_fields(),
         )
         return predictor
+
+    def _use_onnxruntime(self, requested: RuntimeChoice, precision: Precision, cache: CacheDir,
+                         threads: int) -> None:
+        """Switch the forward pass to ONNX Runtime, checked against the torch model on the check images."""
+        if cache.path is None:
+            logger.warning("onnx cache off: reason: %s", cache.note)
+        try:
+            module, info = onnxruntime_module(self.model, self.metadata, self.model_dir, self.check_batch(),
+                                              precision=precision, cache=cache, threads=threads,
+                                              requested=requested)
+        except RuntimeUnavailable as exc:
+            if requested == "onnxruntime" or precision == "int8":
+                raise
+            logger.warning("onnxruntime not used, serving with torch: reason: %s", exc)
+            self.runtime = RuntimeInfo(name="torch", requested=requested, threads=torch.get_num_threads(),
+                                       fallback_reason=str(exc))
+            return
+        self.model, self.runtime = module, info
 
     @property
     def input_size(self) -> int:
@@ -181,20 +231,38 @@ class Predictor:
         predictions = iter(self.forward(good)) if good else iter(())
         return [p if isinstance(p, ImageFailure) else next(predictions) for p in prepared]
 
+    def check_images(self) -> list[bytes]:
+        """Two JPEGs (a structured picture and its mirror image) that warm up the model and check runtimes."""
+        width, height = self._spec.input_size + 13, self._spec.input_size + 7
+        ramp = Image.linear_gradient("L").resize((width, height))
+        image = Image.merge("RGB", (ramp, ramp.transpose(Image.Transpose.ROTATE_90).resize((width, height)),
+                                    Image.new("L", (width, height), 110)))
+        for i, colour in enumerate(((200, 40, 30), (30, 160, 60), (250, 250, 240))):
+            x, y = (i * 2 + 1) * width // 8, (i + 1) * height // 5
+            image.paste(colour, (x, y, x + width // 6, y + height // 7))
+        out = []
+        for picture in (image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)):
+            buffer = io.BytesIO()
+            picture.save(buffer, "JPEG", quality=90)
+            out.append(buffer.getvalue())
+        return out
+
+    def check_batch(self) -> torch.Tensor:
+        """The check images through the serving preprocessing: the batch runtimes are compared on."""
+        return self.batch_tensor([self.prepare(data) for data in self.check_images()])
+
     def warm_up(self) -> None:
-        """Run a dummy photo through the whole path; raise :class:`WarmUpError` unless the output is sane.
+        """Run the check images through the whole path; raise :class:`WarmUpError` unless the output is sane.
 
         This is what lets ``/ping`` say healthy only when the model really answers.
         """
-        buffer = io.BytesIO()
-        Image.new("RGB", (self._spec.input_size + 13, self._spec.input_size + 7), (128, 120, 110)).save(
-            buffer, "JPEG", quality=90)
         try:
-            (result,) = self.predict_bytes([buffer.getvalue()])
+            results = self.predict_bytes(self.check_images())
         except Exception as exc:
             raise WarmUpError(f"warm-up inference failed: {type(exc).__name__}: {exc}") from exc
-        if isinstance(result, ImageFailure):
-            raise WarmUpError(f"warm-up image could not be prepared: {result.error}")
-        total = sum(result.probabilities.values())
-        if not all(math.isfinite(p) for p in result.probabilities.values()) or abs(total - 1.0) > 1e-3:
-            raise WarmUpError(f"warm-up inference gave invalid probabilities: {result.probabilities}")
+        for result in results:
+            if isinstance(result, ImageFailure):
+                raise WarmUpError(f"warm-up image could not be prepared: {result.error}")
+            total = sum(result.probabilities.values())
+            if not all(math.isfinite(p) for p in result.probabilities.values()) or abs(total - 1.0) > 1e-3:
+                raise WarmUpError(f"warm-up inference gave invalid probabilities: {result.probabilities}")

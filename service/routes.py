@@ -167,11 +167,12 @@ model_info = APIRouter(tags=["model"])
 
 @model_info.get("/model", response_model=ModelInfo, responses=_NOT_READY, summary="The served model's metadata")
 async def get_model(engine: EngineDep) -> ModelInfo:
-    """The artifact's `model.json` (architecture, labels, preprocessing, metrics, provenance)."""
+    """The artifact's `model.json` (architecture, labels, preprocessing, metrics, provenance) and the runtime
+    serving it (torch or ONNX Runtime, and why)."""
     predictor = engine.predictor
     return ModelInfo(model_dir=str(predictor.model_dir) if predictor.model_dir else None,
                      metadata=predictor.metadata, class_values=predictor.metadata.class_values,
-                     max_batch_size=predictor.max_batch_size)
+                     max_batch_size=predictor.max_batch_size, runtime=predictor.runtime.to_dict())
 
 
 ROUTERS = (health, invocations, upload, model_info)

@@ -56,14 +56,34 @@ class PingResponse(BaseModel):
     detail: str | None = Field(None, description="Why the model is not ready (load error).", examples=[None])
 
 
+class RuntimeOut(BaseModel):
+    """What runs the forward pass, and how it was chosen."""
+
+    name: Literal["torch", "onnxruntime"] = Field(..., examples=["onnxruntime"])
+    precision: Literal["fp32", "int8"] = Field("fp32", examples=["fp32"])
+    requested: Literal["auto", "onnxruntime", "torch"] = Field("torch", description="BINSIGHT_RUNTIME as set.",
+                                                               examples=["auto"])
+    threads: int = Field(0, description="Intra-op threads of the runtime.", examples=[2])
+    graph: str | None = Field(None, description="The ONNX graph served (a cache file, or the artifact's int8 graph).")
+    cache: str | None = Field(None, description="hit, miss (exported at load), off (no cache dir) or artifact.")
+    export_s: float | None = Field(None, description="Seconds the ONNX export took at load (0 on a cache hit).")
+    prepare_s: float | None = Field(None, description="Seconds from the torch model to a checked ONNX session.")
+    parity_max_abs_diff: float | None = Field(None, description="Largest probability difference to torch on the "
+                                                                "check images.", examples=[5.7e-07])
+    parity_tolerance: float | None = Field(None, examples=[0.0001])
+    fallback_reason: str | None = Field(None, description="Why ONNX Runtime was not used (auto only).")
+    onnxruntime_version: str | None = Field(None, examples=["1.32.0"])
+
+
 class ModelInfo(BaseModel):
-    """The served artifact: where it came from and its model.json."""
+    """The served artifact: where it came from, its model.json, and the runtime serving it."""
 
     model_dir: str | None = Field(None, examples=["/opt/ml/model"])
     metadata: ModelMetadata
     class_values: list[float] = Field(..., description="Numeric count of each class label.",
                                       examples=[[0, 1, 2, 3, 4, 5, 6]])
     max_batch_size: int = Field(..., description="Images per forward pass; bigger requests run in chunks.")
+    runtime: RuntimeOut
 
 
 class PhotoResult(BaseModel):

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from service.artifact import METADATA_FILE
 
@@ -32,6 +32,10 @@ ENV_FIELDS: dict[str, str] = {
     "SAGEMAKER_MAX_PAYLOAD_IN_MB": "max_payload_mb",
     "BINSIGHT_MAX_BATCH_SIZE": "max_batch_size",
     "BINSIGHT_BATCH_WAIT_MS": "batch_wait_ms",
+    "BINSIGHT_RUNTIME": "runtime",
+    "BINSIGHT_PRECISION": "precision",
+    "BINSIGHT_CACHE_DIR": "cache_dir",
+    "BINSIGHT_ORT_THREADS": "ort_threads",
     "BINSIGHT_TORCH_THREADS": "torch_threads",
     "BINSIGHT_DECODE_THREADS": "decode_threads",
     "BINSIGHT_MAX_IMAGE_PIXELS": "max_image_pixels",
@@ -98,6 +102,16 @@ class ServeSettings(BaseModel):
                                                                "requests run in chunks (BINSIGHT_MAX_BATCH_SIZE).")
     batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="Longest a waiting image is held back so that "
                                                                  "concurrent requests share one forward pass.")
+    runtime: Literal["auto", "onnxruntime", "torch"] = Field(
+        "auto", description="What runs the forward pass (BINSIGHT_RUNTIME): onnxruntime (a graph derived from "
+                            "model.pth, checked against torch at load; the load fails when it cannot serve), torch, "
+                            "or auto: ONNX Runtime when installed and equal to torch, else torch (the reason logged).")
+    precision: Literal["fp32", "int8"] = Field(
+        "fp32", description="int8 serves the artifact's model.int8.onnx (made by `python -m training.quantize`) "
+                            "on ONNX Runtime; only when asked (BINSIGHT_PRECISION).")
+    cache_dir: Path | None = Field(None, description="Where exported ONNX graphs are cached (BINSIGHT_CACHE_DIR); "
+                                                     "default ~/.cache/binsight, else a private temp folder.")
+    ort_threads: int = Field(0, ge=0, le=512, description="ONNX Runtime intra-op threads; 0: one per available CPU.")
     torch_threads: int = Field(0, ge=0, le=512, description="torch intra-op threads; 0 keeps torch's default.")
     decode_threads: int = Field(0, ge=0, le=256, description="Threads decoding images; 0 means one per CPU.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Larger images are refused (decompression bombs).")
@@ -107,6 +121,13 @@ class ServeSettings(BaseModel):
         "Below this probability of the expected quantity /predict flags a photo for a manual check."))
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     access_log: bool = Field(True, description="Log one line per request (successful /ping calls are left out).")
+
+    @model_validator(mode="after")
+    def _int8_needs_onnxruntime(self) -> "ServeSettings":
+        if self.precision == "int8" and self.runtime == "torch":
+            raise ValueError("BINSIGHT_PRECISION=int8 runs on ONNX Runtime; set BINSIGHT_RUNTIME to auto or "
+                             "onnxruntime")
+        return self
 
     @property
     def max_payload_bytes(self) -> int:
@@ -124,7 +145,8 @@ class ServeSettings(BaseModel):
         for var, field in ENV_FIELDS.items():
             raw = environ.get(var)
             if raw is not None and raw.strip() != "":
-                values[field] = raw.strip().lower() if field == "log_level" else raw.strip()
+                lowered = field in ("log_level", "runtime", "precision")
+                values[field] = raw.strip().lower() if lowered else raw.strip()
         values.update(overrides)
         values.setdefault("model", resolve_model_dir(environ))
         try:
@@ -134,6 +156,9 @@ class ServeSettings(BaseModel):
             problems = []
             for error in exc.errors():
                 field = str(error["loc"][0]) if error["loc"] else ""
+                if not field:  # a check across fields: its message names the variables
+                    problems.append(error["msg"].removeprefix("Value error, "))
+                    continue
                 name = by_field.get(field, field) if field not in overrides else field
                 problems.append(f"{name}={values.get(field)!r}: {error['msg']}")
             raise SettingsError("invalid serving configuration: " + "; ".join(problems)) from None

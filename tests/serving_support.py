@@ -140,7 +140,8 @@ class ServeProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if k not in ("MODEL_DIR", "SM_MODEL_DIR")}
         env.update({"SAGEMAKER_BIND_TO_PORT": str(self.port), "BINSIGHT_HOST": "127.0.0.1",
-                    "BINSIGHT_TORCH_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+                    "BINSIGHT_TORCH_THREADS": "1", "BINSIGHT_ORT_THREADS": "1", "PYTHONUNBUFFERED": "1",
+                    "BINSIGHT_CACHE_DIR": str(log_path.parent / "onnx-cache")})
         if model_dir is not None:
             env["MODEL_DIR"] = str(model_dir)
         env.update(extra_env or {})

@@ -100,13 +100,13 @@ def test_serve_with_two_workers(artifact: Path, tmp_path: Path) -> None:
                           args=())
     try:
         server.wait_ready(timeout=120)
+        deadline = time.monotonic() + 120
+        while server.log().count("model ready") < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)  # /ping answered by one worker; the other may still be loading its copy
         for _ in range(4):
             response = httpx.post(f"{server.url}/invocations", content=jpeg(), timeout=30,
                                   headers={"Content-Type": "image/jpeg"})
             assert response.status_code == 200
-        deadline = time.monotonic() + 120
-        while server.log().count("model ready") < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)  # the second worker may still be loading its copy
     finally:
         code = server.stop()
     assert code == 0, server.log()

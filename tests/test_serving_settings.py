@@ -37,7 +37,8 @@ def test_environment_is_read() -> None:
 @pytest.mark.parametrize("var, value", [
     ("SAGEMAKER_BIND_TO_PORT", "http"), ("SAGEMAKER_BIND_TO_PORT", "70000"),
     ("SAGEMAKER_MODEL_SERVER_WORKERS", "0"), ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "-1"),
-    ("BINSIGHT_MANUAL_CHECK_CONFIDENCE", "2"), ("BINSIGHT_LOG_LEVEL", "loud"),
+    ("BINSIGHT_MANUAL_CHECK_CONFIDENCE", "2"), ("BINSIGHT_LOG_LEVEL", "loud"), ("BINSIGHT_RUNTIME", "tensorrt"),
+    ("BINSIGHT_PRECISION", "fp16"), ("BINSIGHT_ORT_THREADS", "-1"),
 ])
 def test_bad_values_name_the_variable(var: str, value: str) -> None:
     with pytest.raises(SettingsError, match=var):
@@ -70,3 +71,13 @@ def test_default_model_dir_is_package_data() -> None:
     assert DEFAULT_MODEL_DIR.parent.name == "service" and DEFAULT_MODEL_DIR.name == "default_model"
     pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert 'service = ["default_model/*"]' in pyproject
+
+
+def test_runtime_settings() -> None:
+    assert (ServeSettings.from_env({}).runtime, ServeSettings.from_env({}).precision) == ("auto", "fp32")
+    settings = ServeSettings.from_env({"BINSIGHT_RUNTIME": " ONNXRuntime ", "BINSIGHT_PRECISION": "INT8",
+                                       "BINSIGHT_CACHE_DIR": "/var/cache/x", "BINSIGHT_ORT_THREADS": "3"})
+    assert (settings.runtime, settings.precision, settings.cache_dir, settings.ort_threads) == (
+        "onnxruntime", "int8", Path("/var/cache/x"), 3)
+    with pytest.raises(SettingsError, match="BINSIGHT_PRECISION=int8 runs on ONNX Runtime; set BINSIGHT_RUNTIME"):
+        ServeSettings.from_env({"BINSIGHT_RUNTIME": "torch", "BINSIGHT_PRECISION": "int8"})
