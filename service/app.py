@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service import docs_ui, openapi_schema, ui
 from service.body_limit import BodySizeLimit
 from service.codecs import CodecError
 from service.engine import InferenceError
@@ -66,11 +67,16 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None, *,
             if state.engine is not None:
                 await state.engine.close()
 
-    app = FastAPI(title="binsight", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # docs_url/redoc_url off: docs_ui serves both pages from local assets instead of FastAPI's CDN ones
+    app = FastAPI(title="binsight", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.model = ModelState()
     for router in ROUTERS:
         app.include_router(router)
+    openapi_schema.install(app)
+    docs_ui.install(app, app.title)
+    ui.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_payload_bytes)
     _add_error_handlers(app)
     return app

@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, Response
 
 from service import codecs
 from service.engine import InferenceEngine
+from service.error_docs import INVOCATIONS_ERRORS, NOT_READY, PING_NOT_READY, PREDICT_ERRORS
 from service.manual_check import assess, unreadable
 from service.model_state import ModelState
 from service.predictor import ImageFailure
-from service.schemas import ErrorResponse, InvocationResponse, ModelInfo, PingResponse, PredictResponse
+from service.schemas import InvocationResponse, ModelInfo, PingResponse, PredictResponse
 from service.settings import ServeSettings
 
 # ------------------------------------------------------------------------------- dependencies
@@ -40,25 +41,20 @@ SettingsDep = Annotated[ServeSettings, Depends(get_settings)]
 StateDep = Annotated[ModelState, Depends(get_model_state)]
 EngineDep = Annotated[InferenceEngine, Depends(get_engine)]
 
-_NOT_READY = {503: {"model": ErrorResponse, "description": "The model is loading or failed to load."}}
+_NOT_READY = {503: NOT_READY}
 
 # ------------------------------------------------------------------------------- health
 
 health = APIRouter(tags=["health"])
 
 
-@health.get("/ping", response_model=PingResponse, responses={503: {"model": PingResponse}},
+@health.get("/ping", response_model=PingResponse, responses={503: PING_NOT_READY},
             summary="Health check (SageMaker)")
 async def ping(state: StateDep) -> JSONResponse:
     """200 only when the model is loaded **and** a warm-up inference succeeded; 503 while loading or after
     a load failure, with the reason in `detail`."""
     body = PingResponse(status=state.status, detail=None if state.status == "ready" else state.describe())
     return JSONResponse(body.model_dump(), status_code=200 if state.status == "ready" else 503)
-
-
-@health.get("/", include_in_schema=False)
-async def root() -> RedirectResponse:
-    return RedirectResponse("/docs")
 
 
 # ------------------------------------------------------------------------------- SageMaker invocations
@@ -100,11 +96,7 @@ _INVOCATIONS_BODY = {
               "description": "One prediction per image, in request order. `Accept: application/jsonlines` gives "
                              "one JSON object per line. An image of a batch that cannot be read gets "
                              "`{\"error\": ...}` in its place."},
-        400: {"model": ErrorResponse, "description": "Malformed JSON/base64, or no image could be read."},
-        406: {"model": ErrorResponse, "description": "Accept is neither application/json nor application/jsonlines."},
-        413: {"model": ErrorResponse, "description": "Body larger than SAGEMAKER_MAX_PAYLOAD_IN_MB."},
-        415: {"model": ErrorResponse, "description": "Unsupported Content-Type."},
-        **_NOT_READY,
+        **INVOCATIONS_ERRORS,
     },
 )
 async def invoke(request: Request, engine: EngineDep) -> Response:
@@ -133,7 +125,7 @@ upload = APIRouter(tags=["inference"])
     "/predict",
     summary="Upload bin photos, optionally check an expected quantity",
     response_model=PredictResponse,
-    responses={400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, **_NOT_READY},
+    responses=PREDICT_ERRORS,
 )
 async def predict(
     engine: EngineDep,
