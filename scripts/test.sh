@@ -14,4 +14,17 @@ fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
   torch==2.14.1 torchvision==0.29.1 -e '.[train,aws,test,onnx]' 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 "$VENV/bin/python" -m pip check >/dev/null || { "$VENV/bin/python" -m pip check; exit 1; }
+# The browser tests (tests/test_browser.py) drive Debian's chromium, never a browser that
+# `playwright install` would download. Installed here when missing and run as root (CI's fresh
+# machines: about 35 s); without it those tests are skipped, and fail when CI=true.
+CHROMIUM=${BINSIGHT_CHROMIUM:-/usr/bin/chromium}
+if [ ! -x "$CHROMIUM" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "test.sh: installing Debian's chromium for the browser tests" >&2
+  apt_log=$(mktemp)
+  if ! { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } >"$apt_log" 2>&1; then
+    tail -n 20 "$apt_log" >&2
+    echo "test.sh: chromium could not be installed; the browser tests fail in CI and are skipped elsewhere" >&2
+  fi
+  rm -f "$apt_log"
+fi
 exec "$VENV/bin/python" -m pytest "$@"
