@@ -5,7 +5,8 @@ The container runs ``train`` (see :mod:`training.__main__`): channels are mounte
 ``/opt/ml/model`` becomes ``<output>/<job>/output/model.tar.gz`` (the layout the serving image
 loads) and, for spot jobs, ``/opt/ml/checkpoints`` is synced with the checkpoint prefix so an
 interrupted job resumes. Metrics come from the log lines the training loop prints, e.g.
-``epoch: 3 train_loss: 0.8100 train_acc: 0.4100 val_loss: 0.9500 val_acc: 0.3800 ...``.
+``epoch: 3 train_loss: 0.8100 train_acc: 0.4100 val_loss: 0.9500 val_acc: 0.3800 ...``; their names are
+:data:`training.metric_names.CHARTED`, the same the loop prints from.
 """
 
 from __future__ import annotations
@@ -20,16 +21,12 @@ from binsight_aws.session import AwsClients
 from binsight_aws.status import job_ended, wait_for_status
 from binsight_aws.validate import InputError
 from training.log import Log, print_line
+from training.metric_names import CHARTED
 
-#: A number as the training loop prints it: 0.4100, 3, 3.000e-04, -1.5
+#: A number as the training loop prints it (:func:`training.log.format_value`): 0.4100, 3, 3.000e-04, -1.5
 NUMBER = r"([-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)"
 #: name -> regex over a log line. ``\b`` keeps ``val_acc`` from matching inside ``best_val_acc``.
-METRIC_REGEXES: dict[str, str] = {
-    name: rf"\b{name}: {NUMBER}"
-    for name in ("train_loss", "train_acc", "val_loss", "val_acc", "val_rmse", "val_mae", "lr", "epoch_time_s",
-                 "test_acc", "test_rmse", "test_mae", "test_macro_f1", "test_loss")
-}
-METRIC_REGEXES["test_off_by_one_acc"] = rf"\btest_off_by_one(?:_acc)?: {NUMBER}"
+METRIC_REGEXES: dict[str, str] = {name: rf"\b{name}: {NUMBER}" for name in CHARTED}
 OBJECTIVE_METRIC = "val_acc"
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 

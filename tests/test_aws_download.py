@@ -10,6 +10,16 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+
+from binsight_aws.abid_download import SUMMARY_FILE, CorruptObject, check_jpeg, check_metadata
+from binsight_aws.abid_selection import parse_file_list, read_ids_file
+from binsight_aws.cli import main
+from binsight_aws.configs import DownloadAbidConfig
+from binsight_aws.download import make_downloader
+from binsight_aws.validate import InputError
+from training.layouts import read_abid
+from training.log import Progress
+
 from aws_support import (  # noqa: F401
     client,
     fake_aws_env,
@@ -20,15 +30,6 @@ from aws_support import (  # noqa: F401
     put_abid_bins,
     reset_moto,
 )
-
-from binsight_aws.abid_download import SUMMARY_FILE, CorruptObject, check_jpeg, check_metadata
-from binsight_aws.abid_selection import parse_file_list, read_ids_file
-from binsight_aws.cli import main
-from binsight_aws.configs import DownloadAbidConfig
-from binsight_aws.download import make_downloader
-from binsight_aws.validate import InputError
-from training.layouts import read_abid
-from training.log import Progress
 
 BUCKET = "aft-vbi-pds"
 COUNTS = {"00001": 1, "00002": 3, "00003": 0, "00010": 7, "10": 2, "104573": 5, "00042": 2, "00043": 9}

@@ -18,17 +18,6 @@ from typing import Any
 
 import boto3
 import pytest
-from aws_support import (  # noqa: F401
-    REGION,
-    ROLE_ARN,
-    SERVE_IMAGE,
-    TRAIN_IMAGE,
-    client,
-    fake_aws_env,
-    jpeg_bytes,
-    moto_endpoint,
-    reset_moto,
-)
 from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
 from botocore.validate import ParamValidator
@@ -48,6 +37,18 @@ from binsight_aws.training_job import METRIC_REGEXES, report, training_job_reque
 from binsight_aws.training_job import run as run_training
 from binsight_aws.transform import transform_request
 from binsight_aws.tuning import tuning_job_request
+
+from aws_support import (  # noqa: F401
+    REGION,
+    ROLE_ARN,
+    SERVE_IMAGE,
+    TRAIN_IMAGE,
+    client,
+    fake_aws_env,
+    jpeg_bytes,
+    moto_endpoint,
+    reset_moto,
+)
 
 BUCKET = "binsight-test"
 
@@ -431,7 +432,8 @@ def stub_update(stub: Stubber, final_config: str, failure: str | None = None) ->
         "ModelName": "bs-model-2", "ExecutionRoleArn": ROLE_ARN, "Tags": ANY,
         "PrimaryContainer": {"Image": SERVE_IMAGE, "ModelDataUrl": f"s3://{BUCKET}/m/model.tar.gz",
                              "Mode": "SingleModel"}})
-    stub.add_response("create_endpoint_config", {"EndpointConfigArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint-config/bs-model-2"}, {
+    config_arn = "arn:aws:sagemaker:us-east-1:123456789012:endpoint-config/bs-model-2"
+    stub.add_response("create_endpoint_config", {"EndpointConfigArn": config_arn}, {
         "EndpointConfigName": "bs-model-2", "Tags": ANY,
         "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "bs-model-2", "InitialInstanceCount": 2,
                                 "InstanceType": "ml.m5.xlarge", "InitialVariantWeight": 1.0}]})

@@ -39,7 +39,8 @@ def _run(cmd: list[str], env: dict[str, str], timeout: float = 240) -> subproces
 
 def test_sagemaker_training_contract(tmp_path: Path) -> None:
     """hyperparameters.json (strings) + train and validation channels in, artifact + metrics out."""
-    root = make_opt_ml(tmp_path / "opt_ml", {**TINY, "overflow": "true", "epochs": "2", "tta_flip": "true"},
+    root = make_opt_ml(tmp_path / "opt_ml", {**TINY, "overflow": "true", "epochs": "2", "tta_flip": "true",
+                                             "log_every_steps": "2"},
                        n_bins=40, overflow_extra=1, validation_bins=10)
     proc = _run(train_command(), subprocess_env(root))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -68,6 +69,24 @@ def test_sagemaker_training_contract(tmp_path: Path) -> None:
     metrics = json.loads((root / "output/data/metrics.json").read_text())
     assert metrics["test"]["rmse"] == pytest.approx(float(test_line.group(2)), abs=1e-4)
     assert (root / "checkpoints" / CHECKPOINT_FILE).is_file()
+    _check_sagemaker_metrics(proc.stdout, history, metrics["test"])
+
+
+def _check_sagemaker_metrics(stdout: str, history: list[dict], test: dict) -> None:
+    """The regexes binsight-aws registers with the training job read every charted figure off this run's
+    real output (no terminal: step lines too), with the values the run recorded."""
+    from binsight_aws.training_job import METRIC_REGEXES
+
+    def values(name: str) -> list[float]:
+        return [float(v) for v in re.findall(METRIC_REGEXES[name], stdout)]
+
+    for name in METRIC_REGEXES:
+        assert values(name), f"no line of the training output matches the {name} regex"
+    for name in ("train_loss", "val_acc", "val_rmse", "lr"):
+        assert values(name) == pytest.approx([e[name] for e in history], rel=1e-3, abs=5e-5), name
+    assert values("test_acc") == pytest.approx([test["accuracy"]], abs=1e-4)
+    assert values("test_off_by_one_acc") == pytest.approx([test["off_by_one_accuracy"]], abs=1e-4)
+    assert all(v > 0 for v in values("img_per_s")) and re.search(r"^step_progress: done: 2 total: \d+ ", stdout, re.M)
 
 
 def test_bad_hyperparameter_in_a_subprocess_exits_non_zero_with_failure_file(tmp_path: Path) -> None:

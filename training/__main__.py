@@ -28,6 +28,7 @@ from training.checkpoint import CheckpointError
 from training.config import ConfigError, TrainConfig, load_config
 from training.distributed import in_torchrun_worker, launch, plan_launch
 from training.layouts import DataError
+from training.log import print_line
 from training.sagemaker_env import (
     RunPaths,
     SageMakerEnvError,
@@ -102,10 +103,6 @@ def _path_overrides(argv: Sequence[str]) -> dict[str, str | None]:
     return vars(known)
 
 
-def _log(line: str) -> None:
-    print(line, flush=True)
-
-
 def _fail(paths: RunPaths | None, message: str, code: int, worker: bool) -> int:
     print(f"error: {message}", file=sys.stderr, flush=True)
     if paths is None:
@@ -138,18 +135,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if is_main:
             for line in paths.as_log_lines():
-                _log(line)
+                print_line(line)
         if not worker:
             plan = plan_launch(config, read_resource_config(paths.resource_config))
             if plan.world_size > 1:
-                code, interrupted = launch(plan, argv, _log)
+                code, interrupted = launch(plan, argv, print_line)
                 if code != 0 and not interrupted and not paths.failure_file.exists():
                     write_failure(paths.failure_file, f"distributed training failed: torchrun exited with {code}; "
                                                       "see the log of each rank")
                 return EXIT_INTERRUPTED if interrupted and code != 0 else code
         from training.loop import run_training  # only a real run needs the loop and its imports
 
-        result = run_training(config, paths, log=_log)
+        result = run_training(config, paths, log=print_line)
         return 0 if result.status == "completed" else EXIT_INTERRUPTED
     except ConfigError as exc:
         return _fail(paths, str(exc), EXIT_BAD_CONFIG, worker)

@@ -27,7 +27,7 @@ ENV_PREFIX = "BINSIGHT_"
 SAGEMAKER_RESERVED_PREFIX = "sagemaker_"
 
 #: Fields that do not change what is learned; a checkpoint made with other values of these resumes.
-RUNTIME_FIELDS = frozenset({"num_workers", "tta_flip", "eval_batch_size", "threads"})
+RUNTIME_FIELDS = frozenset({"num_workers", "tta_flip", "eval_batch_size", "threads", "log_every_steps"})
 
 _NONE_WORDS = {"", "none", "null", "auto"}
 
@@ -87,6 +87,8 @@ class TrainConfig(BaseModel):
     threads: int | None = Field(None, ge=1, le=512, description="CPU threads per process (torch); default torch's.")
     nproc_per_node: int | None = Field(None, ge=1, le=64, description="Processes per host; default: GPUs or 1.")
     tta_flip: bool = Field(False, description="Average with the horizontally flipped image at test time.")
+    log_every_steps: int = Field(50, ge=0, description="Without a terminal, a step_progress line every this many "
+                                 "steps (loss, lr, img/s, eta); 0: none. On a terminal: a progress bar.")
 
     @field_validator("input_size", "eval_batch_size", "limit", "num_workers", "nproc_per_node", "threads",
                      mode="before")

@@ -24,7 +24,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -38,16 +38,12 @@ from training.dataset import BadSample, BinDataset, check_images, collate_skip_b
 from training.device import resolve_device
 from training.labels import LabelledBin, LabelPolicy, apply_label_policy
 from training.layouts import DataError, scan_records
+from training.log import Log, print_line
 from training.metrics import compute_metrics, counts_task_metrics, format_metrics
 from training.splits import SPLIT_MANIFEST_FILE, read_split_manifest, select_ids
 
 ENV_PREFIX = "BINSIGHT_EVAL_"
 HISTORY_FILE = "history.json"
-Log = Callable[[str], None]
-
-
-def _print(line: str) -> None:
-    print(line, flush=True)
 
 
 class EvaluateConfig(BaseModel):
@@ -278,7 +274,8 @@ def write_plots(output_dir: str | os.PathLike, metrics: dict[str, Any], history:
 # The command
 # --------------------------------------------------------------------------------------------
 
-def select_items(config: EvaluateConfig, metadata: ModelMetadata, log: Log = _print) -> tuple[list[LabelledBin], dict]:
+def select_items(config: EvaluateConfig, metadata: ModelMetadata,
+                 log: Log = print_line) -> tuple[list[LabelledBin], dict]:
     """The labelled bins to evaluate (manifest part, label policy, image check, limit) and what was left out."""
     records, report = scan_records(config.data_dir)
     report.log(log)
@@ -306,7 +303,7 @@ def select_items(config: EvaluateConfig, metadata: ModelMetadata, log: Log = _pr
     return items, info
 
 
-def run(config: EvaluateConfig, log: Log = _print) -> dict[str, Any]:
+def run(config: EvaluateConfig, log: Log = print_line) -> dict[str, Any]:
     """Evaluate and write ``metrics.json``, ``predictions.csv``, ``confusion_matrix.png`` and, when the
     model dir has a ``history.json``, ``training_curves.png`` into ``config.output_dir``."""
     start = time.monotonic()

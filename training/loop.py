@@ -1,6 +1,15 @@
 """The training run: data, model, epochs (train, validate, checkpoint), then the best epoch's artifact.
 
-One process or several (DistributedDataParallel under torchrun); only rank 0 logs epochs, writes
+Read it top to bottom:
+
+* :func:`build_run` makes every part of a run (model, optimiser, schedule, loss, loaders, placement)
+  and returns them in one typed :class:`RunParts`;
+* :func:`train_one_epoch` and :func:`validate` are the two phases, with their inputs in their
+  signatures (as torchvision's reference ``train_one_epoch``); :func:`train_step` is one step;
+* :func:`run_training` only sequences: resume from the checkpoint, run the epochs, checkpoint after
+  each (and on a graceful stop), then :func:`write_outputs` for the best epoch.
+
+One process or several (DistributedDataParallel under torchrun); only rank 0 logs, writes
 checkpoints and writes the artifact. The run ends in one of two ways:
 
 * ``completed``: the best epoch on validation (``select_metric``) is evaluated on the test split
@@ -12,23 +21,25 @@ checkpoints and writes the artifact. The run ends in one of two ways:
 
 from __future__ import annotations
 
-import json
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
 from service.architectures import build_model, get_architecture
 from service.artifact import metadata_for, save_artifact
+from service.files import atomic_write_json
 from service.preprocess import PreprocessSpec
+from training import metric_names as names
+from training.channels import PreparedData, prepare_data
 from training.checkpoint import (
     CHECKPOINT_FILE,
     GracefulStop,
@@ -39,7 +50,8 @@ from training.checkpoint import (
     save_checkpoint,
 )
 from training.config import TrainConfig
-from training.channels import prepare_data
+from training.dataset import BadSample
+from training.device import Placement
 from training.distributed import DistContext, all_reduce, init_distributed, shutdown_distributed
 from training.evaluate import HISTORY_FILE, evaluate_model
 from training.layouts import DataError
@@ -52,30 +64,26 @@ from training.loaders import (
     steps_per_epoch,
     train_loader,
 )
+from training.log import Log, fields_text, print_line, quiet
+from training.log import Progress as ProgressDisplay
 from training.losses import CountLoss, class_weights
 from training.metrics import scalar_metrics
 from training.optim import apply_freeze, frozen_norms_to_eval, make_optimizer, make_scheduler, param_groups
 from training.sagemaker_env import RunPaths
 from training.splits import SPLIT_MANIFEST_FILE, write_split_manifest
 
-Log = Callable[[str], None]
 METRICS_FILE = "metrics.json"
 MAX_SKIP_LOG_LINES = 20
 
-
-def _print(line: str) -> None:
-    print(line, flush=True)
-
-
-def _quiet(line: str) -> None:
-    pass
+#: ``after_step(global_step, stop)``: called after every optimiser step; may call ``stop.request()``.
+AfterStep = Callable[[int, GracefulStop], None]
 
 
 @dataclass
 class TrainHooks:
-    """Test and tooling hooks. ``after_step(global_step, stop)`` may call ``stop.request()``."""
+    """Test and tooling hooks."""
 
-    after_step: Callable[[int, GracefulStop], None] | None = None
+    after_step: AfterStep | None = None
 
 
 @dataclass
@@ -88,8 +96,288 @@ class RunResult:
     model_dir: Path | None = None
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3e}"
+# --------------------------------------------------------------------------------------------
+# Building a run
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class RunParts:
+    """Everything a run is made of, built once by :func:`build_run` and never reassigned."""
+
+    config: TrainConfig
+    ctx: DistContext
+    placement: Placement
+    data: PreparedData
+    spec: PreprocessSpec            # serving's preprocessing, recorded in the artifact
+    labels: list[str]
+    class_values: list[float]       # the count of each class ("6+" counts as 6)
+    model: nn.Module                # the bare module: state dicts, validation, the artifact
+    net: nn.Module                  # what trains: ``model``, or DistributedDataParallel around it
+    criterion: CountLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    train_loader: DataLoader
+    val_loader: DataLoader | None   # this worker's shard of the validation part
+    steps: int                      # optimiser steps per epoch (per worker)
+    num_workers: int
+    trainable_params: int
+    total_params: int
+
+
+@dataclass
+class RunState:
+    """What changes as the run goes, all of it in the checkpoint: progress and the best weights so far."""
+
+    progress: Progress = field(default_factory=Progress)
+    best_state: dict[str, torch.Tensor] | None = None
+    resumed: bool = False
+
+
+def build_run(config: TrainConfig, ctx: DistContext, data: PreparedData, log: Log) -> RunParts:
+    """The model, optimiser, schedule, loss and loaders of a run on ``data``, seeded by ``config.seed``."""
+    arch = get_architecture(config.architecture)
+    spec = PreprocessSpec(input_size=config.effective_input_size, resize=config.resize, mean=arch.mean, std=arch.std)
+    labels = data.policy.labels
+    class_values = [float(label.rstrip("+")) for label in labels]
+    placement = Placement.on(ctx.device, channels_last=config.channels_last, amp=config.amp,
+                             amp_dtype=config.amp_dtype)
+    torch.manual_seed(mix_seed("init", config.seed))
+    random.seed(config.seed)
+    model = build_model(config.architecture, len(labels), pretrained=config.pretrained, dropout=config.dropout)
+    trainable, total = apply_freeze(model, arch, config.freeze)
+    placement.place_model(model)
+    optimizer = make_optimizer(param_groups(model, arch, config), config)
+    weights = None
+    if config.class_weighting == "inverse":
+        weights = class_weights(data.train_class_counts, power=config.class_weight_power)
+        log(f"class_weights: {[round(float(w), 4) for w in weights]}")
+    criterion = CountLoss(class_values, config.label_smoothing, weights,
+                          config.ordinal_weight if config.loss == "ordinal" else 0.0).to(ctx.device)
+    train_items = data.split.train
+    sampler = EpochSampler(len(train_items), config.seed, ctx.rank, ctx.world_size,
+                           weights=(sampling_weights(train_items, len(labels))
+                                    if config.class_weighting == "balanced_sampler" else None))
+    steps = steps_per_epoch(sampler, config.batch_size)
+    net: nn.Module = model
+    if ctx.enabled:
+        net = DistributedDataParallel(model, device_ids=[ctx.device.index] if placement.cuda else None)
+    num_workers = config.num_workers if config.num_workers is not None else auto_num_workers(ctx.local_world_size)
+    val_shard = data.split.val[ctx.rank::ctx.world_size]
+    return RunParts(
+        config=config, ctx=ctx, placement=placement, data=data, spec=spec, labels=labels, class_values=class_values,
+        model=model, net=net, criterion=criterion, optimizer=optimizer,
+        scheduler=make_scheduler(optimizer, config, steps),
+        scaler=torch.amp.GradScaler(ctx.device.type, enabled=placement.scales_gradients),
+        train_loader=train_loader(train_items, sampler, spec, config, num_workers, placement.cuda),
+        val_loader=(eval_loader(val_shard, spec, config.effective_eval_batch_size, num_workers, placement.cuda)
+                    if data.split.val else None),
+        steps=steps, num_workers=num_workers, trainable_params=trainable, total_params=total)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------
+
+def resume(parts: RunParts, checkpoint: Path, log: Log) -> RunState:
+    """Load the run's checkpoint into ``parts`` when there is one (rank 0's copy is the truth)."""
+    ctx = parts.ctx
+    payload = None
+    if ctx.is_main:
+        payload = load_checkpoint(checkpoint, parts.config, parts.data.fingerprint, ctx.world_size)
+    if ctx.enabled:  # other hosts may not have the file (or an older one)
+        shared = [payload]
+        dist.broadcast_object_list(shared, src=0)
+        payload = shared[0]
+    if payload is None:
+        return RunState()
+    parts.model.load_state_dict(payload["model"])
+    parts.optimizer.load_state_dict(payload["optimizer"])
+    parts.scheduler.load_state_dict(payload["scheduler"])
+    parts.scaler.load_state_dict(payload["scaler"])
+    state = RunState(Progress.from_dict(payload["progress"]), payload.get("best_state"), resumed=True)
+    restore_rng(payload.get("rng") or {})
+    progress = state.progress
+    log(f"resumed_from: {checkpoint} epoch: {progress.epoch} step_in_epoch: {progress.step_in_epoch} "
+        f"global_step: {progress.global_step}")
+    return state
+
+
+def save(parts: RunParts, state: RunState, checkpoint: Path) -> None:
+    if parts.ctx.is_main:
+        save_checkpoint(checkpoint, config=parts.config, data_fingerprint=parts.data.fingerprint,
+                        world_size=parts.ctx.world_size, progress=state.progress, model=parts.model,
+                        optimizer=parts.optimizer, scheduler=parts.scheduler, scaler=parts.scaler,
+                        best_state=state.best_state)
+
+
+# --------------------------------------------------------------------------------------------
+# The phases
+# --------------------------------------------------------------------------------------------
+
+class SkippedImages:
+    """Counts the images that failed to load (in ``progress.skipped_ids``, so a resumed run keeps
+    counting) and fails the run when, with those found bad up front, they pass ``max_bad_fraction``."""
+
+    def __init__(self, progress: Progress, data: PreparedData, max_bad_fraction: float, log: Log):
+        self.progress, self.log, self.max_bad_fraction = progress, log, max_bad_fraction
+        self.total = len(data.split.train) + len(data.split.val)
+        self.bad_up_front = int(data.provenance["bad_images"])
+
+    def __call__(self, skipped: Sequence[BadSample]) -> None:
+        ids = self.progress.skipped_ids
+        known = set(ids)
+        for bad in skipped:
+            if bad.id in known:
+                continue
+            known.add(bad.id)
+            ids.append(bad.id)
+            if len(ids) <= MAX_SKIP_LOG_LINES:
+                self.log(f"skipped_image: {bad.id} reason: {bad.reason}")
+        if (len(ids) + self.bad_up_front) / max(1, self.total) > self.max_bad_fraction:
+            raise DataError(
+                f"{len(ids)} images failed to load during training (plus {self.bad_up_front} found unreadable "
+                f"up front), above max_bad_fraction {self.max_bad_fraction} of {self.total}; "
+                f"e.g. {', '.join(ids[:3])}")
+
+
+def train_step(net: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               placement: Placement, images: torch.Tensor, targets: torch.Tensor, grad_clip: float,
+               params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One optimiser step; returns ``[loss * n, correct, n]`` (float64, on the device, not synchronised)."""
+    images, targets = placement.place_batch(images, targets)
+    with placement.autocast():
+        logits = net(images)
+        loss = criterion(logits, targets)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    n = targets.numel()
+    correct = (logits.detach().argmax(1) == targets).sum()
+    return torch.stack([loss.detach().double() * n, correct.double(),
+                        torch.tensor(float(n), dtype=torch.float64, device=targets.device)])
+
+
+def _agree_to_stop(stop: GracefulStop, too_small: bool, ctx: DistContext) -> bool:
+    """Every worker stops at the same step; returns whether this step's batch is too small for all."""
+    if not ctx.enabled:
+        return too_small
+    flags = torch.tensor([float(stop.requested), float(too_small)], device=ctx.device)
+    all_reduce(flags, ctx, op="max")
+    if bool(flags[0]) and not stop.requested:
+        stop.request("peer")  # another worker was told to stop
+    return bool(flags[1])
+
+
+def _step_display(epoch: int, steps: int, start: int, every: int, sums: torch.Tensor,
+                  optimizer: torch.optim.Optimizer, images_per_step: int, log: Log) -> ProgressDisplay:
+    """A bar on a terminal; else a ``step_progress:`` line every ``every`` steps (loss, lr, img/s, eta)."""
+    started = time.monotonic()
+
+    def describe() -> dict[str, Any]:
+        done = display.done - start
+        return {names.EPOCH: epoch, names.STEP_LOSS: float(sums[0] / sums[2].clamp_min(1)),
+                names.STEP_LR: optimizer.param_groups[0]["lr"],
+                names.IMAGES_PER_S: f"{done * images_per_step / max(time.monotonic() - started, 1e-9):.1f}"}
+
+    display = ProgressDisplay(names.STEP_PROGRESS, total=steps, unit="step", log=log, initial=start,
+                              interval_s=None, every=every, describe=describe)
+    return display
+
+
+def train_one_epoch(net: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+                    loader: DataLoader, placement: Placement, ctx: DistContext, *, epoch: int, steps: int, seed: int,
+                    grad_clip: float, progress: Progress, stop: GracefulStop, on_skipped: Callable[[list], None],
+                    log: Log = quiet, log_every: int = 0, after_step: AfterStep | None = None) -> torch.Tensor:
+    """Train the rest of epoch ``epoch`` from ``progress.step_in_epoch``; returns the train sums
+    ``[loss * n, correct, n]`` of the whole epoch (a resumed epoch starts from ``progress.partial``).
+
+    Each step is seeded from ``(seed, epoch, step, rank)`` and the loader's order from ``(seed,
+    epoch)``, so an epoch resumed part-way sees the batches the uninterrupted run saw.
+    """
+    sums = torch.tensor(progress.partial.get("sums", [0.0, 0.0, 0.0]), dtype=torch.float64, device=ctx.device)
+    start = step = progress.step_in_epoch
+    if start >= steps:
+        return sums
+    batch_size = loader.batch_size or 1
+    net.train()
+    frozen_norms_to_eval(net)
+    loader.sampler.set_epoch(epoch, start * batch_size)
+    params = [p for p in net.parameters() if p.requires_grad]
+    display = (_step_display(epoch, steps, start, log_every, sums, optimizer, batch_size * ctx.world_size, log)
+               if ctx.is_main and log_every > 0 else None)
+    for images, targets, skipped in iterate_until_stopped(loader, stop):
+        if skipped:
+            on_skipped(skipped)
+        too_small = _agree_to_stop(stop, targets.numel() < min(2, batch_size), ctx)
+        if stop.requested:
+            break
+        if not too_small:
+            torch.manual_seed(mix_seed("step", seed, epoch, step, ctx.rank))
+            sums += train_step(net, criterion, optimizer, scaler, placement, images, targets, grad_clip, params)
+        scheduler.step()
+        step += 1
+        progress.step_in_epoch = step
+        progress.global_step += 1
+        if display is not None:
+            display.update(1)
+        if after_step is not None:
+            after_step(progress.global_step, stop)
+        if step >= steps:
+            break
+    if display is not None:
+        display.close()
+    return sums
+
+
+@torch.no_grad()
+def validate(model: nn.Module, loader: DataLoader | None, placement: Placement, class_values: Sequence[float],
+             stop: GracefulStop, on_skipped: Callable[[list], None]) -> tuple[torch.Tensor, bool]:
+    """Sums ``[loss * n, correct, squared error, absolute error, n]`` on ``loader`` (this worker's shard)
+    and whether a stop was requested meanwhile (then the sums are partial)."""
+    sums = torch.zeros(5, dtype=torch.float64, device=placement.device)
+    if loader is None:
+        return sums, False
+    values = torch.tensor(list(class_values), dtype=torch.float64, device=placement.device)
+    model.eval()
+    try:
+        for images, targets, skipped in loader:
+            if stop.requested:
+                return sums, True
+            if skipped:
+                on_skipped(skipped)
+            if targets.numel() == 0:
+                continue
+            images, targets = placement.place_batch(images, targets)
+            with placement.autocast():
+                logits = model(images)
+            logits = logits.float()
+            error = values[logits.argmax(1)] - values[targets]
+            sums += torch.stack([F.cross_entropy(logits, targets, reduction="sum").double(),
+                                 (error == 0).sum().double(), (error ** 2).sum(), error.abs().sum(),
+                                 torch.tensor(float(targets.numel()), dtype=torch.float64, device=placement.device)])
+    finally:
+        model.train()
+    return sums, stop.requested
+
+
+def epoch_entry(epoch: int, train_sums: torch.Tensor, val_sums: torch.Tensor, lr: float,
+                seconds: float) -> dict[str, Any]:
+    """The epoch's line in ``history.json`` (and the log), keys from :mod:`training.metric_names`."""
+    n = max(1.0, float(train_sums[2]))
+    entry: dict[str, Any] = {names.EPOCH: epoch, "train_loss": float(train_sums[0]) / n,
+                             "train_acc": float(train_sums[1]) / n}
+    if float(val_sums[4]) > 0:
+        vn = float(val_sums[4])
+        entry.update(val_loss=float(val_sums[0]) / vn, val_acc=float(val_sums[1]) / vn,
+                     val_rmse=(float(val_sums[2]) / vn) ** 0.5, val_mae=float(val_sums[3]) / vn)
+    entry.update(lr=lr, epoch_time_s=round(seconds, 2))
+    return entry
 
 
 def _is_better(metric: str, value: float, best: float | None) -> bool:
@@ -98,349 +386,146 @@ def _is_better(metric: str, value: float, best: float | None) -> bool:
     return value > best if metric == "val_acc" else value < best
 
 
-def run_training(config: TrainConfig, paths: RunPaths, log: Log = _print,
+def _keep_if_best(parts: RunParts, state: RunState, entry: dict[str, Any]) -> None:
+    progress, metric_name = state.progress, parts.config.select_metric
+    metric = entry.get(metric_name)
+    if metric is None:  # no validation data: the last epoch is the best one
+        progress.best_epoch, progress.best_metric = entry[names.EPOCH], None
+        state.best_state = None
+    elif _is_better(metric_name, metric, progress.best_metric):
+        progress.best_epoch, progress.best_metric = entry[names.EPOCH], metric
+        state.best_state = {k: v.detach().to("cpu", copy=True) for k, v in parts.model.state_dict().items()}
+
+
+# --------------------------------------------------------------------------------------------
+# The runner
+# --------------------------------------------------------------------------------------------
+
+def run_epoch(parts: RunParts, state: RunState, epoch: int, stop: GracefulStop, checkpoint: Path, log: Log,
+              hooks: TrainHooks) -> bool:
+    """Train, validate and checkpoint epoch ``epoch``; ``False`` when stopped (after saving)."""
+    cfg, ctx, progress = parts.config, parts.ctx, state.progress
+    started = time.monotonic()
+    on_skipped = SkippedImages(progress, parts.data, cfg.max_bad_fraction, log)
+    sums = train_one_epoch(parts.net, parts.criterion, parts.optimizer, parts.scheduler, parts.scaler,
+                           parts.train_loader, parts.placement, ctx, epoch=epoch, steps=parts.steps, seed=cfg.seed,
+                           grad_clip=cfg.grad_clip, progress=progress, stop=stop, on_skipped=on_skipped, log=log,
+                           log_every=cfg.log_every_steps, after_step=hooks.after_step)
+    stopped = stop.requested and progress.step_in_epoch < parts.steps
+    if not stopped:
+        val_sums, stopped = validate(parts.model, parts.val_loader, parts.placement, parts.class_values, stop,
+                                     on_skipped)
+    if ctx.enabled:
+        stopped = bool(all_reduce(torch.tensor([float(stopped)], device=ctx.device), ctx, op="max")[0])
+    if stopped:
+        progress.partial = {"sums": sums.tolist()}
+        save(parts, state, checkpoint)
+        return False
+    all_reduce(sums, ctx)
+    all_reduce(val_sums, ctx)
+    entry = epoch_entry(epoch, sums, val_sums, parts.optimizer.param_groups[0]["lr"], time.monotonic() - started)
+    progress.history.append(entry)
+    _keep_if_best(parts, state, entry)
+    log(fields_text(entry))
+    progress.epoch, progress.step_in_epoch, progress.partial = epoch, 0, {}
+    save(parts, state, checkpoint)
+    return True
+
+
+def run_training(config: TrainConfig, paths: RunPaths, log: Log = print_line,
                  hooks: TrainHooks | None = None) -> RunResult:
     """Train per ``config`` on ``paths``; joins the process group when started by torchrun."""
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     ctx = init_distributed(config)
+    hooks = hooks or TrainHooks()
+    log = log if ctx.is_main else quiet
+    started = time.monotonic()
     try:
         with GracefulStop() as stop:
-            return _Run(config, paths, ctx, stop, log if ctx.is_main else _quiet, hooks or TrainHooks()).run()
+            log(f"train_start: architecture: {config.architecture} device: {ctx.device} "
+                f"world_size: {ctx.world_size} recipe_hash: {config.recipe_hash()}")
+            parts = build_run(config, ctx, prepare_data(config, paths, log), log)
+            checkpoint = paths.checkpoint_dir / CHECKPOINT_FILE
+            state = resume(parts, checkpoint, log)
+            progress = state.progress
+            log(f"train_plan: epochs: {config.epochs} steps_per_epoch: {parts.steps} batch_size: {config.batch_size} "
+                f"num_workers: {parts.num_workers} trainable_params: {parts.trainable_params} "
+                f"total_params: {parts.total_params} start_epoch: {progress.epoch + 1}")
+            for epoch in range(progress.epoch + 1, config.epochs + 1):
+                if not run_epoch(parts, state, epoch, stop, checkpoint, log, hooks):
+                    log(f"training_interrupted: {stop.reason} epoch: {epoch} "
+                        f"step: {progress.step_in_epoch}/{parts.steps} checkpoint: {checkpoint}")
+                    return RunResult("interrupted", progress.epoch, progress.best_epoch, progress.history)
+            # Everything worth keeping is in the checkpoint: from here a SIGTERM may end the process at once.
+            stop.release()
+            if not ctx.is_main:
+                return RunResult("completed", progress.epoch, progress.best_epoch, progress.history)
+            return write_outputs(parts, state, paths, time.monotonic() - started, log)
     finally:
         shutdown_distributed()
 
 
-class _Run:
-    """One run's state; methods are the phases. Kept in a class so the phases share it without globals."""
+# --------------------------------------------------------------------------------------------
+# The outputs
+# --------------------------------------------------------------------------------------------
 
-    def __init__(self, config: TrainConfig, paths: RunPaths, ctx: DistContext, stop: GracefulStop, log: Log,
-                 hooks: TrainHooks):
-        self.config, self.paths, self.ctx, self.stop, self.log, self.hooks = config, paths, ctx, stop, log, hooks
-        self.device = ctx.device
-        self.cuda = self.device.type == "cuda"
-        self.use_amp = self.cuda and config.amp
-        self.amp_dtype = getattr(torch, config.amp_dtype)
-        self.started = time.monotonic()
-
-    # ---------------------------------------------------------------------------------------
-    def run(self) -> RunResult:
-        cfg, log = self.config, self.log
-        log(f"train_start: architecture: {cfg.architecture} device: {self.device} world_size: {self.ctx.world_size} "
-            f"recipe_hash: {cfg.recipe_hash()}")
-        self.data = prepare_data(cfg, self.paths, log)
-        self._build()
-        self._resume()
-        num_workers = cfg.num_workers if cfg.num_workers is not None else auto_num_workers(self.ctx.local_world_size)
-        self.num_workers = num_workers
-        self.loader = train_loader(self.data.split.train, self.sampler, self.spec, cfg, num_workers, self.cuda)
-        val_shard = self.data.split.val[self.ctx.rank::self.ctx.world_size]
-        self.val_loader = (eval_loader(val_shard, self.spec, cfg.effective_eval_batch_size, num_workers, self.cuda)
-                           if self.data.split.val else None)
-        log(f"train_plan: epochs: {cfg.epochs} steps_per_epoch: {self.steps} batch_size: {cfg.batch_size} "
-            f"num_workers: {num_workers} trainable_params: {self.trainable} total_params: {self.total_params} "
-            f"start_epoch: {self.progress.epoch + 1}")
-        for epoch in range(self.progress.epoch + 1, cfg.epochs + 1):
-            if not self._epoch(epoch):
-                log(f"training_interrupted: {self.stop.reason} epoch: {epoch} "
-                    f"step: {self.progress.step_in_epoch}/{self.steps} checkpoint: {self.checkpoint_path}")
-                return RunResult("interrupted", self.progress.epoch, self.progress.best_epoch, self.progress.history)
-        # Everything worth keeping is in the checkpoint: from here a SIGTERM may end the process at once.
-        self.stop.release()
-        if not self.ctx.is_main:
-            return RunResult("completed", self.progress.epoch, self.progress.best_epoch, self.progress.history)
-        return self._finish()
-
-    # ---------------------------------------------------------------------------------------
-    def _build(self) -> None:
-        cfg, data = self.config, self.data
-        self.arch = get_architecture(cfg.architecture)
-        self.spec = PreprocessSpec(input_size=cfg.effective_input_size, resize=cfg.resize,
-                                   mean=self.arch.mean, std=self.arch.std)
-        self.labels = data.policy.labels
-        self.class_values = [float(label.rstrip("+")) for label in self.labels]
-        torch.manual_seed(mix_seed("init", cfg.seed))
-        random.seed(cfg.seed)
-        model = build_model(cfg.architecture, len(self.labels), pretrained=cfg.pretrained, dropout=cfg.dropout)
-        self.trainable, self.total_params = apply_freeze(model, self.arch, cfg.freeze)
-        model.to(self.device)
-        if self.cuda and cfg.channels_last:
-            model.to(memory_format=torch.channels_last)
-        self.model = model
-        self.trainable_params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(param_groups(model, self.arch, cfg), cfg)
-        weights = None
-        if cfg.class_weighting == "inverse":
-            weights = class_weights(data.train_class_counts, power=cfg.class_weight_power)
-            self.log(f"class_weights: {[round(float(w), 4) for w in weights]}")
-        self.criterion = CountLoss(self.class_values, cfg.label_smoothing, weights,
-                                   cfg.ordinal_weight if cfg.loss == "ordinal" else 0.0).to(self.device)
-        sample_weights = (sampling_weights(data.split.train, len(self.labels))
-                          if cfg.class_weighting == "balanced_sampler" else None)
-        self.sampler = EpochSampler(len(data.split.train), cfg.seed, self.ctx.rank, self.ctx.world_size,
-                                    weights=sample_weights)
-        self.steps = steps_per_epoch(self.sampler, cfg.batch_size)
-        self.scheduler = make_scheduler(self.optimizer, cfg, self.steps)
-        self.scaler = torch.amp.GradScaler(self.device.type,
-                                           enabled=self.use_amp and self.amp_dtype == torch.float16)
-        self.net: nn.Module = model
-        if self.ctx.enabled:
-            self.net = DistributedDataParallel(model, device_ids=[self.device.index] if self.cuda else None)
-
-    def _resume(self) -> None:
-        self.checkpoint_path = self.paths.checkpoint_dir / CHECKPOINT_FILE
-        self.progress = Progress()
-        self.best_state: dict[str, torch.Tensor] | None = None
-        payload = None
-        if self.ctx.is_main:
-            payload = load_checkpoint(self.checkpoint_path, self.config, self.data.fingerprint, self.ctx.world_size)
-        if self.ctx.enabled:
-            # Rank 0's checkpoint is the truth: other hosts may not have the file (or an older one).
-            shared = [payload]
-            dist.broadcast_object_list(shared, src=0)
-            payload = shared[0]
-        if payload is None:
-            self.resumed = False
-            return
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.scheduler.load_state_dict(payload["scheduler"])
-        self.scaler.load_state_dict(payload["scaler"])
-        self.progress = Progress.from_dict(payload["progress"])
-        self.best_state = payload.get("best_state")
-        restore_rng(payload.get("rng") or {})
-        self.resumed = True
-        self.log(f"resumed_from: {self.checkpoint_path} epoch: {self.progress.epoch} "
-                 f"step_in_epoch: {self.progress.step_in_epoch} global_step: {self.progress.global_step}")
-
-    def _save(self) -> None:
-        if self.ctx.is_main:
-            save_checkpoint(self.checkpoint_path, config=self.config, data_fingerprint=self.data.fingerprint,
-                            world_size=self.ctx.world_size, progress=self.progress, model=self.model,
-                            optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
-                            best_state=self.best_state)
-
-    # ---------------------------------------------------------------------------------------
-    def _note_skipped(self, skipped: list) -> None:
-        known = set(self.progress.skipped_ids)
-        for bad in skipped:
-            if bad.id in known:
-                continue
-            known.add(bad.id)
-            self.progress.skipped_ids.append(bad.id)
-            if len(self.progress.skipped_ids) <= MAX_SKIP_LOG_LINES:
-                self.log(f"skipped_image: {bad.id} reason: {bad.reason}")
-        total = len(self.data.split.train) + len(self.data.split.val)
-        bad_share = (len(self.progress.skipped_ids) + self.data.provenance["bad_images"]) / max(1, total)
-        if bad_share > self.config.max_bad_fraction:
-            raise DataError(
-                f"{len(self.progress.skipped_ids)} images failed to load during training (plus "
-                f"{self.data.provenance['bad_images']} found unreadable up front), above max_bad_fraction "
-                f"{self.config.max_bad_fraction} of {total}; e.g. {', '.join(self.progress.skipped_ids[:3])}")
-
-    def _progress_bar(self, epoch: int, start: int):
-        if not (self.ctx.is_main and sys.stderr.isatty()):
-            return None
-        from tqdm import tqdm
-
-        return tqdm(total=self.steps, initial=start, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
-
-    def _train_steps(self, epoch: int) -> torch.Tensor:
-        """Run the rest of epoch ``epoch``; returns the train sums ``[loss * n, correct, n]``."""
-        cfg, progress = self.config, self.progress
-        sums = torch.tensor(progress.partial.get("sums", [0.0, 0.0, 0.0]), dtype=torch.float64, device=self.device)
-        start = progress.step_in_epoch
-        if start >= self.steps:
-            return sums
-        self.net.train()
-        frozen_norms_to_eval(self.net)
-        self.sampler.set_epoch(epoch, start * cfg.batch_size)
-        bar = self._progress_bar(epoch, start)
-        step = start
-        for images, targets, skipped in iterate_until_stopped(self.loader, self.stop):
-            if skipped:
-                self._note_skipped(skipped)
-            too_small = targets.numel() < min(2, cfg.batch_size)
-            if self.ctx.enabled:
-                flags = torch.tensor([float(self.stop.requested), float(too_small)], device=self.device)
-                all_reduce(flags, self.ctx, op="max")
-                if bool(flags[0]) and not self.stop.requested:
-                    self.stop.request("peer")  # another worker was told to stop: stop at the same step
-                too_small = bool(flags[1])
-            if self.stop.requested:
-                break
-            if not too_small:
-                torch.manual_seed(mix_seed("step", cfg.seed, epoch, step, self.ctx.rank))
-                sums += self._step(images, targets)
-            self.scheduler.step()
-            step += 1
-            progress.step_in_epoch = step
-            progress.global_step += 1
-            if bar is not None:
-                bar.update(1)
-            if self.hooks.after_step is not None:
-                self.hooks.after_step(progress.global_step, self.stop)
-            if step >= self.steps:
-                break
-        if bar is not None:
-            bar.close()
-        return sums
-
-    def _step(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        cfg = self.config
-        images = images.to(self.device, non_blocking=True)
-        targets = targets.to(self.device, non_blocking=True)
-        if self.cuda and cfg.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-            logits = self.net(images)
-            loss = self.criterion(logits, targets)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if cfg.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.trainable_params, cfg.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        n = targets.numel()
-        correct = (logits.detach().argmax(1) == targets).sum()
-        return torch.stack([loss.detach().double() * n, correct.double(),
-                            torch.tensor(float(n), dtype=torch.float64, device=self.device)])
-
-    @torch.no_grad()
-    def _validate(self) -> tuple[torch.Tensor, bool]:
-        """Sums ``[loss * n, correct, squared error, absolute error, n]`` on this worker's val shard."""
-        sums = torch.zeros(5, dtype=torch.float64, device=self.device)
-        if self.val_loader is None:
-            return sums, False
-        values = torch.tensor(self.class_values, dtype=torch.float64, device=self.device)
-        self.model.eval()
-        try:
-            for images, targets, skipped in self.val_loader:
-                if self.stop.requested:
-                    return sums, True
-                if skipped:
-                    self._note_skipped(skipped)
-                if targets.numel() == 0:
-                    continue
-                images = images.to(self.device, non_blocking=True)
-                targets = targets.to(self.device, non_blocking=True)
-                if self.cuda and self.config.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-                    logits = self.model(images)
-                logits = logits.float()
-                error = values[logits.argmax(1)] - values[targets]
-                sums += torch.stack([F.cross_entropy(logits, targets, reduction="sum").double(),
-                                     (error == 0).sum().double(), (error ** 2).sum(), error.abs().sum(),
-                                     torch.tensor(float(targets.numel()), dtype=torch.float64, device=self.device)])
-        finally:
-            self.model.train()
-        return sums, self.stop.requested
-
-    def _epoch(self, epoch: int) -> bool:
-        """Train, validate and checkpoint one epoch; ``False`` when stopped (after saving)."""
-        cfg, progress = self.config, self.progress
-        started = time.monotonic()
-        sums = self._train_steps(epoch)
-        stopped = self.stop.requested and progress.step_in_epoch < self.steps
-        if not stopped:
-            val_sums, stopped = self._validate()
-        if self.ctx.enabled:
-            flag = torch.tensor([float(stopped)], device=self.device)
-            stopped = bool(all_reduce(flag, self.ctx, op="max")[0])
-        if stopped:
-            progress.partial = {"sums": sums.tolist()}
-            self._save()
-            return False
-        all_reduce(sums, self.ctx)
-        all_reduce(val_sums, self.ctx)
-        entry: dict[str, Any] = {"epoch": epoch}
-        n = max(1.0, float(sums[2]))
-        entry["train_loss"] = float(sums[0]) / n
-        entry["train_acc"] = float(sums[1]) / n
-        if float(val_sums[4]) > 0:
-            vn = float(val_sums[4])
-            entry.update(val_loss=float(val_sums[0]) / vn, val_acc=float(val_sums[1]) / vn,
-                         val_rmse=(float(val_sums[2]) / vn) ** 0.5, val_mae=float(val_sums[3]) / vn)
-        entry["lr"] = self.optimizer.param_groups[0]["lr"]
-        entry["epoch_time_s"] = round(time.monotonic() - started, 2)
-        progress.history.append(entry)
-        metric = entry.get(cfg.select_metric)
-        if metric is None:  # no validation data: the last epoch is the best one
-            progress.best_epoch, progress.best_metric = epoch, None
-            self.best_state = None
-        elif _is_better(cfg.select_metric, metric, progress.best_metric):
-            progress.best_epoch, progress.best_metric = epoch, metric
-            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-        self.log(" ".join(f"{k}: {v if k == 'epoch' else _fmt(v)}" for k, v in entry.items()))
-        progress.epoch, progress.step_in_epoch, progress.partial = epoch, 0, {}
-        self._save()
-        return True
-
-    # ---------------------------------------------------------------------------------------
-    def _finish(self) -> RunResult:
-        cfg, data, progress = self.config, self.data, self.progress
-        if self.best_state is not None:
-            self.model.load_state_dict(self.best_state)
-        self.model.eval()
-        provenance = dict(data.provenance)
-        provenance["skipped_at_load"] = len(progress.skipped_ids)
-        provenance["skipped_at_load_examples"] = progress.skipped_ids[:10]
-        provenance["split_manifest"] = SPLIT_MANIFEST_FILE
-        recipe = {
-            **cfg.model_dump(mode="json"),
-            "input_size": self.spec.input_size,
-            "recipe_hash": cfg.recipe_hash(),
-            "epochs_completed": progress.epoch,
-            "best_epoch": progress.best_epoch,
-            "select_metric": cfg.select_metric,
-            "steps_per_epoch": self.steps,
-            "world_size": self.ctx.world_size,
-            "device_used": str(self.device),
-            "amp_used": cfg.amp_dtype if self.use_amp else None,
-            "trainable_parameters": self.trainable,
-            "total_parameters": self.total_params,
-            "resumed": self.resumed,
-            "torch": torch.__version__,
-        }
-        metadata = metadata_for(cfg.architecture, self.labels, input_size=self.spec.input_size, resize=cfg.resize,
-                                dropout=cfg.dropout, data=provenance, training=recipe)
-        best_entry = next((e for e in progress.history if e["epoch"] == progress.best_epoch), {})
-        metrics: dict[str, Any] = {"best_epoch": progress.best_epoch,
-                                   "val": {k: v for k, v in best_entry.items() if k.startswith("val_")}}
-        test_metrics = None
-        if data.split.test:
-            test_metrics = evaluate_model(self.model, metadata, data.split.test,
-                                          batch_size=cfg.effective_eval_batch_size, tta_flip=cfg.tta_flip,
-                                          num_workers=self.num_workers, device=self.device)
-            metrics["test"] = test_metrics
-            self._log_test(test_metrics)
-        else:
-            self.log("test: none (test_fraction is 0 and there is no test channel)")
-        metadata = metadata.model_copy(update={"metrics": metrics})
-        model_dir = self.paths.model_dir
-        save_artifact(model_dir, self.model, metadata)
-        write_split_manifest(model_dir / SPLIT_MANIFEST_FILE, data.split,
-                             extra={"labels": self.labels, "channels": data.provenance["channels"]})
-        _write_json(model_dir / HISTORY_FILE, progress.history)
-        _write_json(self.paths.output_data_dir / METRICS_FILE,
-                    {**metrics, "history": progress.history, "data": provenance,
-                     "train_seconds": round(time.monotonic() - self.started, 1)})
-        self.log(f"model_saved: {model_dir} metrics: {self.paths.output_data_dir / METRICS_FILE}")
-        return RunResult("completed", progress.epoch, progress.best_epoch, progress.history, test_metrics, model_dir)
-
-    def _log_test(self, m: dict[str, Any]) -> None:
-        names = {"accuracy": "test_acc", "rmse": "test_rmse", "mae": "test_mae",
-                 "off_by_one_accuracy": "test_off_by_one_acc", "macro_f1": "test_macro_f1", "n": "test_n"}
-        scalars = scalar_metrics(m)
-        parts = [f"{name}: {scalars[k] if k == 'n' else f'{scalars[k]:.4f}'}" for k, name in names.items()
-                 if k in scalars]
-        self.log(" ".join(parts + [f"test_loss: {m['loss']:.4f}", f"test_skipped: {m['skipped']}"]))
+def _recipe(parts: RunParts, state: RunState) -> dict[str, Any]:
+    """What the artifact records of how it was trained (``model.json``'s ``training``)."""
+    cfg, progress = parts.config, state.progress
+    return {
+        **cfg.model_dump(mode="json"),
+        "input_size": parts.spec.input_size,
+        "recipe_hash": cfg.recipe_hash(),
+        "epochs_completed": progress.epoch,
+        "best_epoch": progress.best_epoch,
+        "select_metric": cfg.select_metric,
+        "steps_per_epoch": parts.steps,
+        "world_size": parts.ctx.world_size,
+        "device_used": str(parts.ctx.device),
+        "amp_used": cfg.amp_dtype if parts.placement.amp else None,
+        "trainable_parameters": parts.trainable_params,
+        "total_parameters": parts.total_params,
+        "resumed": state.resumed,
+        "torch": torch.__version__,
+    }
 
 
-def _write_json(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)
+def write_outputs(parts: RunParts, state: RunState, paths: RunPaths, seconds: float, log: Log) -> RunResult:
+    """Evaluate the best epoch on the test part and write the artifact, split, history and metrics."""
+    cfg, data, progress = parts.config, parts.data, state.progress
+    if state.best_state is not None:
+        parts.model.load_state_dict(state.best_state)
+    parts.model.eval()
+    provenance = {**data.provenance, "skipped_at_load": len(progress.skipped_ids),
+                  "skipped_at_load_examples": progress.skipped_ids[:10], "split_manifest": SPLIT_MANIFEST_FILE}
+    metadata = metadata_for(cfg.architecture, parts.labels, input_size=parts.spec.input_size, resize=cfg.resize,
+                            dropout=cfg.dropout, data=provenance, training=_recipe(parts, state))
+    best_entry = next((e for e in progress.history if e[names.EPOCH] == progress.best_epoch), {})
+    metrics: dict[str, Any] = {"best_epoch": progress.best_epoch,
+                               "val": {k: v for k, v in best_entry.items() if k.startswith("val_")}}
+    test_metrics = None
+    if data.split.test:
+        test_metrics = evaluate_model(parts.model, metadata, data.split.test, batch_size=cfg.effective_eval_batch_size,
+                                      tta_flip=cfg.tta_flip, num_workers=parts.num_workers, device=parts.ctx.device)
+        metrics["test"] = test_metrics
+        log(format_test_line(test_metrics))
+    else:
+        log("test: none (test_fraction is 0 and there is no test channel)")
+    metadata = metadata.model_copy(update={"metrics": metrics})
+    model_dir = paths.model_dir
+    save_artifact(model_dir, parts.model, metadata)
+    write_split_manifest(model_dir / SPLIT_MANIFEST_FILE, data.split,
+                         extra={"labels": parts.labels, "channels": data.provenance["channels"]})
+    atomic_write_json(model_dir / HISTORY_FILE, progress.history)
+    atomic_write_json(paths.output_data_dir / METRICS_FILE,
+                      {**metrics, "history": progress.history, "data": provenance, "train_seconds": round(seconds, 1)})
+    log(f"model_saved: {model_dir} metrics: {paths.output_data_dir / METRICS_FILE}")
+    return RunResult("completed", progress.epoch, progress.best_epoch, progress.history, test_metrics, model_dir)
+
+
+def format_test_line(metrics: dict[str, Any]) -> str:
+    """``test_acc: 0.4000 test_rmse: ... test_n: 1104 test_skipped: 0`` from :func:`evaluate_model`'s dict."""
+    scalars = {**scalar_metrics(metrics), "loss": metrics["loss"]}
+    fields: dict[str, Any] = {name: float(scalars[key]) for key, name in names.TEST_METRICS.items() if key in scalars}
+    return fields_text({**fields, names.TEST_N: metrics["n"], names.TEST_SKIPPED: metrics["skipped"]})
