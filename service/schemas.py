@@ -21,7 +21,7 @@ class PredictionOut(BaseModel):
     probabilities: dict[str, float] = Field(..., description="Probability of every class label.",
                                             examples=[_PROBABILITIES_EXAMPLE])
     expected_count: float = Field(..., description="Probability-weighted mean count (overflow class counts as N).",
-                                  examples=[3.19])
+                                  examples=[3.16])
 
 
 class ImageErrorOut(BaseModel):
@@ -35,7 +35,7 @@ class InvocationResponse(BaseModel):
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"predictions": [
         {"count": 3, "label": "3", "confidence": 0.702, "probabilities": _PROBABILITIES_EXAMPLE,
-         "expected_count": 3.19},
+         "expected_count": 3.16},
         {"error": "image data is corrupt or truncated: image file is truncated"},
     ]}]})
 
@@ -91,7 +91,7 @@ class PhotoResult(BaseModel):
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "filename": "bin-00017.jpg", "count": 3, "label": "3", "confidence": 0.702,
-        "probabilities": _PROBABILITIES_EXAMPLE, "expected_count": 3.19, "expected_quantity": 3,
+        "probabilities": _PROBABILITIES_EXAMPLE, "expected_count": 3.16, "expected_quantity": 3,
         "probability_expected": 0.702, "matches_expected": True, "needs_manual_check": False,
         "manual_check_reasons": [], "error": None,
     }]})

@@ -257,3 +257,27 @@ def test_static_files_are_package_data_and_their_package_a_dependency() -> None:
               and "__pycache__" not in path.parts}
     assert static and static <= packaged, sorted(str(p) for p in static - packaged)
     assert any(re.match(r"fastapi-offline\b", dep) for dep in pyproject["project"]["dependencies"])
+
+
+# ------------------------------------------------------------------------------- documented answers
+
+def test_documented_answers_add_up(openapi: dict) -> None:
+    """The example answers obey the rules real answers do (probabilities sum to 1, the count is the most
+    probable label, expected_count is the mean, the flag follows the default thresholds)."""
+    schemas = openapi["components"]["schemas"]
+    photo = schemas["PhotoResult"]["examples"][0]
+    prediction = {name: prop["examples"][0] for name, prop in schemas["PredictionOut"]["properties"].items()}
+    invocation = schemas["InvocationResponse"]["examples"][0]["predictions"][0]
+    for answer in (photo, prediction, invocation):
+        probabilities = answer["probabilities"]
+        assert sum(probabilities.values()) == pytest.approx(1.0)
+        assert answer["label"] == max(probabilities, key=probabilities.get) and answer["count"] == int(answer["label"])
+        assert answer["confidence"] == probabilities[answer["label"]]
+        mean = sum(int(label.rstrip("+")) * p for label, p in probabilities.items())
+        assert answer["expected_count"] == pytest.approx(mean, abs=0.005)
+    defaults = default_settings()
+    assert photo["probability_expected"] == photo["probabilities"][str(photo["expected_quantity"])]
+    assert photo["matches_expected"] == (photo["label"] == str(photo["expected_quantity"]))
+    low_confidence = photo["confidence"] < defaults.manual_check_confidence
+    unlikely_quantity = photo["probability_expected"] < defaults.manual_check_expected_probability
+    assert photo["needs_manual_check"] == (low_confidence or unlikely_quantity)
