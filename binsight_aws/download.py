@@ -13,8 +13,7 @@ EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 
 def make_downloader(config: DownloadAbidConfig, log: Log = print_line, backoff_base_s: float = 0.5) -> AbidDownloader:
-    clients = AwsClients(region=config.region, profile=config.profile, endpoint_url=config.endpoint_url,
-                         max_pool_connections=config.workers + 4)
+    clients = AwsClients.for_command(config, max_pool_connections=config.workers + 4)
     # our Backoff owns the retries (it also covers short and corrupt bodies), so botocore makes one attempt
     s3 = clients.client("s3", unsigned=config.unsigned, max_attempts=1)
     return AbidDownloader(s3, config.bucket, config.dest, workers=config.workers, log=log,

@@ -81,7 +81,7 @@ def run(config: PushImagesConfig, log: Log = print_line, clients: AwsClients | N
         except DockerError:
             raise InputError(f"local {kind} image {image!r} not found: build it first (see README) or pass "
                              f"--{kind}-image") from None
-    clients = clients or AwsClients(region=config.region, profile=config.profile, endpoint_url=config.endpoint_url)
+    clients = clients or AwsClients.for_command(config)
     ecr = clients.client("ecr")
     uris = {kind: ensure_repository(ecr, local[kind][1], log) for kind in wanted}
     login(ecr, config.docker, log)

@@ -34,10 +34,6 @@ IMAGE_CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "ima
 DEPLOYING = ("Creating", "Updating", "SystemUpdating", "RollingBack")
 
 
-def _clients(config: Any, clients: AwsClients | None) -> AwsClients:
-    return clients or AwsClients(region=config.region, profile=config.profile, endpoint_url=config.endpoint_url)
-
-
 def describe_endpoint(sagemaker: Any, name: str) -> dict[str, Any] | None:
     """The endpoint's description, or ``None`` when there is no such endpoint."""
     try:
@@ -103,7 +99,7 @@ def run_deploy(config: DeployConfig, log: Log = print_line, clients: AwsClients 
                sleep: Callable[[float], None] = time.sleep) -> int:
     if config.model_dir is not None and not config.model_dir.is_dir():
         raise InputError(f"--model-dir {config.model_dir} is not a folder")
-    clients = _clients(config, clients)
+    clients = clients or AwsClients.for_command(config)
     sagemaker = clients.client("sagemaker")
     existing = describe_endpoint(sagemaker, config.endpoint_name)
     if existing is not None and config.mode == "create":
@@ -149,7 +145,7 @@ def run_deploy(config: DeployConfig, log: Log = print_line, clients: AwsClients 
 
 
 def run_delete(config: DeleteEndpointConfig, log: Log = print_line, clients: AwsClients | None = None) -> int:
-    sagemaker = _clients(config, clients).client("sagemaker")
+    sagemaker = (clients or AwsClients.for_command(config)).client("sagemaker")
     existing = describe_endpoint(sagemaker, config.endpoint_name)
     if existing is None:
         raise InputError(f"there is no endpoint {config.endpoint_name}")
@@ -207,7 +203,7 @@ def format_prediction(prediction: Mapping[str, Any]) -> str:
 
 
 def run_invoke(config: InvokeConfig, log: Log = print_line, clients: AwsClients | None = None) -> int:
-    runtime = _clients(config, clients).client("sagemaker-runtime")
+    runtime = (clients or AwsClients.for_command(config)).client("sagemaker-runtime")
     failed = 0
     for path in config.images:
         body = path.read_bytes()

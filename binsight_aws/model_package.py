@@ -103,7 +103,6 @@ def package(model_dir: Path, output: Path, log: Log = print_line) -> Path:
 def run(config: PackageModelConfig, log: Log = print_line, clients: AwsClients | None = None) -> int:
     archive = package(config.model_dir, config.output, log)
     if config.upload_uri:
-        clients = clients or AwsClients(region=config.region, profile=config.profile,
-                                        endpoint_url=config.endpoint_url)
+        clients = clients or AwsClients.for_command(config)
         upload_archive(clients.client("s3"), archive, upload_target(config.upload_uri), log)
     return 0

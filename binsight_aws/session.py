@@ -26,6 +26,11 @@ class AwsClients:
     _session: Any = field(default=None, init=False, repr=False)
     _cache: dict = field(default_factory=dict, init=False, repr=False)
 
+    @classmethod
+    def for_command(cls, config: Any, **settings: Any) -> AwsClients:
+        """Clients with a command's ``--region``, ``--profile`` and ``--endpoint-url`` (see ``CommandConfig``)."""
+        return cls(region=config.region, profile=config.profile, endpoint_url=config.endpoint_url, **settings)
+
     @property
     def session(self) -> boto3.Session:
         if self._session is None:

@@ -127,7 +127,7 @@ def run(config: TrainingJobConfig, log: Log = print_line, clients: AwsClients | 
         sleep: Callable[[float], None] = time.sleep) -> int:
     check_hyperparameters(config.hyperparameters)
     request = training_job_request(config)
-    clients = clients or AwsClients(region=config.region, profile=config.profile, endpoint_url=config.endpoint_url)
+    clients = clients or AwsClients.for_command(config)
     sagemaker = clients.client("sagemaker")
     arn = sagemaker.create_training_job(**request)["TrainingJobArn"]
     log(f"training_job: {config.job_name} arn: {arn} instance_type: {config.instance_type} "

@@ -60,7 +60,7 @@ def wait_for_transform_job(sagemaker: Any, name: str, *, poll_s: float, log: Log
 
 def run(config: BatchTransformConfig, log: Log = print_line, clients: AwsClients | None = None,
         sleep: Callable[[float], None] = time.sleep) -> int:
-    clients = clients or AwsClients(region=config.region, profile=config.profile, endpoint_url=config.endpoint_url)
+    clients = clients or AwsClients.for_command(config)
     photos = count_inputs(clients.client("s3"), config.input_uri)
     if photos == 0:
         raise InputError(f"--input-uri {config.input_uri} holds no objects")

@@ -142,7 +142,7 @@ def run(config: TuningJobConfig, log: Log = print_line, clients: AwsClients | No
     check_hyperparameters(config.hyperparameters)
     check_architectures(config.architectures)
     request = tuning_job_request(config)
-    clients = clients or AwsClients(region=config.region, profile=config.profile, endpoint_url=config.endpoint_url)
+    clients = clients or AwsClients.for_command(config)
     sagemaker = clients.client("sagemaker")
     arn = sagemaker.create_hyper_parameter_tuning_job(**request)["HyperParameterTuningJobArn"]
     log(f"tuning_job: {config.tuning_job_name} arn: {arn} tuned: {', '.join(config.tuned_names())} "

@@ -125,8 +125,7 @@ def run(config: UploadDatasetConfig, log: Log = print_line, clients: AwsClients 
         plan[name] = files
         log(f"upload_channel: {name} folder: {folder} files: {len(files)} "
             f"bytes: {sum(f.size for f in files)} uri: {base.join(name).as_prefix().uri}")
-    clients = clients or AwsClients(region=config.region, profile=config.profile, endpoint_url=config.endpoint_url,
-                                    max_pool_connections=config.workers + 4)
+    clients = clients or AwsClients.for_command(config, max_pool_connections=config.workers + 4)
     s3 = clients.client("s3")
     summary = UploadSummary()
     todo: list[LocalFile] = []
