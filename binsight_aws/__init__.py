@@ -2,7 +2,9 @@
 SageMaker training and tuning jobs, endpoints, batch transform. Entry point: ``binsight-aws``
 (``python -m binsight_aws``).
 
-It operates the two images from outside; neither ``service`` nor ``training`` imports it. From
-``training`` it takes only the ABID layout (file names, label parsing) and, when a job is made,
-the hyperparameter model to check ``--hp`` values before anything is paid for.
+It operates the two images from outside; neither ``service`` nor ``training`` imports it. What it
+takes from them: ``training.layouts`` (the ABID file layout and label parsing), ``training.log``
+(the printer), ``training.metric_names`` (to build the SageMaker metric regexes), ``service.files``
+(atomic writes) and, only when a command needs them, ``training.config`` (``--hp`` is checked
+before a job is paid for), ``service.artifact`` and ``service.architectures``.
 """
