@@ -59,10 +59,12 @@ def load_predictor(settings: ServeSettings) -> Predictor:
         raise ModelNotFoundError(settings.model.not_found_message())
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
+    elif settings.workers > 1:  # torch's default, one thread per CPU in every worker, oversubscribes the CPU
+        torch.set_num_threads(settings.cpus_per_worker)
     return Predictor.from_artifact(settings.model.path, max_batch_size=settings.max_batch_size,
                                    max_image_pixels=settings.max_image_pixels, warm_up=True,
                                    runtime=settings.runtime, precision=settings.precision,
-                                   cache_dir=settings.cache_dir, threads=settings.ort_threads)
+                                   cache_dir=settings.cache_dir, threads=settings.runtime_threads)
 
 
 def new_engine(predictor: Predictor, settings: ServeSettings) -> InferenceEngine:

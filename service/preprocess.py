@@ -72,10 +72,12 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
 
 
 def _exif_upright(image: Image.Image) -> Image.Image:
+    # In place: the copying form copies every photo, even the (usual) ones without a rotation.
     try:
-        return ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)
     except Exception:  # broken EXIF must not lose the photo: keep it as stored
-        return image
+        pass
+    return image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -185,3 +185,24 @@ def test_manual_check_flags() -> None:
     assert flagged.probability_expected is None and flagged.matches_expected is None
     beyond = assess(confident, labels, None, 9, 0.5, 0.5)
     assert beyond.probability_expected == 0.0 and beyond.needs_manual_check and "beyond" in beyond.manual_check_reasons[0]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_decode_turns_every_exif_orientation_upright_as_pillow_does(orientation: int) -> None:
+    """decode_image transposes in place (no copy of an unrotated photo); the pixels must be Pillow's own."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    from service.preprocess import decode_image
+
+    source = Image.open(io.BytesIO(jpeg(4, size=(96, 64))))
+    exif = source.getexif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    source.save(buffer, "JPEG", quality=95, exif=exif)
+    data = buffer.getvalue()
+    expected = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    got = decode_image(data)
+    assert got.size == expected.size and got.tobytes() == expected.tobytes()
+    assert got.size == ((64, 96) if orientation >= 5 else (96, 64))

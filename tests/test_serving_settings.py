@@ -81,3 +81,14 @@ def test_runtime_settings() -> None:
         "onnxruntime", "int8", Path("/var/cache/x"), 3)
     with pytest.raises(SettingsError, match="BINSIGHT_PRECISION=int8 runs on ONNX Runtime; set BINSIGHT_RUNTIME"):
         ServeSettings.from_env({"BINSIGHT_RUNTIME": "torch", "BINSIGHT_PRECISION": "int8"})
+
+
+def test_threads_default_to_each_workers_share_of_the_cpus(monkeypatch) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    one = ServeSettings.from_env({})
+    assert (one.cpus_per_worker, one.runtime_threads, one.decode_workers) == (4, 3, 4)
+    two = ServeSettings.from_env({"SAGEMAKER_MODEL_SERVER_WORKERS": "2"})
+    assert (two.cpus_per_worker, two.runtime_threads, two.decode_workers) == (2, 1, 2)
+    many = ServeSettings.from_env({"SAGEMAKER_MODEL_SERVER_WORKERS": "8", "BINSIGHT_ORT_THREADS": "3",
+                                   "BINSIGHT_DECODE_THREADS": "5"})
+    assert (many.cpus_per_worker, many.runtime_threads, many.decode_workers) == (1, 3, 5)
