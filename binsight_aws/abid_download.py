@@ -148,6 +148,17 @@ class FileOutcome:
     refetched: bool = False
 
 
+def _tally(result: dict[str, Any], outcome: FileOutcome) -> None:
+    """Add one file's outcome to a bin's counters (see :meth:`AbidDownloader.fetch_bin`)."""
+    if outcome.status == "downloaded":
+        result["downloaded"] += 1
+        result["bytes"] += outcome.nbytes
+    elif outcome.status == "skipped":
+        result["skipped"] += 1
+    if outcome.refetched:
+        result["refetched"] += 1
+
+
 # ------------------------------------------------------------------------------------------------
 # Downloader
 # ------------------------------------------------------------------------------------------------
@@ -167,12 +178,9 @@ class AbidDownloader:
         self._lock = threading.Lock()
         self._retries = 0
 
-    # -- one object -------------------------------------------------------------------------------
-    def _on_retry(self, key: str) -> Callable[[int, BaseException], None]:
-        def note(attempt: int, exc: BaseException) -> None:
-            with self._lock:
-                self._retries += 1
-        return note
+    def _note_retry(self, attempt: int, exc: BaseException) -> None:
+        with self._lock:
+            self._retries += 1
 
     def get_bytes(self, key: str, check: Callable[[bytes], Any]) -> bytes:
         """The object's bytes, verified by ``check``; transient errors and one corrupt read are retried."""
@@ -196,7 +204,7 @@ class AbidDownloader:
                 raise
             return data
 
-        return self.backoff.call(attempt, self._on_retry(key))
+        return self.backoff.call(attempt, self._note_retry)
 
     def ensure_file(self, key: str, path: Path, check: Callable[[bytes], Any], *,
                     expected_size: int | None = None, write: bool = True,
@@ -255,7 +263,7 @@ class AbidDownloader:
         else:
             meta = self.ensure_file(metadata_key(bin_id), meta_path, check_metadata, expected_size=metadata_size,
                                     accept=too_many)
-        self._count(result, meta)
+        _tally(result, meta)
         if meta.status == "failed":
             result["failure"] = (metadata_key(bin_id), meta.reason)
             return result
@@ -272,22 +280,12 @@ class AbidDownloader:
             if meta.status == "downloaded" and not image_path.is_file():
                 meta_path.unlink(missing_ok=True)  # no half bins, even when stopped
             raise
-        self._count(result, image)
+        _tally(result, image)
         if image.status == "failed":
             result["failure"] = (image_key(bin_id), image.reason)
             # no half bins: training would count a metadata file without its image as a skip
             meta_path.unlink(missing_ok=True)
         return result
-
-    @staticmethod
-    def _count(result: dict[str, Any], outcome: FileOutcome) -> None:
-        if outcome.status == "downloaded":
-            result["downloaded"] += 1
-            result["bytes"] += outcome.nbytes
-        elif outcome.status == "skipped":
-            result["skipped"] += 1
-        if outcome.refetched:
-            result["refetched"] += 1
 
     # -- many bins --------------------------------------------------------------------------------
     def download(self, ids: Iterable[str], *, max_count: int | None = None,

@@ -13,6 +13,7 @@ never on thread timing. At most ``metadata_read_limit`` metadata files are read.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -149,6 +150,25 @@ def list_metadata(s3: Any, bucket: str, limit: int, dest: Path, *, refresh: bool
     return keys
 
 
+def _read_candidate(downloader: AbidDownloader, listing: dict[str, int],
+                    bin_id: str) -> tuple[str, bytes | None, int, bool, str | None]:
+    """(id, bytes or None when unreadable, count, fetched?, why unreadable); a local copy of the
+    listed size is used as it is."""
+    local = downloader.dest / ABID_METADATA_DIR / f"{bin_id}.json"
+    if local.is_file():
+        try:
+            data = local.read_bytes()
+            if len(data) == listing[bin_id]:
+                return bin_id, data, check_metadata(data), False, None
+        except (OSError, ValueError):
+            pass
+    try:
+        data = downloader.get_bytes(metadata_key(bin_id), check_metadata)
+        return bin_id, data, check_metadata(data), True, None
+    except Exception as exc:  # noqa: BLE001 - an unreadable candidate is skipped, the sample goes on
+        return bin_id, None, -1, True, describe_error(exc)
+
+
 def sample_bins(downloader: AbidDownloader, n: int, *, max_count: int | None, seed: int, list_limit: int,
                 read_limit: int | None = None, refresh_listing: bool = False, log: Log = print_line) -> Sample:
     """Pick ``n`` bins at random (with ``EXPECTED_QUANTITY <= max_count``), reading metadata in chunks."""
@@ -162,24 +182,7 @@ def sample_bins(downloader: AbidDownloader, n: int, *, max_count: int | None, se
     candidates = candidates[:read_limit]
     sample = Sample(ids=[], listed=len(listing))
     chunk = max(8, downloader.workers * 4)
-    meta_dir = downloader.dest / ABID_METADATA_DIR
-
-    def read(bin_id: str) -> tuple[str, bytes | None, int, bool, str | None]:
-        """(id, bytes or None when unreadable, count, fetched?, why unreadable)."""
-        local = meta_dir / f"{bin_id}.json"
-        if local.is_file():
-            try:
-                data = local.read_bytes()
-                if len(data) == listing[bin_id]:
-                    return bin_id, data, check_metadata(data), False, None
-            except (OSError, ValueError):
-                pass
-        try:
-            data = downloader.get_bytes(metadata_key(bin_id), check_metadata)
-            return bin_id, data, check_metadata(data), True, None
-        except Exception as exc:  # noqa: BLE001 - an unreadable candidate is skipped, the sample goes on
-            return bin_id, None, -1, True, describe_error(exc)
-
+    read = functools.partial(_read_candidate, downloader, listing)
     log(f"sample_start: want: {n} max_count: {max_count} seed: {seed} candidates: {len(candidates)} "
         f"listed: {len(listing)}")
     with ThreadPoolExecutor(max_workers=downloader.workers, thread_name_prefix="sample") as pool, \

@@ -113,10 +113,8 @@ def is_unchanged(file: LocalFile, remote: tuple[int, str] | None) -> bool:
     return remote is not None and remote[0] == file.size and remote[1] == s3_etag(file.path)
 
 
-def run(config: UploadDatasetConfig, log: Log = print_line, clients: AwsClients | None = None) -> int:
-    started = time.monotonic()
-    base = parse_s3_uri(config.s3_uri, need_key=True)
-    channels = find_channels(config.source, config.channel)
+def plan_channels(base: S3Uri, channels: dict[str, Path], log: Log) -> dict[str, list[LocalFile]]:
+    """Channel name -> the local files to send under ``<base>/<channel>/``; an empty channel is an error."""
     plan: dict[str, list[LocalFile]] = {}
     for name, folder in channels.items():
         files = local_files(folder, base.join(name))
@@ -125,6 +123,13 @@ def run(config: UploadDatasetConfig, log: Log = print_line, clients: AwsClients 
         plan[name] = files
         log(f"upload_channel: {name} folder: {folder} files: {len(files)} "
             f"bytes: {sum(f.size for f in files)} uri: {base.join(name).as_prefix().uri}")
+    return plan
+
+
+def run(config: UploadDatasetConfig, log: Log = print_line, clients: AwsClients | None = None) -> int:
+    started = time.monotonic()
+    base = parse_s3_uri(config.s3_uri, need_key=True)
+    plan = plan_channels(base, find_channels(config.source, config.channel), log)
     clients = clients or AwsClients.for_command(config, max_pool_connections=config.workers + 4)
     s3 = clients.client("s3")
     summary = UploadSummary()
