@@ -1,7 +1,8 @@
 """binsight-aws (python -m binsight_aws): one command line for the AWS side of binsight.
 
-Options are generated from the subcommand's pydantic config (:mod:`binsight_aws.configs`): every
-field ``some_name`` is ``--some-name`` and ``BINSIGHT_AWS_SOME_NAME`` (the command line wins). An
+Options are generated from the subcommand's pydantic config (:mod:`binsight_aws.configs`) by
+:mod:`service.options`: every field ``some_name`` is ``--some-name`` and ``BINSIGHT_AWS_SOME_NAME``
+(the command line wins). An
 operation's module is imported only when it runs, so ``--help`` needs neither torch nor boto3.
 
 Exit status: 0 done, 1 an AWS operation or a job failed, 2 bad input (nothing was sent), 130 stopped.
@@ -19,8 +20,9 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from binsight_aws import configs
-from binsight_aws.configs import ENV_PREFIX, field_kind
+from binsight_aws.configs import ENV_PREFIX
 from binsight_aws.validate import InputError
+from service.options import add_options, error_lines, load_options
 from training.log import Log, print_line
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -49,36 +51,6 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
-def option_name(field: str) -> str:
-    return "--" + field.replace("_", "-")
-
-
-def env_name(field: str) -> str:
-    return ENV_PREFIX + field.upper()
-
-
-def _add_options(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
-    for name, info in model.model_fields.items():
-        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-        flags = [option_name(name)] + [f for f in extra.get("flags", []) if f != option_name(name)]
-        kind = field_kind(info.annotation)
-        default = None if info.is_required() or info.default_factory is not None else info.default
-        shown = "required" if info.is_required() else ("generated" if info.default_factory else f"{default}")
-        if isinstance(default, list):
-            shown = ",".join(map(str, default))
-        help_text = f"{info.description or ''} [{shown}; env {env_name(name)}]".replace("%", "%%")
-        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
-        if kind == "bool":
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif kind == "dict":
-            kwargs.update(action="append", metavar=extra.get("metavar", "KEY=VALUE"))
-        elif kind == "list":
-            kwargs.update(nargs="+", metavar=extra.get("metavar", name.rstrip("s").upper()))
-        else:
-            kwargs["metavar"] = extra.get("metavar", name.upper())
-        parser.add_argument(*flags, **kwargs)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="binsight-aws", description=__doc__.split("\n\n")[0],
                      epilog="Run 'binsight-aws <command> --help' for a command's options.")
@@ -86,32 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     for command, (model, _) in COMMANDS.items():
         summary = (model.__doc__ or "").strip().splitlines()[0]
         sub_parser = sub.add_parser(command, help=summary.split(": ", 1)[-1], description=summary)
-        _add_options(sub_parser, model)
+        add_options(sub_parser, model, ENV_PREFIX)
     return parser
-
-
-def values_from_env(model: type[BaseModel], environ: Mapping[str, str]) -> dict[str, Any]:
-    return {name: environ[env_name(name)] for name in model.model_fields if env_name(name) in environ}
-
-
-def format_validation_error(exc: ValidationError) -> list[str]:
-    """One ``--option: message`` line per problem."""
-    lines = []
-    for error in exc.errors():
-        loc = error.get("loc") or ()
-        where = option_name(str(loc[0])) + ": " if loc else ""
-        message = str(error.get("msg", "invalid"))
-        message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        if error.get("type") == "missing":
-            message = f"required (or set {env_name(str(loc[0]))})" if loc else "required"
-        lines.append(f"{where}{message}")
-    return lines
-
-
-def make_config(model: type[BaseModel], cli_values: Mapping[str, Any], environ: Mapping[str, str]) -> BaseModel:
-    values = values_from_env(model, environ)
-    values.update(cli_values)
-    return model.model_validate(values)
 
 
 def _runner(target: str) -> Callable[[Any, Log], int]:
@@ -157,9 +105,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return EXIT_BAD_INPUT
     model, target = COMMANDS[command]
     try:
-        config = make_config(model, args, environ)
+        config = load_options(model, args, ENV_PREFIX, environ)
     except ValidationError as exc:
-        for line in format_validation_error(exc):
+        for line in error_lines(exc, env_prefix=ENV_PREFIX):
             print(f"error: {command}: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:

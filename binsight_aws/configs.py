@@ -9,7 +9,6 @@ sent. This module imports neither torch nor boto3: ``--help`` stays fast.
 from __future__ import annotations
 
 import json
-import typing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +27,7 @@ from binsight_aws.validate import (
     check_sagemaker_name,
     parse_s3_uri,
 )
+from service.options import field_kind
 
 ENV_PREFIX = "BINSIGHT_AWS_"
 ABID_BUCKET = "aft-vbi-pds"
@@ -40,28 +40,6 @@ CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
 
 def _stamp(fmt: str = "%Y%m%d-%H%M%S") -> str:
     return datetime.now(UTC).strftime(fmt)
-
-
-def _unwrap(annotation: Any) -> Any:
-    """``X | None`` -> ``X``."""
-    if typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return annotation
-
-
-def field_kind(annotation: Any) -> str:
-    """``list``, ``dict``, ``bool`` or ``scalar``: how the CLI and environment spell a field."""
-    inner = _unwrap(annotation)
-    origin = typing.get_origin(inner)
-    if origin is list:
-        return "list"
-    if origin is dict:
-        return "dict"
-    if inner is bool:
-        return "bool"
-    return "scalar"
 
 
 def parse_key_values(value: Any, what: str) -> Any:

@@ -135,7 +135,7 @@ def test_errors_are_clear(setup, tmp_path: Path, capsys) -> None:
     assert "--batch-size" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse_config(["--data-dir", "d"], environ={})
-    assert "--model-dir: Field required" in capsys.readouterr().err
+    assert "--model-dir: required (or set BINSIGHT_EVAL_MODEL_DIR)" in capsys.readouterr().err
 
     with pytest.raises(DataError, match="none of the 1 images"):
         bad = tmp_path / "bad"

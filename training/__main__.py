@@ -24,8 +24,9 @@ from typing import Sequence
 
 from service.architectures import ArchitectureError
 from service.artifact import ArtifactError
+from service.options import add_options, cli_values
 from training.checkpoint import CheckpointError
-from training.config import ConfigError, TrainConfig, load_config
+from training.config import ENV_PREFIX, ConfigError, TrainConfig, load_config
 from training.distributed import in_torchrun_worker, launch, plan_launch
 from training.layouts import DataError
 from training.log import print_line
@@ -33,10 +34,12 @@ from training.sagemaker_env import (
     RunPaths,
     SageMakerEnvError,
     clear_failure,
+    path_variables,
     read_resource_config,
     resolve_paths,
     write_failure,
 )
+from training.sagemaker_job import job_lines
 
 EXIT_FAILED = 1
 EXIT_BAD_CONFIG = 2
@@ -56,13 +59,13 @@ PATH_OPTIONS = {
     "--resource-config": "resource_config",
 }
 PATH_HELP = {
-    "root": "root of the SageMaker tree (default $BINSIGHT_OPT_ML or /opt/ml)",
-    "train": "train channel: ABID or count-folder layout (default <root>/input/data/train, $SM_CHANNEL_TRAIN)",
+    "root": "root of the SageMaker tree (default /opt/ml)",
+    "train": "train channel: ABID or count-folder layout (default <root>/input/data/train)",
     "validation": "optional validation channel (default <root>/input/data/validation when it exists)",
     "test": "optional test channel (default <root>/input/data/test when it exists)",
-    "model_dir": "where the artifact goes (default <root>/model, $SM_MODEL_DIR)",
+    "model_dir": "where the artifact goes (default <root>/model)",
     "checkpoint_dir": "checkpoints; a run finding one here resumes (default <root>/checkpoints)",
-    "output_data_dir": "where metrics.json goes (default <root>/output/data, $SM_OUTPUT_DATA_DIR)",
+    "output_data_dir": "where metrics.json goes (default <root>/output/data)",
     "failure_file": "failure reason on error (default <root>/output/failure)",
     "hyperparameters": "hyperparameters JSON, all values strings (default <root>/input/config/hyperparameters.json)",
     "resource_config": "hosts of the job (default <root>/input/config/resourceconfig.json)",
@@ -78,15 +81,12 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="train", allow_abbrev=False, description=__doc__.split("\n\n")[0],
                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    paths = parser.add_argument_group("paths (each also settable in the environment, see training.sagemaker_env)")
+    paths = parser.add_argument_group("paths (each also settable in the environment: the variables named, first wins)")
     for flag, dest in PATH_OPTIONS.items():
-        paths.add_argument(flag, dest=f"path_{dest}", default=None, metavar="PATH", help=PATH_HELP[dest])
+        paths.add_argument(flag, dest=f"path_{dest}", default=None, metavar="PATH",
+                           help=f"{PATH_HELP[dest]} [env {', '.join(path_variables(dest))}]")
     hps = parser.add_argument_group("hyperparameters (also BINSIGHT_<NAME> or hyperparameters.json; CLI wins)")
-    for name, field in TrainConfig.model_fields.items():
-        default = field.default
-        hps.add_argument("--" + name.replace("_", "-"), dest=f"hp_{name}", default=None, metavar="VALUE",
-                         help=f"{field.description or ''} [default: {'auto' if default is None else default}]"
-                         .replace("%", "%%"))
+    add_options(hps, TrainConfig, ENV_PREFIX, dest_prefix="hp_", as_strings=True, unset="auto")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved paths and config, then exit")
     return parser
 
@@ -126,9 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if not worker:
             clear_failure(paths.failure_file)
-        cli = {name: getattr(args, f"hp_{name}") for name in TrainConfig.model_fields
-               if getattr(args, f"hp_{name}") is not None}
-        config = load_config(cli=cli, hyperparameters_file=paths.hyperparameters)
+        config = load_config(cli=cli_values(args, TrainConfig, "hp_"), hyperparameters_file=paths.hyperparameters)
         if args.dry_run:
             print(json.dumps({"paths": {k: str(v) for k, v in asdict(paths).items()},
                               "config": config.model_dump(mode="json")}, indent=2))
@@ -137,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for line in paths.as_log_lines():
                 print_line(line)
         if not worker:
+            for line in job_lines(config, paths):  # SageMaker's keys, tuning objective, channels; may raise
+                print_line(line)
             plan = plan_launch(config, read_resource_config(paths.resource_config))
             if plan.world_size > 1:
                 code, interrupted = launch(plan, argv, print_line)

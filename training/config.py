@@ -19,12 +19,12 @@ from typing import Any, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from service.architectures import ArchitectureError, get_architecture
+from service.options import env_name, env_values, error_lines
 from service.preprocess import ResizePolicy
+from training.sagemaker_hyperparameters import is_platform_key
 
 ENV_PREFIX = "BINSIGHT_"
 
-#: Keys SageMaker's own SDKs may add to hyperparameters.json (script mode); never ours, so ignored.
-SAGEMAKER_RESERVED_PREFIX = "sagemaker_"
 
 #: Fields that do not change what is learned; a checkpoint made with other values of these resumes.
 RUNTIME_FIELDS = frozenset({"num_workers", "tta_flip", "eval_batch_size", "threads", "log_every_steps"})
@@ -177,14 +177,14 @@ def env_hyperparameters(environ: Mapping[str, str]) -> dict[str, str]:
 
     An empty variable counts as unset (compose passes ``BINSIGHT_X=`` for an unset ``${X}``).
     """
-    names = (ENV_PREFIX + name.upper() for name in FIELD_NAMES)
-    return {key: environ[key] for key in names if environ.get(key, "").strip() != ""}
+    return {env_name(ENV_PREFIX, name): value for name, value in env_values(TrainConfig, ENV_PREFIX, environ).items()}
 
 
 def build_config(sources: list[tuple[str, Mapping[str, Any]]]) -> TrainConfig:
     """Merge ``(source name, {key: value})`` pairs, later ones winning, into a validated config.
 
-    Keys starting with ``sagemaker_`` are SageMaker's and skipped; anything else unknown fails.
+    Keys SageMaker or its SDKs add (``sagemaker_*``, ``_tuning_objective_metric``: see
+    :mod:`training.sagemaker_hyperparameters`) are skipped; anything else unknown fails.
     """
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
@@ -192,7 +192,7 @@ def build_config(sources: list[tuple[str, Mapping[str, Any]]]) -> TrainConfig:
         for key, value in values.items():
             if not isinstance(key, str):
                 raise ConfigError(f"hyperparameter names must be strings, got {key!r} (from {source})")
-            if key.startswith(SAGEMAKER_RESERVED_PREFIX):
+            if is_platform_key(key):
                 continue
             name = normalise_key(key.removeprefix(ENV_PREFIX))
             if name not in TrainConfig.model_fields:
@@ -202,14 +202,10 @@ def build_config(sources: list[tuple[str, Mapping[str, Any]]]) -> TrainConfig:
     try:
         return TrainConfig(**merged)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            name = str(error["loc"][0]) if error["loc"] else ""
-            where = origin.get(name, repr(name)) if name else "(combination)"
-            got = f", got {merged[name]!r}" if name in merged else ""
-            message = error["msg"].removeprefix("Value error, ")
-            problems.append(f"hyperparameter {where}: {message}{got}")
-        raise ConfigError("; ".join(problems)) from None
+        def where(name: str | None) -> str:
+            return f"hyperparameter {origin.get(name, repr(name)) if name else '(combination)'}"
+
+        raise ConfigError("; ".join(error_lines(exc, where, values=merged))) from None
 
 
 def load_config(cli: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,

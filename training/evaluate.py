@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 
 from service.artifact import ArtifactError, ModelMetadata, load_artifact
 from service.files import atomic_write, atomic_write_json
+from service.options import add_options, cli_values, error_lines, load_options
 from training.augment import eval_transform
 from training.dataset import BadSample, BinDataset, check_images, collate_skip_bad
 from training.device import resolve_device
@@ -352,27 +353,12 @@ def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | No
     """Options from ``BINSIGHT_EVAL_*`` variables, overridden by the command line; exits 2 on bad input."""
     environ = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
-    for name, field in EvaluateConfig.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        if field.annotation is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=field.description)
-        else:
-            parser.add_argument(flag, default=None, help=field.description)
+    add_options(parser, EvaluateConfig, ENV_PREFIX)
     args = parser.parse_args(argv)
-    values: dict[str, Any] = {}
-    for name in EvaluateConfig.model_fields:
-        env_value = environ.get(ENV_PREFIX + name.upper())
-        if env_value not in (None, ""):
-            values[name] = env_value
-        arg_value = getattr(args, name)
-        if arg_value is not None:
-            values[name] = arg_value
     try:
-        return EvaluateConfig.model_validate(values)
+        return load_options(EvaluateConfig, cli_values(args, EvaluateConfig), ENV_PREFIX, environ)
     except ValidationError as exc:
-        details = "; ".join(f"--{'.'.join(map(str, e['loc'])).replace('_', '-') or 'options'}: {e['msg']}"
-                            for e in exc.errors())
-        parser.error(details)
+        parser.error("; ".join(error_lines(exc, env_prefix=ENV_PREFIX)))
         raise  # unreachable: parser.error exits
 
 

@@ -65,6 +65,14 @@ _PATH_RULES: dict[str, tuple[str, str | None, str]] = {
 _OPTIONAL_CHANNELS = ("validation", "test")
 
 
+def path_variables(name: str) -> tuple[str, ...]:
+    """The variables that set the :class:`RunPaths` field ``name`` (``root``: :data:`ROOT_ENV`), first wins."""
+    if name == "root":
+        return (ROOT_ENV,)
+    own, sagemaker, _ = _PATH_RULES[name]
+    return (own,) if sagemaker is None else (own, sagemaker)
+
+
 def resolve_paths(overrides: Mapping[str, str | os.PathLike | None] | None = None,
                   environ: Mapping[str, str] | None = None) -> RunPaths:
     """All paths of a run. ``overrides`` keys are :class:`RunPaths` field names (plus ``root``).
