@@ -14,6 +14,7 @@ from service.engine import InferenceEngine, InferenceError
 from service.manual_check import assess, expected_label
 from service.predictor import ImageFailure, Prediction, Predictor, WarmUpError
 from service.preprocess import preprocess_bytes
+
 from serving_support import ARCH, LABELS, FixedLogits, image_bytes, jpeg, make_artifact, png_claiming
 
 

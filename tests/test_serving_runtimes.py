@@ -16,6 +16,7 @@ from service.onnx_graph import CacheDir, file_sha256, onnx_graph, resolve_cache_
 from service.predictor import Prediction, Predictor
 from service.runtimes import FP32_TOLERANCE, INT8_GRAPH_FILE, INT8_TOLERANCE, RuntimeUnavailable
 from service.settings import ServeSettings
+
 from serving_support import ARCH, LABELS, client_for, jpeg, make_artifact
 
 pytest.importorskip("onnxruntime")
