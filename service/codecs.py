@@ -2,10 +2,19 @@
 
 Requests:
 
-* ``image/jpeg``, ``image/png``, ``application/x-image`` (and ``image/jpg``): the body is one image;
+* an image type (``image/jpeg``, ``image/png``, ``image/webp``, ``image/heic``, ... every format the decoder
+  reads: :mod:`service.image_formats`) or ``application/x-image``: the body is one image;
 * ``application/json``: ``{"instances": [{"b64": "<base64 image>"}, ...]}``, a batch;
 * ``application/jsonlines``: one JSON object ``{"b64": ...}`` per line (SageMaker batch transform
-  with ``SplitType=Line``).
+  with ``SplitType=Line``);
+* ``application/octet-stream`` (what the SageMaker SDK's ``IdentitySerializer`` and many HTTP clients send),
+  S3's ``binary/octet-stream``, or no ``Content-Type`` at all (RFC 9110 lets the recipient examine the data):
+  the bytes decide: a body starting with ``{`` is JSON (with ``"instances"``) or JSON Lines, anything else
+  one image.
+
+Which image format a body holds always comes from its bytes (WebP sent as ``image/jpeg`` is read); the
+``Content-Type`` only says how the body is split. ``/predict`` reads each uploaded file the same way, from
+its bytes.
 
 Responses (``Accept``): ``application/json`` (default) ``{"predictions": [...]}``, or
 ``application/jsonlines``, one prediction object per line in request order.
@@ -24,14 +33,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from service.image_formats import image_media_types
+
 JSON = "application/json"
 JSONLINES = "application/jsonlines"
-IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image", "image/jpg")
+OCTET_STREAM = "application/octet-stream"
 JSONLINES_TYPES = (JSONLINES, "application/x-jsonlines", "application/jsonl")
-SUPPORTED_REQUEST_TYPES = IMAGE_TYPES[:3] + (JSON, JSONLINES)
+#: Bodies whose kind is read from their bytes ("" = no Content-Type).
+SNIFFED_TYPES = ("", OCTET_STREAM, "binary/octet-stream")
+#: The accepted request types, as the 415 message lists them (fixed text: documented errors equal real ones).
+SUPPORTED_REQUEST_TYPES = ("an image (image/jpeg, image/png, image/webp, image/heic, image/avif, image/gif, "
+                           "image/bmp, image/tiff or application/x-image)", f"{OCTET_STREAM} (read from its bytes)",
+                           JSON, JSONLINES)
 RESPONSE_TYPES = (JSON, JSONLINES)
 
-RequestKind = Literal["image", "json", "jsonlines"]
+RequestKind = Literal["image", "json", "jsonlines", "sniff"]
 _WHITESPACE = re.compile(rb"\s+")
 _DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+;base64,", re.IGNORECASE)
 
@@ -59,7 +75,7 @@ class DecodedRequest:
     """The images of one request, in order, and how they were sent."""
 
     images: list[bytes]
-    kind: RequestKind
+    kind: Literal["image", "json", "jsonlines"]
 
 
 def media_type(header: str | None) -> str:
@@ -70,18 +86,34 @@ def media_type(header: str | None) -> str:
 def request_kind(content_type: str | None) -> RequestKind:
     """How a body of this ``Content-Type`` is read; :class:`UnsupportedMediaType` (415) if it cannot be."""
     kind = media_type(content_type)
-    if kind in IMAGE_TYPES:
+    if kind in SNIFFED_TYPES:
+        return "sniff"
+    if kind in image_media_types():
         return "image"
     if kind == JSON:
         return "json"
     if kind in JSONLINES_TYPES:
         return "jsonlines"
-    shown = f"Content-Type {content_type!r}" if content_type else "a request without Content-Type"
-    raise UnsupportedMediaType(f"{shown} is not supported; send one of {', '.join(SUPPORTED_REQUEST_TYPES)}")
+    raise UnsupportedMediaType(f"Content-Type {content_type!r} is not supported; send "
+                               f"{', '.join(SUPPORTED_REQUEST_TYPES[:-1])} or {SUPPORTED_REQUEST_TYPES[-1]}")
+
+
+def sniff_kind(body: bytes) -> RequestKind:
+    """What an ``application/octet-stream`` body holds: JSON / JSON Lines when it starts with ``{`` (no image
+    format does), else one image."""
+    if body.lstrip()[:1] != b"{":
+        return "image"
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):  # several lines, or broken: read as JSON Lines, which names the line
+        return "jsonlines"
+    return "json" if isinstance(document, dict) and "instances" in document else "jsonlines"
 
 
 def decode_request(kind: RequestKind, body: bytes) -> DecodedRequest:
     """Split a request body into image bytes; ``kind`` comes from :func:`request_kind`."""
+    if kind == "sniff":
+        kind = sniff_kind(body)
     if kind == "image":
         return DecodedRequest([body], "image")
     if kind == "json":

@@ -48,7 +48,8 @@ PREDICT_ERRORS: dict[int | str, dict[str, Any]] = {
         "None of the uploaded files could be read as a photo (when some can, the others get `error` in "
         "their result instead).",
         unreadable=("no photo could be read", "no photo could be read: notes.txt: not a recognised image format "
-                                              "(13 bytes starting b'shopping'); send JPEG or PNG")),
+                                              "(13 bytes starting b'shopping'); send a JPEG, PNG, WebP, HEIC or other "
+                                              "common photo")),
     413: TOO_LARGE_RESPONSE,
     422: error_response(
         "The form is incomplete or a field has the wrong type.",
@@ -63,7 +64,7 @@ INVOCATIONS_ERRORS: dict[int | str, dict[str, Any]] = {
     400: error_response(
         "Malformed JSON/base64, or no image could be read.",
         not_an_image=("the body is not an image", "not a recognised image format (5 bytes starting b'hello'); "
-                                                   "send JPEG or PNG"),
+                                                   "send a JPEG, PNG, WebP, HEIC or other common photo"),
         truncated=("the image is cut off", "image data is corrupt or truncated: image file is truncated "
                                            "(16 bytes not processed)"),
         bad_json=("the JSON cannot be parsed", "request body is not valid JSON: Expecting property name enclosed "
@@ -77,8 +78,10 @@ INVOCATIONS_ERRORS: dict[int | str, dict[str, Any]] = {
     413: TOO_LARGE_RESPONSE,
     415: error_response(
         "Unsupported Content-Type.",
-        unsupported=("Content-Type: text/plain", "Content-Type 'text/plain' is not supported; send one of "
-                                                 "image/jpeg, image/png, application/x-image, application/json, "
-                                                 "application/jsonlines")),
+        unsupported=("Content-Type: text/plain", "Content-Type 'text/plain' is not supported; send an image "
+                                                 "(image/jpeg, image/png, image/webp, image/heic, image/avif, "
+                                                 "image/gif, image/bmp, image/tiff or application/x-image), "
+                                                 "application/octet-stream (read from its bytes), application/json "
+                                                 "or application/jsonlines")),
     503: NOT_READY,
 }

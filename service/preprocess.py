@@ -15,6 +15,8 @@ from typing import Literal
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from service.image_formats import PHOTO_HINT, readable_formats
+
 ResizePolicy = Literal["squash", "letterbox", "center_crop"]
 
 #: Largest image accepted, in pixels (about 8k x 5k). ABID photos are under 1.5 megapixels;
@@ -43,12 +45,12 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     RGB, compositing transparency onto white, and rejects empty, truncated or oversized images.
     """
     if not data:
-        raise ImageDecodeError("empty body: expected the bytes of a JPEG or PNG image")
+        raise ImageDecodeError(f"empty body: expected the bytes of {PHOTO_HINT}")
     try:
         with warnings.catch_warnings():
             # PIL warns (DecompressionBombWarning) between 1x and 2x its own limit; we check ourselves.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=readable_formats())
             width, height = image.size
             if width <= 0 or height <= 0:
                 raise ImageDecodeError(f"image has no pixels ({width}x{height})")
@@ -62,7 +64,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         raise
     except UnidentifiedImageError:
         raise ImageDecodeError(
-            f"not a recognised image format ({len(data)} bytes starting {data[:8]!r}); send JPEG or PNG"
+            f"not a recognised image format ({len(data)} bytes starting {data[:8]!r}); send {PHOTO_HINT}"
         ) from None
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"image refused as a decompression bomb: {exc}") from None

@@ -67,9 +67,9 @@ _INVOCATIONS_BODY = {
         "required": True,
         "description": "One image as the raw body, or a batch of base64 images as JSON / JSON Lines.",
         "content": {
-            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-            "image/png": {"schema": {"type": "string", "format": "binary"}},
-            "application/x-image": {"schema": {"type": "string", "format": "binary"}},
+            **{kind: {"schema": {"type": "string", "format": "binary"}} for kind in (
+                "image/jpeg", "image/png", "image/webp", "image/heic", "application/x-image",
+                "application/octet-stream")},
             "application/json": {
                 "schema": {"type": "object", "required": ["instances"], "properties": {"instances": {
                     "type": "array", "items": {"type": "object", "required": ["b64"],
@@ -100,8 +100,10 @@ _INVOCATIONS_BODY = {
     },
 )
 async def invoke(request: Request, engine: EngineDep) -> Response:
-    """Raw `image/jpeg`, `image/png` or `application/x-image` -> one prediction;
-    `application/json` `{"instances": [{"b64": ...}, ...]}` or `application/jsonlines` -> one per image."""
+    """Raw `image/jpeg`, `image/png`, `image/webp`, `image/heic` (any format the decoder reads) or
+    `application/x-image` -> one prediction; `application/json` `{"instances": [{"b64": ...}, ...]}` or
+    `application/jsonlines` -> one per image; `application/octet-stream` (or no Content-Type): read from the
+    bytes, JSON when they start with `{`, else one image."""
     response_type = codecs.choose_response_type(request.headers.get("accept"))
     kind = codecs.request_kind(request.headers.get("content-type"))  # 415 before reading the body
     with engine.arriving():
@@ -130,13 +132,15 @@ upload = APIRouter(tags=["inference"])
 async def predict(
     engine: EngineDep,
     settings: SettingsDep,
-    files: Annotated[list[UploadFile], File(description="One or more bin photos (JPEG or PNG).")],
+    files: Annotated[list[UploadFile], File(description="One or more bin photos (JPEG, PNG, WebP, HEIC or another "
+                                                        "common photo format).")],
     expected_quantity: Annotated[int | None, Form(ge=0, le=10_000, description=(
         "The number of items the bin should hold. Each photo then gets the probability of exactly that "
         "many, whether the prediction matches, and a manual-check flag."))] = None,
 ) -> PredictResponse:
     """Counts the objects in each photo. Photos that cannot be read are reported one by one; the request
-    fails (400) only when none can be read."""
+    fails (400) only when none can be read. Each file's format comes from its bytes, as on `/invocations`
+    (browsers label a file by its name's extension, so its part's Content-Type is not relied on)."""
     images = [await f.read() for f in files]
     results = await engine.predict(images)
     if all(isinstance(r, ImageFailure) for r in results):

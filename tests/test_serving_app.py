@@ -15,6 +15,7 @@ from service.app import create_app
 from service.artifact import ArtifactError
 from service.predictor import Predictor
 from service.settings import ModelLocation, ServeSettings
+
 from serving_support import LABELS, b64, client_for, image_bytes, jpeg, make_artifact, png_claiming, wait_settled
 
 PAYLOAD_MB = 1.0
@@ -84,6 +85,52 @@ async def test_raw_image_gives_one_prediction(client, content_type: str, data: b
     assert _is_prediction(item)
 
 
+HEIC = (Path(__file__).parent / "fixtures" / "bin-96x72.heic").read_bytes()  # made with pillow-heif from
+# serving_support.image_bytes(size=(96, 72)), quality 80: pi-heif, which serving uses, only decodes
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("content_type, data", [
+    ("image/webp", image_bytes(fmt="WEBP")),
+    ("image/jpeg", image_bytes(fmt="WEBP")),  # the bytes decide the format, not the label
+    ("image/heic", HEIC),
+    ("image/gif", image_bytes("P", fmt="GIF")),
+    ("image/avif", image_bytes(fmt="AVIF")),
+    ("image/tiff", image_bytes(fmt="TIFF")),
+    ("application/octet-stream", jpeg()),  # the SageMaker SDK's IdentitySerializer default
+    ("binary/octet-stream", HEIC),
+    (None, jpeg()),
+], ids=["webp", "webp-as-jpeg", "heic", "gif", "avif", "tiff", "octet-stream", "s3-octet-stream", "no-type"])
+async def test_every_format_the_decoder_reads(client, content_type, data: bytes) -> None:
+    response = await _post(client, data, content_type)
+    assert response.status_code == 200, response.text
+    (item,) = response.json()["predictions"]
+    assert _is_prediction(item)
+
+
+@pytest.mark.anyio
+async def test_octet_stream_batches_are_read_from_their_bytes(client) -> None:
+    images = [jpeg(1), image_bytes(fmt="WEBP")]
+    as_json = json.dumps({"instances": [{"b64": b64(d)} for d in images]}).encode()
+    as_lines = "".join(json.dumps({"b64": b64(d)}) + "\n" for d in images).encode()
+    for body in (as_json, as_lines):
+        response = await _post(client, body, "application/octet-stream")
+        assert response.status_code == 200 and len(response.json()["predictions"]) == 2, response.text
+    typed = await _post(client, as_json, "application/json")
+    assert typed.json() == (await _post(client, as_json, "application/octet-stream")).json()
+
+
+@pytest.mark.anyio
+async def test_sagemaker_headers_are_accepted(client) -> None:
+    """InvokeEndpoint's CustomAttributes, InferenceId and friends arrive as X-Amzn-SageMaker-* headers:
+    binsight reads none of them, and a request carrying them is answered as any other."""
+    headers = {"Content-Type": "image/jpeg", "X-Amzn-SageMaker-Custom-Attributes": "trace_id=abc,expected=3",
+               "X-Amzn-SageMaker-Inference-Id": "req-1", "X-Amzn-SageMaker-Target-Variant": "AllTraffic"}
+    response = await client.post("/invocations", content=jpeg(), headers=headers)
+    assert response.status_code == 200 and _is_prediction(response.json()["predictions"][0])
+    assert not any(k.lower().startswith("x-amzn-sagemaker") for k in response.headers)
+
+
 @pytest.mark.anyio
 async def test_json_batch_and_jsonlines_agree(client) -> None:
     images = [jpeg(i) for i in range(5)]
@@ -149,8 +196,9 @@ async def test_batch_where_nothing_can_be_read_is_400(client) -> None:
 @pytest.mark.anyio
 @pytest.mark.parametrize("content_type, body, status, message", [
     ("text/plain", b"hello", 415, "not supported"),
-    (None, jpeg(), 415, "without Content-Type"),
-    ("image/gif", jpeg(), 415, "not supported"),
+    ("image/svg+xml", jpeg(), 415, "not supported"),
+    ("application/postscript", jpeg(), 415, "application/octet-stream (read from its bytes)"),
+    ("application/octet-stream", b"\x00\x01 not an image", 400, "not a recognised image format"),
     ("application/json", b"{bad json", 400, "not valid JSON"),
     ("application/json", b'{"instances": [{"b64": "!!!"}]}', 400, "not valid base64"),
     ("application/json", b'{"instances": []}', 400, "non-empty"),
@@ -218,6 +266,20 @@ async def test_predict_upload_with_expected_quantity(client) -> None:
         # an untrained 7-way model is never confident: both checks fire
         assert photo["needs_manual_check"] and len(photo["manual_check_reasons"]) == 2
     assert third["error"] and third["needs_manual_check"] and third["count"] is None
+
+
+@pytest.mark.anyio
+async def test_predict_reads_what_invocations_reads(client) -> None:
+    files = [("files", ("a.webp", image_bytes(fmt="WEBP"), "image/webp")), ("files", ("b.heic", HEIC, "image/heic")),
+             ("files", ("c.bin", jpeg(), "application/octet-stream")),
+             ("files", ("notes.txt", b"shopping list", "text/plain"))]
+    response = await client.post("/predict", files=files)
+    assert response.status_code == 200, response.text
+    first, second, third, fourth = response.json()["results"]
+    assert all(photo["error"] is None and photo["count"] is not None for photo in (first, second, third))
+    assert "not a recognised image format" in fourth["error"] and fourth["count"] is None
+    labelled_wrong = await client.post("/predict", files={"files": ("a.txt", HEIC, "text/plain")})
+    assert labelled_wrong.status_code == 200 and labelled_wrong.json()["results"][0]["error"] is None
 
 
 @pytest.mark.anyio

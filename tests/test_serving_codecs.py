@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from service.codecs import (
     JSON,
     JSONLINES,
+    OCTET_STREAM,
+    SUPPORTED_REQUEST_TYPES,
     BadRequest,
     NotAcceptable,
     UnsupportedMediaType,
@@ -17,23 +20,57 @@ from service.codecs import (
     encode_response,
     request_kind,
 )
+
 from serving_support import b64
 
 
 @pytest.mark.parametrize("content_type, kind", [
     ("image/jpeg", "image"), ("IMAGE/PNG; charset=binary", "image"), ("application/x-image", "image"),
-    ("image/jpg", "image"), ("application/json; charset=utf-8", "json"), ("application/jsonlines", "jsonlines"),
+    ("image/jpg", "image"), ("image/webp", "image"), ("image/heic", "image"), ("image/heif", "image"),
+    ("image/gif", "image"), ("image/avif", "image"), ("image/tiff", "image"), ("image/bmp", "image"),
+    ("application/json; charset=utf-8", "json"), ("application/jsonlines", "jsonlines"),
     ("application/x-jsonlines", "jsonlines"),
+    ("application/octet-stream", "sniff"), ("binary/octet-stream", "sniff"), (None, "sniff"), ("", "sniff"),
 ])
 def test_request_kinds(content_type: str, kind: str) -> None:
     assert request_kind(content_type) == kind
 
 
-@pytest.mark.parametrize("content_type", [None, "", "text/plain", "multipart/form-data", "image/gif", "text/csv"])
+@pytest.mark.parametrize("content_type", ["text/plain", "multipart/form-data", "image/svg+xml", "text/csv",
+                                          "application/postscript", "image/vnd.adobe.photoshop"])
 def test_unsupported_content_type_is_415_naming_the_supported_ones(content_type) -> None:
-    with pytest.raises(UnsupportedMediaType, match="application/json") as info:
+    with pytest.raises(UnsupportedMediaType, match="application/octet-stream .*application/json") as info:
         request_kind(content_type)
     assert info.value.status_code == 415
+
+
+def test_every_type_the_message_names_is_accepted_and_every_readable_format_has_one() -> None:
+    from PIL import Image
+
+    from service.image_formats import image_media_types, readable_formats
+
+    named = re.findall(r"[a-z]+/[a-z0-9.+-]+", " ".join(SUPPORTED_REQUEST_TYPES))
+    assert len(named) >= 10 and all(request_kind(kind) != "sniff" or kind == OCTET_STREAM for kind in named)
+    assert {"JPEG", "PNG", "WEBP", "HEIF"} <= set(readable_formats())
+    assert all(Image.MIME[name] in image_media_types() for name in readable_formats())
+
+
+@pytest.mark.parametrize("body, kind, images", [
+    (b"\xff\xd8\xff\xe0 jpeg bytes", "image", [b"\xff\xd8\xff\xe0 jpeg bytes"]),
+    (b"RIFF....WEBPVP8 ", "image", [b"RIFF....WEBPVP8 "]),
+    (b"not json, not an image", "image", [b"not json, not an image"]),
+    (json.dumps({"instances": [{"b64": "YQ=="}, {"b64": "Yg=="}]}).encode(), "json", [b"a", b"b"]),
+    (b'  {"b64": "YQ=="}\n{"b64": "Yg=="}\n', "jsonlines", [b"a", b"b"]),
+    (b'{"b64": "YQ=="}', "jsonlines", [b"a"]),
+])
+def test_octet_stream_is_read_from_its_bytes(body: bytes, kind: str, images: list[bytes]) -> None:
+    decoded = decode_request("sniff", body)
+    assert (decoded.kind, decoded.images) == (kind, images)
+
+
+def test_octet_stream_that_looks_like_broken_json_names_the_line() -> None:
+    with pytest.raises(BadRequest, match="line 2 is not valid JSON"):
+        decode_request("sniff", b'{"b64": "YQ=="}\n{broken')
 
 
 def test_raw_image_is_one_instance() -> None:
