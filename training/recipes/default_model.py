@@ -64,7 +64,7 @@ class RecipeConfig(BaseModel):
     overflow: bool = True
     cache_block: int = Field(11, ge=0, description="trunk features are cached on disk at this block")
     first_tuned_block: int = Field(11, ge=0, description="blocks from here on are fine-tuned")
-    epochs: int = Field(8, ge=1)
+    epochs: int = Field(6, ge=1)
     batch_size: int = Field(64, ge=2)
     lr: float = Field(5e-4, gt=0)
     head_lr: float = Field(3e-3, gt=0)
@@ -184,6 +184,7 @@ def run_key(cfg: RecipeConfig, what: str) -> str:
     """Checkpoint name of one training run: every option that changes the trained weights."""
     fields = cfg.model_dump(mode="json", exclude={"data_dir", "output_dir", "cache_dir", "threads",
                                                   "feature_runtime", "tune_decision", "final_fit"})
+    fields["norms"] = "recalibrated"  # runs before BatchNorm recalibration are not resumed
     return f"{what}_{hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]}"
 
 
