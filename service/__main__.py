@@ -75,10 +75,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s", settings.model.not_found_message())
     logger.info(
         "serve starting: host: %s port: %d workers: %d model_dir: %s model_source: %s max_payload_mb: %g "
-        "max_batch_size: %d batch_wait_ms: %g runtime: %s precision: %s",
+        "max_batch_size: %d batch_wait_ms: %g runtime: %s precision: %s model_server_timeout_s: %g "
+        "safe_port_range: %s",
         settings.host, settings.port, settings.workers, settings.model.path, settings.model.source or "none",
         settings.max_payload_mb, settings.max_batch_size, settings.batch_wait_ms, settings.runtime,
-        settings.precision)
+        settings.precision, settings.model_server_timeout_s, settings.safe_port_range or "none")
+    if settings.safe_port_range is not None and settings.port in settings.safe_port_range:
+        logger.warning("bind port %d lies inside SAGEMAKER_SAFE_PORT_RANGE=%s, the ports other containers on this "
+                       "host may take", settings.port, settings.safe_port_range)
 
     import uvicorn  # here, not at import time: `python -m service --help` stays fast
 

@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import contextmanager
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import TypeVar
 
-from service.predictor import ImageFailure, Prediction, PredictionResult, PreparedImage, Predictor
+from service.predictor import ImageFailure, Prediction, PredictionResult, Predictor, PreparedImage
 from service.preprocess import ImageDecodeError
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class InferenceError(RuntimeError):
@@ -67,6 +70,10 @@ class InferenceEngine:
                 future.set_exception(InferenceError("server is shutting down"))
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self._forward_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def on_forward_thread(self, fn: Callable[..., T], *args: object) -> T:
+        """Run ``fn(*args)`` on the forward thread, between batches (a measurement that must not overlap one)."""
+        return await asyncio.get_running_loop().run_in_executor(self._forward_pool, fn, *args)
 
     @contextmanager
     def arriving(self) -> Iterator[None]:

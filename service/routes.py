@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
@@ -10,9 +11,10 @@ from fastapi.responses import JSONResponse, Response
 from service import codecs
 from service.engine import InferenceEngine
 from service.error_docs import INVOCATIONS_ERRORS, NOT_READY, PING_NOT_READY, PREDICT_ERRORS
+from service.execution_parameters import ExecutionParameters, ExecutionParametersOut
 from service.manual_check import assess, unreadable
 from service.model_state import ModelState
-from service.predictor import ImageFailure
+from service.predictor import ImageFailure, PredictionResult
 from service.schemas import InvocationResponse, ModelInfo, PingResponse, PredictResponse
 from service.settings import ServeSettings
 
@@ -57,6 +59,31 @@ async def ping(state: StateDep) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if state.status == "ready" else 503)
 
 
+async def predict_within_timeout(engine: InferenceEngine, images: list[bytes],
+                                 settings: ServeSettings) -> list[PredictionResult]:
+    """The engine's predictions, or 504 once SAGEMAKER_MODEL_SERVER_TIMEOUT has passed (the request's
+    images still queued are dropped; one already in a forward pass finishes unseen)."""
+    try:
+        async with asyncio.timeout(settings.model_server_timeout_s):
+            return await engine.predict(images)
+    except TimeoutError:
+        raise HTTPException(504, detail=(
+            f"inference of {len(images)} image(s) took longer than SAGEMAKER_MODEL_SERVER_TIMEOUT="
+            f"{settings.model_server_timeout_s:g} s; send fewer images per request")) from None
+
+
+@health.get("/execution-parameters", response_model=ExecutionParametersOut, responses=_NOT_READY,
+            summary="Batch transform settings (SageMaker)")
+async def execution_parameters(request: Request, engine: EngineDep, settings: SettingsDep) -> ExecutionParametersOut:
+    """What SageMaker batch transform should use when the job leaves them unset: `MaxConcurrentTransforms`
+    (workers x the batch size the measured forward throughput levels off at), `BatchStrategy` and
+    `MaxPayloadInMB` (the body limit). Measured on the first call (a few seconds), then cached."""
+    cache = getattr(request.app.state, "execution_parameters", None)
+    if cache is None:
+        cache = request.app.state.execution_parameters = ExecutionParameters()
+    return await cache.get(engine, workers=settings.workers, max_payload_mb=settings.max_payload_mb)
+
+
 # ------------------------------------------------------------------------------- SageMaker invocations
 
 invocations = APIRouter(tags=["inference"])
@@ -99,7 +126,7 @@ _INVOCATIONS_BODY = {
         **INVOCATIONS_ERRORS,
     },
 )
-async def invoke(request: Request, engine: EngineDep) -> Response:
+async def invoke(request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
     """Raw `image/jpeg`, `image/png`, `image/webp`, `image/heic` (any format the decoder reads) or
     `application/x-image` -> one prediction; `application/json` `{"instances": [{"b64": ...}, ...]}` or
     `application/jsonlines` -> one per image; `application/octet-stream` (or no Content-Type): read from the
@@ -108,7 +135,7 @@ async def invoke(request: Request, engine: EngineDep) -> Response:
     kind = codecs.request_kind(request.headers.get("content-type"))  # 415 before reading the body
     with engine.arriving():
         decoded = codecs.decode_request(kind, await request.body())
-    results = await engine.predict(decoded.images)
+    results = await predict_within_timeout(engine, decoded.images, settings)
     if all(isinstance(r, ImageFailure) for r in results):
         if len(results) == 1:
             raise codecs.BadRequest(results[0].error)
@@ -142,7 +169,7 @@ async def predict(
     fails (400) only when none can be read. Each file's format comes from its bytes, as on `/invocations`
     (browsers label a file by its name's extension, so its part's Content-Type is not relied on)."""
     images = [await f.read() for f in files]
-    results = await engine.predict(images)
+    results = await predict_within_timeout(engine, images, settings)
     if all(isinstance(r, ImageFailure) for r in results):
         raise codecs.BadRequest("no photo could be read: " + "; ".join(
             f"{f.filename or i}: {r.error}" for i, (f, r) in enumerate(zip(files, results))))

@@ -1,7 +1,8 @@
 """Configuration of the serving process: one pydantic model, read from the environment.
 
 SageMaker configures a serving container only through environment variables
-(``SAGEMAKER_BIND_TO_PORT``, ``SAGEMAKER_MODEL_SERVER_WORKERS``, ``SAGEMAKER_MAX_PAYLOAD_IN_MB``)
+(``SAGEMAKER_BIND_TO_PORT``, ``SAGEMAKER_MODEL_SERVER_WORKERS``, ``SAGEMAKER_MAX_PAYLOAD_IN_MB``,
+``SAGEMAKER_MODEL_SERVER_TIMEOUT``, ``SAGEMAKER_SAFE_PORT_RANGE``)
 and puts the model in ``/opt/ml/model``; the ``BINSIGHT_*`` variables tune the rest.
 ``serve``'s command-line options are written into the environment before the settings are read,
 so every uvicorn worker process sees the same configuration.
@@ -17,6 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from service.artifact import METADATA_FILE
+from service.port_range import SafePortRange
 
 #: SageMaker's fixed model location inside a serving container.
 SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
@@ -30,6 +32,8 @@ ENV_FIELDS: dict[str, str] = {
     "SAGEMAKER_BIND_TO_PORT": "port",
     "SAGEMAKER_MODEL_SERVER_WORKERS": "workers",
     "SAGEMAKER_MAX_PAYLOAD_IN_MB": "max_payload_mb",
+    "SAGEMAKER_MODEL_SERVER_TIMEOUT": "model_server_timeout_s",
+    "SAGEMAKER_SAFE_PORT_RANGE": "safe_port_range",
     "BINSIGHT_MAX_BATCH_SIZE": "max_batch_size",
     "BINSIGHT_BATCH_WAIT_MS": "batch_wait_ms",
     "BINSIGHT_RUNTIME": "runtime",
@@ -98,6 +102,12 @@ class ServeSettings(BaseModel):
                                                       "(SAGEMAKER_MODEL_SERVER_WORKERS).")
     max_payload_mb: float = Field(6.0, gt=0, le=1024, description="Largest request body in MiB "
                                                                   "(SAGEMAKER_MAX_PAYLOAD_IN_MB).")
+    model_server_timeout_s: float = Field(60.0, gt=0, le=3600, description=(
+        "Longest an inference request may take once its body is read; then 504 (SAGEMAKER_MODEL_SERVER_TIMEOUT, "
+        "seconds; SageMaker's own default, and its real-time endpoints' limit, is 60)."))
+    safe_port_range: SafePortRange = Field(None, description=(
+        "The ports a container may take besides its bind port (SAGEMAKER_SAFE_PORT_RANGE, LOW-HIGH): binsight "
+        "takes none; read, checked and logged (service/port_range.py)."))
     max_batch_size: int = Field(16, ge=1, le=1024, description="Most images in one forward pass; larger "
                                                                "requests run in chunks (BINSIGHT_MAX_BATCH_SIZE).")
     batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="Longest a waiting image is held back so that "

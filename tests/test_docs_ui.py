@@ -172,7 +172,8 @@ EXAMPLE_REQUESTS = {
     ("/invocations", "413", "too_large"): dict(content=BIG, headers={"content-type": "image/jpeg"}),
     ("/invocations", "415", "unsupported"): dict(content=b"hello", headers={"content-type": "text/plain"}),
 }
-NOT_READY_PATHS = {"/ping": "get", "/invocations": "post", "/predict": "post", "/model": "get"}
+NOT_READY_PATHS = {"/ping": "get", "/invocations": "post", "/predict": "post", "/model": "get",
+                   "/execution-parameters": "get"}
 
 
 def documented_examples(openapi: dict) -> dict[tuple[str, str, str], dict]:
