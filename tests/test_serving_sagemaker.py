@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from service.port_range import PortRange, parse_port_range
 from service.predictor import Predictor
 from service.settings import ModelLocation, ServeSettings, SettingsError
 
-from serving_support import client_for, jpeg, make_artifact, wait_settled
+from serving_support import b64, client_for, jpeg, make_artifact, wait_settled
 
 
 @pytest.fixture
@@ -134,3 +135,25 @@ def test_safe_port_range_is_read_and_checked() -> None:
     for bad in ("9000", "9999-9000", "0-10", "9000-70000", "a-b"):
         with pytest.raises(SettingsError, match=f"SAGEMAKER_SAFE_PORT_RANGE='{bad}'"):
             ServeSettings.from_env({"SAGEMAKER_SAFE_PORT_RANGE": bad})
+
+
+# ------------------------------------------------------------------------------- what batch transform sends
+
+@pytest.mark.anyio
+async def test_what_batch_transform_sends(artifact: Path, predictor: Predictor) -> None:
+    """SplitType None: each S3 object is one request body, with the job's ContentType (or none at all);
+    SplitType Line: one JSON Lines record per request (SingleRecord, often without a final newline) or as
+    many as fit in MaxPayloadInMB (MultiRecord); AssembleWith Line wants one output line per record."""
+    records = [f'{{"b64": "{b64(jpeg(i))}"}}' for i in range(3)]
+    async with client_for(create_app(settings_for(artifact), predictor)) as client:
+        for content_type in ("application/x-image", None):
+            whole_object = await client.post("/invocations", content=jpeg(), headers=(
+                {"Content-Type": content_type} if content_type else {}))
+            assert whole_object.status_code == 200 and len(whole_object.json()["predictions"]) == 1
+        lines = {"Content-Type": "application/jsonlines", "Accept": "application/jsonlines"}
+        single = await client.post("/invocations", content=records[0].encode(), headers=lines)
+        assert single.status_code == 200 and single.text.count("\n") == 1
+        multi = await client.post("/invocations", content="\n".join(records).encode(), headers=lines)
+        assert multi.status_code == 200 and multi.text.count("\n") == 3
+        rows = [json.loads(line) for line in multi.text.splitlines()]
+        assert rows[0]["label"] == json.loads(single.text)["label"] and all("count" in row for row in rows)
