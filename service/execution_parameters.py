@@ -8,7 +8,7 @@ little more time than one.
 
 So the first call measures it: forward passes of the check images at batch sizes 1, 2, 4, ... up to
 ``max_batch_size`` (each timed twice, the faster kept; growing stops once doubling the batch no longer
-adds 5% throughput), and recommends
+adds 5% throughput, or after 3 s), and recommends
 
 * ``MaxConcurrentTransforms`` = workers x the smallest batch size within 90% of the best throughput
   (one image per request with ``SplitType`` None, so that many requests fill one batch in each worker),
@@ -41,6 +41,9 @@ MAX_CONCURRENT_TRANSFORMS = 100  # SageMaker's upper bound
 MAX_PAYLOAD_IN_MB = 100  # CreateTransformJob's upper bound
 GOOD_ENOUGH = 0.9  # of the best measured throughput
 WORTH_DOUBLING = 1.05  # a doubled batch must add this much throughput to keep measuring
+#: No larger batch is tried once measuring has taken this long (SageMaker waits for the answer; a slow or
+#: busy CPU then recommends from the sizes measured so far).
+BUDGET_S = 3.0
 
 Strategy = Literal["MULTI_RECORD", "SINGLE_RECORD"]
 
@@ -69,10 +72,13 @@ def batch_sizes(limit: int) -> list[int]:
 
 
 def measure(forward: Callable[[Sequence[PreparedImage]], object], images: Sequence[PreparedImage], limit: int,
-            clock: Callable[[], float] = time.perf_counter) -> list[Throughput]:
+            clock: Callable[[], float] = time.perf_counter, budget_s: float = BUDGET_S) -> list[Throughput]:
     """Forward throughput at growing batch sizes (see the module docstring); runs on the caller's thread."""
     measured: list[Throughput] = []
+    began = clock()
     for size in batch_sizes(limit):
+        if measured and clock() - began >= budget_s:
+            break
         batch = [images[i % len(images)] for i in range(size)]
         seconds = math.inf
         for _ in range(2):

@@ -67,6 +67,9 @@ def test_measurement_stops_once_doubling_no_longer_pays() -> None:
     measured = measure(forward, ["a", "b"], 16, clock=lambda: now[0])
     assert [(t.batch_size, round(t.images_per_s, 3)) for t in measured] == [(1, 10.0), (2, 20.0), (4, 20.0)]
     assert calls == [1, 1, 2, 2, 4, 4]  # each size twice; 8 and 16 never run
+    calls.clear()
+    assert [t.batch_size for t in measure(forward, ["a"], 16, clock=lambda: now[0], budget_s=0.3)] == [1, 2]
+    assert calls == [1, 1, 2, 2]  # 0.4 s spent after batch 2: over the budget
 
 
 @pytest.mark.anyio
