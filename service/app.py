@@ -35,8 +35,10 @@ Counts the objects in warehouse bin photos.
 
 * **POST /predict**: upload one or more photos here (*Try it out*), optionally with the quantity the bin
   should hold; each photo gets a count, the probability of the expected quantity and a manual-check flag.
-* **POST /invocations**: SageMaker's inference route: a raw JPEG/PNG body, or base64 images as JSON
+* **POST /invocations**: SageMaker's inference route: one raw image (JPEG, PNG, WebP, HEIC, ...; an
+  `application/octet-stream` body is read from its bytes), or base64 images as JSON
   `{"instances": [{"b64": ...}]}` or JSON Lines; `Accept: application/jsonlines` for line output.
+* **GET /execution-parameters**: what SageMaker batch transform should use (measured on the first call).
 * **GET /ping**: 200 once the model is loaded and answered a warm-up inference, else 503.
 * **GET /model**: the served model's metadata (model.json).
 """
