@@ -13,6 +13,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +21,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENGINE_SCRIPT_ENV = "BINSIGHT_DOCKER_ENGINE"
 DEFAULT_ENGINE_SCRIPT = REPO_ROOT.parent / "shared" / "docker" / "engine.sh"
-#: Where a local CPU torch wheel is looked for when .wheels/ has none (BINSIGHT_TORCH_WHEEL wins).
-LOCAL_WHEEL_GLOBS = ("/opt/wheels/torch-*+cpu-cp311-*.whl",)
+#: The local CPU torch wheel looked for in pip's find-links folders when .wheels/ has none (BINSIGHT_TORCH_WHEEL wins).
+LOCAL_WHEEL_PATTERN = "torch-*+cpu-cp311-*.whl"
 WHEEL_DIR = REPO_ROOT / ".wheels"
 
 
@@ -94,10 +95,29 @@ def connect(engine_script: Path | None = None, timeout: float = 900) -> Docker:
     return docker
 
 
+def pip_find_links(python: str = sys.executable) -> list[Path]:
+    """The local folders pip is configured to look in (``find-links`` from pip.conf or ``PIP_FIND_LINKS``)."""
+    try:
+        out = subprocess.run([python, "-m", "pip", "config", "list"], capture_output=True, text=True,
+                             timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    values = [line.split("=", 1)[1].strip().strip("'\"") for line in out.splitlines()
+              if line.split("=", 1)[0].endswith("find-links")]
+    values += os.environ.get("PIP_FIND_LINKS", "").split()
+    folders = []
+    for value in values:
+        for entry in value.split():
+            path = Path(entry.removeprefix("file://"))
+            if path.is_dir() and path not in folders:
+                folders.append(path)
+    return folders
+
+
 def torch_source_for_builds() -> str:
     """``local`` when .wheels/ holds (or can be given) one CPU torch wheel, else ``index`` (the PyTorch CPU index).
 
-    The wheel is hard-linked (or copied) from ``BINSIGHT_TORCH_WHEEL`` or this machine's wheel folder.
+    The wheel is hard-linked (or copied) from ``BINSIGHT_TORCH_WHEEL`` or a folder of pip's ``find-links``.
     """
     present = sorted(WHEEL_DIR.glob("torch-*.whl"))
     if len(present) > 1:
@@ -106,7 +126,7 @@ def torch_source_for_builds() -> str:
     if present:
         return "local"
     candidates = [Path(os.environ["BINSIGHT_TORCH_WHEEL"])] if os.environ.get("BINSIGHT_TORCH_WHEEL") else [
-        path for pattern in LOCAL_WHEEL_GLOBS for path in sorted(Path("/").glob(pattern.lstrip("/")))]
+        path for folder in pip_find_links() for path in sorted(folder.glob(LOCAL_WHEEL_PATTERN))]
     if not candidates:
         return "index"
     wheel = candidates[-1]
