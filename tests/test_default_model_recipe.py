@@ -7,7 +7,6 @@ import torch
 
 from service.architectures import build_model
 from service.artifact import load_artifact, metadata_for
-from training.metrics import compute_metrics
 from training.model_card import render_model_card
 from training.recipes import default_model, learning_curve, sweep
 from training.recipes.decision import accuracy_with_offsets, fold_offsets, tune_offsets
@@ -48,8 +47,9 @@ def test_onnx_runtime_trunk_matches_torch():
 def test_every_variant_keeps_the_pixels_of_a_square_image():
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
     outputs = [t(x) for t in VARIANT_TRANSFORMS.values()]
-    assert all(o.shape == x.shape and torch.equal(o.flatten(2).sort(-1).values, x.flatten(2).sort(-1).values)
-               for o in outputs)
+    assert all(
+        o.shape == x.shape and torch.equal(o.flatten(2).sort(-1).values, x.flatten(2).sort(-1).values) for o in outputs
+    )
     assert len({tuple(o[0, 0].flatten().tolist()) for o in outputs}) == 8  # the eight dihedral transforms
 
 
@@ -98,16 +98,24 @@ def test_flag_rates_separate_right_from_wrong_quantities():
 
 def test_card_leads_with_the_served_answer():
     meta = metadata_for("efficientnet_lite0", LABELS, input_size=224, resize="squash", dropout=0.2)
-    served = served_metrics(torch.tensor([[0, 0, 0, 0, 0, 0.4, 0.6], [0.9, 0.1, 0, 0, 0, 0, 0]]),
-                            torch.tensor([5, 0]), VALUES, LABELS)
-    meta.metrics = {"test": served["all"], "test_bins_0_5": served["bins_0_5"], "test_counts_task": served["counts_task"],
-                    "manual_check": {"thresholds": {"min_confidence": 0.3, "min_expected_probability": 0.2,
-                                                    "criterion": "c"},
-                                     "test": {"right": {"flag_rate": 0.25, "n": 2}}}}
+    served = served_metrics(
+        torch.tensor([[0, 0, 0, 0, 0, 0.4, 0.6], [0.9, 0.1, 0, 0, 0, 0, 0]]), torch.tensor([5, 0]), VALUES, LABELS
+    )
+    meta.metrics = {
+        "test": served["all"],
+        "test_bins_0_5": served["bins_0_5"],
+        "test_counts_task": served["counts_task"],
+        "manual_check": {
+            "thresholds": {"min_confidence": 0.3, "min_expected_probability": 0.2, "criterion": "c"},
+            "test": {"right": {"flag_rate": 0.25, "n": 2}},
+        },
+    }
     meta.data = {"split": {"train": 1, "val": 1, "test": 2}, "split_seed": 0}
     meta.training = {"best_epoch": 3}
     card = render_model_card(meta, "python -m training.recipes.default_model --data-dir d")
-    assert card.index("all bins (served answer) | 2 | **50.0%**") < card.index("ABID challenge protocol, for comparison) | 2 | **100.0%**")
+    assert card.index("all bins (served answer) | 2 | **50.0%**") < card.index(
+        "ABID challenge protocol, for comparison) | 2 | **100.0%**"
+    )
     assert "| right | 2 | 25.0% |" in card and "recommended 0.20" in card
 
 
@@ -116,8 +124,25 @@ def test_recipe_writes_a_loadable_artifact_and_resumes(tmp_path, capsys):
     data = tmp_path / "abid"
     make_synthetic_abid(data, n_bins=70, max_count=5, size=96, seed=3, overflow_extra=10)
     out, cache = tmp_path / "model", tmp_path / "cache"
-    argv = ["--data-dir", str(data), "--output-dir", str(out), "--cache-dir", str(cache), "--input-size", "64",
-            "--epochs", "2", "--batch-size", "16", "--threads", "1", "--final-fit", "--augment", "orig,hflip"]
+    argv = [
+        "--data-dir",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--cache-dir",
+        str(cache),
+        "--input-size",
+        "64",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--threads",
+        "1",
+        "--final-fit",
+        "--augment",
+        "orig,hflip",
+    ]
     assert default_model.main(argv) == 0
 
     loaded = load_artifact(out)
@@ -153,9 +178,21 @@ def test_recipe_writes_a_loadable_artifact_and_resumes(tmp_path, capsys):
     assert all(torch.allclose(state[k].float(), again[k].float(), atol=1e-6) for k in state)
 
     # The sweep (validation only) and the learning curve run on the same caches.
-    assert sweep.main(["--data-dir", str(data), "--cache-dir", str(cache),
-                       "--base", "input_size=64,epochs=1,batch_size=16,threads=1",
-                       "--variant", "augment=orig+vflip"]) == 0
+    assert (
+        sweep.main(
+            [
+                "--data-dir",
+                str(data),
+                "--cache-dir",
+                str(cache),
+                "--base",
+                "input_size=64,epochs=1,batch_size=16,threads=1",
+                "--variant",
+                "augment=orig+vflip",
+            ]
+        )
+        == 0
+    )
     assert "val_acc_served" in capsys.readouterr().out
     assert learning_curve.main(argv[:12] + ["--threads", "1", "--fractions", "0.5,1"]) == 0
     curve = json.loads((out / "learning_curve.json").read_text())

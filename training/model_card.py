@@ -30,24 +30,32 @@ def majority_accuracy(metrics: dict[str, Any]) -> float:
 
 
 def _headline_table(sections: Sequence[tuple[str, dict[str, Any] | None]]) -> list[str]:
-    rows = ["| held-out test bins | n | accuracy | RMSE | MAE | off-by-one | commonest count |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| held-out test bins | n | accuracy | RMSE | MAE | off-by-one | commonest count |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for title, m in sections:
         if m:
-            rows.append(f"| {title} | {m['n']} | **{_pct(m['accuracy'])}** | {m['rmse']:.3f} | {m['mae']:.3f} "
-                        f"| {_pct(m['off_by_one_accuracy'])} | {_pct(majority_accuracy(m))} |")
+            rows.append(
+                f"| {title} | {m['n']} | **{_pct(m['accuracy'])}** | {m['rmse']:.3f} | {m['mae']:.3f} "
+                f"| {_pct(m['off_by_one_accuracy'])} | {_pct(majority_accuracy(m))} |"
+            )
     return rows
 
 
 def _per_class_table(metrics: dict[str, Any], restricted: dict[str, Any] | None) -> list[str]:
     names = metrics["class_names"]
-    head = "| true count | bins | served answer right | precision |" + (" challenge protocol right |" if restricted else "")
+    head = "| true count | bins | served answer right | precision |" + (
+        " challenge protocol right |" if restricted else ""
+    )
     rows = [head, "|---|---:|---:|---:|" + ("---:|" if restricted else "")]
     for name in names:
         if not metrics["support"].get(name):
             continue
-        row = (f"| {name} | {metrics['support'][name]} | {_pct(metrics['per_class_accuracy'][name])} "
-               f"| {_pct(metrics['per_class_precision'][name])} |")
+        row = (
+            f"| {name} | {metrics['support'][name]} | {_pct(metrics['per_class_accuracy'][name])} "
+            f"| {_pct(metrics['per_class_precision'][name])} |"
+        )
         if restricted:
             row += f" {_pct(restricted['per_class_accuracy'].get(name))} |" if name in restricted["support"] else " - |"
         rows.append(row)
@@ -70,8 +78,8 @@ def _manual_check_section(check: dict[str, Any] | None) -> list[str]:
         "## Verification: does the bin hold what the inventory says?",
         "",
         "`POST /predict` with `expected_quantity` flags a photo for a person when the answer's confidence is below "
-        f"`BINSIGHT_MANUAL_CHECK_CONFIDENCE` (recommended {t['min_confidence']:.2f}) or the probability of the expected "
-        f"quantity is below `BINSIGHT_MANUAL_CHECK_EXPECTED_PROBABILITY` (recommended "
+        f"`BINSIGHT_MANUAL_CHECK_CONFIDENCE` (recommended {t['min_confidence']:.2f}) or the probability of the "
+        f"expected quantity is below `BINSIGHT_MANUAL_CHECK_EXPECTED_PROBABILITY` (recommended "
         f"{t['min_expected_probability']:.2f}). Both were chosen on the validation split ({t['criterion']}). "
         "On the held-out test bins, asking with the right quantity and with wrong ones:",
         "",
@@ -92,13 +100,20 @@ def _learning_curve_section(model_dir: Path) -> list[str]:
     if not path.is_file():
         return []
     curve = json.loads(path.read_text())
-    lines = ["## Learning curve", "",
-             "The same recipe on a seeded share of the training bins (validation and test parts unchanged); test "
-             "figures of the served answer. " + curve.get("note", ""), "",
-             "| training bins | all bins | bins 0-5 | challenge protocol (0-5) |", "|---:|---:|---:|---:|"]
+    lines = [
+        "## Learning curve",
+        "",
+        "The same recipe on a seeded share of the training bins (validation and test parts unchanged); test "
+        "figures of the served answer. " + curve.get("note", ""),
+        "",
+        "| training bins | all bins | bins 0-5 | challenge protocol (0-5) |",
+        "|---:|---:|---:|---:|",
+    ]
     for row in curve["points"]:
-        lines.append(f"| {row['train_bins']} | {_pct(row['all_acc'])} | {_pct(row.get('bins_0_5_acc'))} "
-                     f"| {_pct(row.get('counts_task_acc'))} |")
+        lines.append(
+            f"| {row['train_bins']} | {_pct(row['all_acc'])} | {_pct(row.get('bins_0_5_acc'))} "
+            f"| {_pct(row.get('counts_task_acc'))} |"
+        )
     lines += ["", "![Learning curve](learning_curve.png)", ""]
     if curve.get("extrapolation"):
         lines += [curve["extrapolation"], ""]
@@ -112,7 +127,7 @@ def render_model_card(metadata: ModelMetadata, recipe_command: str, model_dir: P
     overflow = metadata.labels[-1] if metadata.labels[-1].endswith("+") else None
     range_key = next((k for k in metrics if k.startswith("test_bins_0_")), None)
     in_range, task = metrics.get(range_key) if range_key else None, metrics.get("test_counts_task")
-    top = range_key[len("test_bins_0_"):] if range_key else None
+    top = range_key[len("test_bins_0_") :] if range_key else None
     full = metrics.get("test_full_size_photos", {})
     split = data.get("split", {})
     lines = [
@@ -128,18 +143,22 @@ def render_model_card(metadata: ModelMetadata, recipe_command: str, model_dir: P
         f"Measured on {test['n']} bins that no training step or model selection saw (a stratified split, seed "
         f"{data.get('split_seed')}), from the JPEG bytes through the serving code with no test-time augmentation: "
         "exactly the answer `POST /invocations` returns"
-        + (f", `{overflow}` being an answer like any other" if overflow else "") + ".",
+        + (f", `{overflow}` being an answer like any other" if overflow else "")
+        + ".",
         "",
-        *_headline_table([
-            ("all bins (served answer)", test),
-            (f"bins holding 0-{top} (served answer)", in_range),
-            (f"bins holding 0-{top}, answer restricted to 0-{top} (ABID challenge protocol, for comparison)", task),
-            ("full-size photos only, all bins (served answer)", full.get("all")),
-            (f"full-size photos only, bins 0-{top} (served answer)", full.get(f"bins_0_{top}")),
-        ]),
+        *_headline_table(
+            [
+                ("all bins (served answer)", test),
+                (f"bins holding 0-{top} (served answer)", in_range),
+                (f"bins holding 0-{top}, answer restricted to 0-{top} (ABID challenge protocol, for comparison)", task),
+                ("full-size photos only, all bins (served answer)", full.get("all")),
+                (f"full-size photos only, bins 0-{top} (served answer)", full.get(f"bins_0_{top}")),
+            ]
+        ),
         "",
-        "RMSE, MAE and off-by-one are on counts" + (f" (`{overflow}` counts as {overflow[:-1]})" if overflow else "")
-        + ". \"Full-size photos\" leaves out the sample's photos that were already shrunk to 224x224, the closest "
+        "RMSE, MAE and off-by-one are on counts"
+        + (f" (`{overflow}` counts as {overflow[:-1]})" if overflow else "")
+        + '. "Full-size photos" leaves out the sample\'s photos that were already shrunk to 224x224, the closest '
         "to what a warehouse camera sends. Reference points: the ABID challenge's ResNet-34 trained on 481k images "
         "reached 55.67% (RMSE 0.930) under the challenge protocol; course projects on about 10k images report 30-41%.",
         "",
@@ -159,15 +178,24 @@ def render_model_card(metadata: ModelMetadata, recipe_command: str, model_dir: P
         lines += _learning_curve_section(model_dir)
     val = metrics.get("validation", {})
     if val:
-        lines += ["## Training and selection", "",
-                  f"Epoch kept: {training.get('best_epoch')} (best validation accuracy of the served answer). "
-                  f"Answer rule: one offset per class added to the log-probabilities, tuned on validation and folded "
-                  f"into the classifier's bias (offsets {training.get('answer_rule_offsets')}); validation accuracy "
-                  f"{_pct(val.get('before_rule', {}).get('accuracy'))} before, {_pct(val.get('served', {}).get('accuracy'))} "
-                  "after. " + ("The weights shipped are a final fit on train + validation for that many epochs. "
-                               if training.get("final_fit") else "")
-                  + "Per-epoch figures: `history.json`.", "",
-                  "![Training curves](training_curves.png)", ""]
+        lines += [
+            "## Training and selection",
+            "",
+            f"Epoch kept: {training.get('best_epoch')} (best validation accuracy of the served answer). "
+            f"Answer rule: one offset per class added to the log-probabilities, tuned on validation and folded "
+            f"into the classifier's bias (offsets {training.get('answer_rule_offsets')}); validation accuracy "
+            f"{_pct(val.get('before_rule', {}).get('accuracy'))} before, {_pct(val.get('served', {}).get('accuracy'))} "
+            "after. "
+            + (
+                "The weights shipped are a final fit on train + validation for that many epochs. "
+                if training.get("final_fit")
+                else ""
+            )
+            + "Per-epoch figures: `history.json`.",
+            "",
+            "![Training curves](training_curves.png)",
+            "",
+        ]
     lines += [
         "## Recipe",
         "",

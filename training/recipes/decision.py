@@ -17,8 +17,9 @@ def accuracy_with_offsets(log_probs: torch.Tensor, labels: torch.Tensor, offsets
     return float(((log_probs + offsets).argmax(1) == labels).float().mean())
 
 
-def tune_offsets(log_probs: torch.Tensor, labels: torch.Tensor, span: float = 1.5, step: float = 0.05,
-                 rounds: int = 3) -> torch.Tensor:
+def tune_offsets(
+    log_probs: torch.Tensor, labels: torch.Tensor, span: float = 1.5, step: float = 0.05, rounds: int = 3
+) -> torch.Tensor:
     """Coordinate ascent over one offset per class (the first class stays at 0: only differences matter).
 
     Ties keep the offset nearest 0, so a flat optimum does not drift.

@@ -42,11 +42,11 @@ from service.files import atomic_write
 from training.dataset import check_images
 from training.labels import LabelledBin, LabelPolicy, apply_label_policy
 from training.layouts import read_abid
-from training.splits import Split, stratified_split, write_split_manifest
 from training.recipes.decision import fold_offsets, tune_offsets
 from training.recipes.feature_cache import VARIANTS, Runtime, TrunkRunner, cache_key, cached_features, cached_images
 from training.recipes.lite_parts import blocks_forward
 from training.recipes.top_training import TopTraining, top_probabilities, train_top
+from training.splits import Split, stratified_split, write_split_manifest
 
 Architecture = Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 Variant = Literal["orig", "hflip", "vflip", "rot180", "rot90", "rot270", "transpose", "antitranspose"]
@@ -92,19 +92,31 @@ class RecipeConfig(BaseModel):
         if self.input_size is None:
             self.input_size = get_architecture(self.architecture).input_size
         if not self.cache_block <= self.first_tuned_block < blocks:
-            raise ValueError(f"need cache_block ({self.cache_block}) <= first_tuned_block ({self.first_tuned_block}) "
-                             f"< {blocks} (the blocks of {self.architecture})")
+            raise ValueError(
+                f"need cache_block ({self.cache_block}) <= first_tuned_block ({self.first_tuned_block}) "
+                f"< {blocks} (the blocks of {self.architecture})"
+            )
         if not self.augment:
             raise ValueError("augment needs at least one variant, e.g. orig")
         return self
 
     def top_training(self, epochs: int | None = None, select_best: bool = True) -> TopTraining:
         return TopTraining(
-            first_block=self.first_tuned_block, epochs=epochs or self.epochs, batch_size=self.batch_size, lr=self.lr,
-            head_lr=self.head_lr, weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
-            ordinal_weight=self.ordinal_weight, feature_dropout=self.feature_dropout,
-            warmup_epochs=self.warmup_epochs, min_lr_ratio=self.min_lr_ratio, augment=tuple(self.augment),
-            seed=self.seed, select_best=select_best)
+            first_block=self.first_tuned_block,
+            epochs=epochs or self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            head_lr=self.head_lr,
+            weight_decay=self.weight_decay,
+            label_smoothing=self.label_smoothing,
+            ordinal_weight=self.ordinal_weight,
+            feature_dropout=self.feature_dropout,
+            warmup_epochs=self.warmup_epochs,
+            min_lr_ratio=self.min_lr_ratio,
+            augment=tuple(self.augment),
+            seed=self.seed,
+            select_best=select_best,
+        )
 
 
 def log(**fields: object) -> None:
@@ -140,20 +152,33 @@ def select_bins(cfg: RecipeConfig) -> RecipeBins:
     items = sorted(items, key=lambda it: it.id)
     split = stratified_split(items, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     if cfg.train_fraction < 1:
-        shares = stratified_split(split.train, 1 - cfg.train_fraction, 0.0, cfg.seed + 1) \
-            if cfg.train_fraction <= 0.9 else None
-        train = shares.train if shares else random.Random(cfg.seed + 1).sample(
-            split.train, round(cfg.train_fraction * len(split.train)))
+        shares = (
+            stratified_split(split.train, 1 - cfg.train_fraction, 0.0, cfg.seed + 1)
+            if cfg.train_fraction <= 0.9
+            else None
+        )
+        train = (
+            shares.train
+            if shares
+            else random.Random(cfg.seed + 1).sample(split.train, round(cfg.train_fraction * len(split.train)))
+        )
         split = Split(train=sorted(train, key=lambda it: it.id), val=split.val, test=split.test)
-    log(bins=len(items), dropped_above_max_count=dropped, unreadable=len(bad),
-        train=len(split.train), val=len(split.val), test=len(split.test))
+    log(
+        bins=len(items),
+        dropped_above_max_count=dropped,
+        unreadable=len(bad),
+        train=len(split.train),
+        val=len(split.val),
+        test=len(split.test),
+    )
     return RecipeBins(items, split, policy, dropped, len(bad))
 
 
 def recipe_metadata(cfg: RecipeConfig, bins: RecipeBins):
     """The model.json of the recipe's model (before its metrics are known)."""
-    return metadata_for(cfg.architecture, bins.policy.labels, input_size=cfg.input_size, resize="squash",
-                        dropout=cfg.dropout)
+    return metadata_for(
+        cfg.architecture, bins.policy.labels, input_size=cfg.input_size, resize="squash", dropout=cfg.dropout
+    )
 
 
 def tuning_features(cfg: RecipeConfig, model: torch.nn.Module, bins: RecipeBins) -> dict[str, torch.Tensor]:
@@ -174,16 +199,21 @@ def tuning_features(cfg: RecipeConfig, model: torch.nn.Module, bins: RecipeBins)
         model.eval()
         with torch.inference_mode():
             for variant, f in features.items():
-                features[variant] = torch.cat([
-                    blocks_forward(model, f[s:s + 256].float(), cfg.cache_block, cfg.first_tuned_block).half()
-                    for s in range(0, len(f), 256)])
+                features[variant] = torch.cat(
+                    [
+                        blocks_forward(model, f[s : s + 256].float(), cfg.cache_block, cfg.first_tuned_block).half()
+                        for s in range(0, len(f), 256)
+                    ]
+                )
     return features
 
 
 def run_key(cfg: RecipeConfig, what: str) -> str:
     """Checkpoint name of one training run: every option that changes the trained weights."""
-    fields = cfg.model_dump(mode="json", exclude={"data_dir", "output_dir", "cache_dir", "threads",
-                                                  "feature_runtime", "tune_decision", "final_fit"})
+    fields = cfg.model_dump(
+        mode="json",
+        exclude={"data_dir", "output_dir", "cache_dir", "threads", "feature_runtime", "tune_decision", "final_fit"},
+    )
     fields["norms"] = "recalibrated"  # runs before BatchNorm recalibration are not resumed
     return f"{what}_{hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]}"
 
@@ -198,7 +228,9 @@ class TrainedTop:
     val_probs: torch.Tensor  # validation probabilities under the tuned answer rule
 
 
-def train_and_select(cfg: RecipeConfig, bins: RecipeBins, features: dict[str, torch.Tensor] | None = None) -> TrainedTop:
+def train_and_select(
+    cfg: RecipeConfig, bins: RecipeBins, features: dict[str, torch.Tensor] | None = None
+) -> TrainedTop:
     """Train on the training part, pick the epoch and the answer rule on validation."""
     from training.metrics import compute_metrics, counts_task_metrics
 
@@ -209,8 +241,7 @@ def train_and_select(cfg: RecipeConfig, bins: RecipeBins, features: dict[str, to
     train_idx, val_idx = bins.indices(bins.split.train), bins.indices(bins.split.val)
     class_values = recipe_metadata(cfg, bins).class_values
     checkpoint = cfg.cache_dir / "runs" / f"{run_key(cfg, 'select')}.pt"
-    history = train_top(model, features, labels, train_idx, val_idx, class_values, cfg.top_training(), log,
-                        checkpoint)
+    history = train_top(model, features, labels, train_idx, val_idx, class_values, cfg.top_training(), log, checkpoint)
     best_epoch = max(history, key=lambda h: h["val_acc"])["epoch"]
     probs = top_probabilities(model, features["orig"], val_idx, cfg.first_tuned_block)
     val_y = labels[val_idx]
@@ -224,22 +255,35 @@ def train_and_select(cfg: RecipeConfig, bins: RecipeBins, features: dict[str, to
     final = (probs.clamp_min(1e-8).log() + (offsets if offsets is not None else 0)).softmax(1)
     val["served"] = compute_metrics(final.argmax(1), val_y, class_values, names)
     val["counts_task"] = counts_task_metrics(final, val_y, class_values, names)
-    log(best_epoch=best_epoch, val_acc_before_rule=round(val["before_rule"]["accuracy"], 4),
+    log(
+        best_epoch=best_epoch,
+        val_acc_before_rule=round(val["before_rule"]["accuracy"], 4),
         val_acc_served=round(val["served"]["accuracy"], 4),
         val_counts_task_acc=round(val["counts_task"]["accuracy"], 4) if val["counts_task"] else "n/a",
-        offsets=[round(v, 2) for v in offsets.tolist()] if offsets is not None else "none")
+        offsets=[round(v, 2) for v in offsets.tolist()] if offsets is not None else "none",
+    )
     return TrainedTop(model, history, best_epoch, offsets, val, final)
 
 
-def final_fit(cfg: RecipeConfig, bins: RecipeBins, features: dict[str, torch.Tensor], epochs: int) -> tuple[torch.nn.Module, list[dict]]:
+def final_fit(
+    cfg: RecipeConfig, bins: RecipeBins, features: dict[str, torch.Tensor], epochs: int
+) -> tuple[torch.nn.Module, list[dict]]:
     """Retrain from the ImageNet start on train + validation for the epochs validation chose."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.architecture, bins.policy.num_classes, pretrained=True, dropout=cfg.dropout)
     fit_idx = bins.indices(bins.split.train) + bins.indices(bins.split.val)
     key = run_key(cfg.model_copy(update={"epochs": epochs}), "final")
-    history = train_top(model, features, bins.labels, fit_idx, [], recipe_metadata(cfg, bins).class_values,
-                        cfg.top_training(epochs=epochs, select_best=False), log,
-                        cfg.cache_dir / "runs" / f"{key}.pt")
+    history = train_top(
+        model,
+        features,
+        bins.labels,
+        fit_idx,
+        [],
+        recipe_metadata(cfg, bins).class_values,
+        cfg.top_training(epochs=epochs, select_best=False),
+        log,
+        cfg.cache_dir / "runs" / f"{key}.pt",
+    )
     return model, history
 
 
@@ -257,8 +301,7 @@ def evaluate_served(model: torch.nn.Module, metadata, items: list[LabelledBin], 
     from training.recipes.served_metrics import served_metrics, subset
 
     probs, labels, ids, skipped = predict_items(model, metadata, items, batch_size=64, tta_flip=False)
-    report = {"served": served_metrics(probs, labels, metadata.class_values, metadata.labels),
-              "skipped": len(skipped)}
+    report = {"served": served_metrics(probs, labels, metadata.class_values, metadata.labels), "skipped": len(skipped)}
     full = {item.id for item in items if photo_is_full_size(item, size)}
     if full:
         p, y = subset(probs, labels, ids, full)
@@ -289,25 +332,37 @@ def run(cfg: RecipeConfig) -> Path:
         fold_offsets(model._fc, selected.offsets)
 
     report = evaluate_served(model, metadata, bins.split.test, cfg.input_size)
-    test_probs, test_labels = report.pop("_probs"), report.pop("_labels")
+    test_probs = report.pop("_probs")
+    report.pop("_labels")
     report.pop("_ids")
     for name in ("served", "served_full_size_photos"):
         if name in report:
-            log(part=f"test_{name}", **{k: round(v, 4) if isinstance(v, float) else v
-                                       for k, v in headline(report[name]).items()})
+            log(
+                part=f"test_{name}",
+                **{k: round(v, 4) if isinstance(v, float) else v for k, v in headline(report[name]).items()},
+            )
 
     # Manual-check thresholds chosen on validation, then measured on test.
     counts = {item.id: item.record.count for item in bins.items}
     val_counts = [counts[item.id] for item in bins.split.val]
     test_counts = [counts[item.id] for item in bins.split.test]
     thresholds = verification.choose_thresholds(selected.val_probs, val_counts, metadata.labels)
-    check = {"thresholds": thresholds,
-             "test": verification.flag_rates(test_probs, test_counts, metadata.labels,
-                                             thresholds["min_confidence"], thresholds["min_expected_probability"]),
-             "curve": verification.flag_curve(test_probs, test_counts, metadata.labels, thresholds["min_confidence"])}
-    log(manual_check_min_confidence=thresholds["min_confidence"],
+    check = {
+        "thresholds": thresholds,
+        "test": verification.flag_rates(
+            test_probs,
+            test_counts,
+            metadata.labels,
+            thresholds["min_confidence"],
+            thresholds["min_expected_probability"],
+        ),
+        "curve": verification.flag_curve(test_probs, test_counts, metadata.labels, thresholds["min_confidence"]),
+    }
+    log(
+        manual_check_min_confidence=thresholds["min_confidence"],
         manual_check_min_expected_probability=thresholds["min_expected_probability"],
-        **{f"flag_rate_{k}": round(v["flag_rate"], 4) for k, v in check["test"].items()})
+        **{f"flag_rate_{k}": round(v["flag_rate"], 4) for k, v in check["test"].items()},
+    )
 
     metadata.metrics = {
         "test": report["served"]["all"],
@@ -321,8 +376,11 @@ def run(cfg: RecipeConfig) -> Path:
         "dataset": f"Amazon Bin Image Dataset (ABID) sample, {len(bins.items)} bins",
         "licence": "CC BY-NC-SA 3.0 (the data); the weights are derived from it",
         "label": "EXPECTED_QUANTITY",
-        "bins": len(bins.items), "dropped_above_max_count": bins.dropped, "unreadable": bins.unreadable,
-        "split": bins.split.sizes(), "split_seed": cfg.seed,
+        "bins": len(bins.items),
+        "dropped_above_max_count": bins.dropped,
+        "unreadable": bins.unreadable,
+        "split": bins.split.sizes(),
+        "split_seed": cfg.seed,
     }
     variant = cfg.architecture[-1]
     metadata.training = {
@@ -334,11 +392,15 @@ def run(cfg: RecipeConfig) -> Path:
         **cfg.model_dump(mode="json", exclude={"data_dir", "output_dir", "cache_dir", "threads", "feature_runtime"}),
     }
     out = save_artifact(cfg.output_dir, model, metadata)
-    write_split_manifest(out / "split.json", bins.split, extra={"seed": cfg.seed, "recipe": "training.recipes.default_model"})
+    write_split_manifest(
+        out / "split.json", bins.split, extra={"seed": cfg.seed, "recipe": "training.recipes.default_model"}
+    )
     flat_history = history["final_fit"] if isinstance(history, dict) else history
     atomic_write(out / "history.json", json.dumps(history, indent=2) + "\n")
     atomic_write(out / "manual_check_curve.json", json.dumps(check["curve"], indent=2) + "\n")
-    write_plots(out, report["served"]["all"], selected.history, metadata.labels, title="Held-out test bins (served answer)")
+    write_plots(
+        out, report["served"]["all"], selected.history, metadata.labels, title="Held-out test bins (served answer)"
+    )
     verification.plot_flag_curve(check["curve"], thresholds, out / "manual_check.png")
     write_model_card(out, metadata, recipe_command(cfg))
     load_artifact(out)  # what was written loads
@@ -371,9 +433,11 @@ def recipe_command(cfg: RecipeConfig) -> str:
 def parse_args(argv: list[str] | None = None) -> RecipeConfig:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m training.recipes.default_model",
-                                     description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m training.recipes.default_model",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     for name, field in RecipeConfig.model_fields.items():
         flag = "--" + name.replace("_", "-")
         if field.annotation is bool:

@@ -96,8 +96,15 @@ class TrunkRunner:
         example = torch.zeros(2, 3, 64, 64)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(self.trunk, example, buffer, input_names=["x"], output_names=["features"],
-                              dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "features": {0: "n"}}, dynamo=False)
+            torch.onnx.export(
+                self.trunk,
+                example,
+                buffer,
+                input_names=["x"],
+                output_names=["features"],
+                dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "features": {0: "n"}},
+                dynamo=False,
+            )
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -119,19 +126,22 @@ class TrunkRunner:
         return out
 
 
-def cached_features(path: Path, images: torch.Tensor, spec: PreprocessSpec, runner: TrunkRunner, variant: str,
-                    log: Log, chunk: int = 64) -> torch.Tensor:
+def cached_features(
+    path: Path, images: torch.Tensor, spec: PreprocessSpec, runner: TrunkRunner, variant: str, log: Log, chunk: int = 64
+) -> torch.Tensor:
     """float16 trunk features of every photo under ``variant`` (computed once, then read from ``path``)."""
     if path.is_file():
         return torch.load(path, weights_only=True)
     transform = VARIANT_TRANSFORMS[variant]
     start, chunks = time.time(), []
     for s in range(0, len(images), chunk):
-        x = transform(normalize(images[s:s + chunk], spec)).contiguous()
+        x = transform(normalize(images[s : s + chunk], spec)).contiguous()
         chunks.append(runner(x).half())
         if (s // chunk + 1) % 40 == 0:
             done = s + len(x)
-            log(stage=f"features_{variant}", done=done, of=len(images), img_per_s=round(done / (time.time() - start), 1))
+            log(
+                stage=f"features_{variant}", done=done, of=len(images), img_per_s=round(done / (time.time() - start), 1)
+            )
     features = torch.cat(chunks)
     _atomic_save(features, path)
     log(stage=f"features_{variant}", done=len(images), seconds=round(time.time() - start), runtime=runner.runtime)

@@ -23,8 +23,16 @@ import torch
 from service.architectures import build_model
 from service.files import atomic_write
 from training.recipes.decision import fold_offsets
-from training.recipes.default_model import (RecipeConfig, evaluate_served, log, parse_args, recipe_metadata,
-                                            select_bins, train_and_select, tuning_features)
+from training.recipes.default_model import (
+    RecipeConfig,
+    evaluate_served,
+    log,
+    parse_args,
+    recipe_metadata,
+    select_bins,
+    train_and_select,
+    tuning_features,
+)
 from training.recipes.served_metrics import headline
 
 TARGET = 0.56  # the ABID challenge record under its protocol, the stretch target
@@ -51,15 +59,23 @@ def plot(points: list[dict], fit: tuple[float, float] | None, path: Path) -> Pat
 
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=110)
     xs = [p["train_bins"] for p in points]
-    for key, label in (("all_acc", "all bins, served answer"), ("bins_0_5_acc", "bins 0-5, served answer"),
-                       ("counts_task_acc", "bins 0-5, challenge protocol")):
+    for key, label in (
+        ("all_acc", "all bins, served answer"),
+        ("bins_0_5_acc", "bins 0-5, served answer"),
+        ("counts_task_acc", "bins 0-5, challenge protocol"),
+    ):
         if all(key in p for p in points):
             ax.plot(xs, [p[key] for p in points], "o-", label=label)
     if fit:
         far = max(xs) * 30
         grid = [max(xs) * (far / max(xs)) ** (i / 20) for i in range(21)]
-        ax.plot(grid, [fit[0] + fit[1] * math.log(x) for x in grid], ":", color="grey",
-                label="challenge protocol, log-linear extrapolation")
+        ax.plot(
+            grid,
+            [fit[0] + fit[1] * math.log(x) for x in grid],
+            ":",
+            color="grey",
+            label="challenge protocol, log-linear extrapolation",
+        )
         ax.axhline(TARGET, color="red", lw=0.8, ls="--", label=f"{TARGET:.0%} (challenge record)")
     ax.set_xscale("log")
     ax.set_xlabel("training bins")
@@ -78,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--fractions" in argv:
         i = argv.index("--fractions")
         fractions = sorted(float(f) for f in argv[i + 1].split(","))
-        del argv[i:i + 2]
+        del argv[i : i + 2]
     base = parse_args(argv)
     torch.set_num_threads(base.threads)
     points = []
@@ -92,12 +108,22 @@ def main(argv: list[str] | None = None) -> int:
         if selected.offsets is not None:
             fold_offsets(selected.model._fc, selected.offsets)
         report = evaluate_served(selected.model, recipe_metadata(cfg, bins), bins.split.test, cfg.input_size)
-        point = {"fraction": fraction, "train_bins": len(bins.split.train), "best_epoch": selected.best_epoch,
-                 **{k: v for k, v in headline(report["served"]).items()}}
+        point = {
+            "fraction": fraction,
+            "train_bins": len(bins.split.train),
+            "best_epoch": selected.best_epoch,
+            **{k: v for k, v in headline(report["served"]).items()},
+        }
         points.append(point)
-        log(learning_curve_fraction=fraction, **{k: round(v, 4) if isinstance(v, float) else v for k, v in point.items()})
-    curve: dict = {"points": points, "recipe": base.model_dump(mode="json", exclude={"data_dir", "output_dir", "cache_dir"}),
-                   "note": "Each point is the train-only model (no final fit on train + validation)."}
+        log(
+            learning_curve_fraction=fraction,
+            **{k: round(v, 4) if isinstance(v, float) else v for k, v in point.items()},
+        )
+    curve: dict = {
+        "points": points,
+        "recipe": base.model_dump(mode="json", exclude={"data_dir", "output_dir", "cache_dir"}),
+        "note": "Each point is the train-only model (no final fit on train + validation).",
+    }
     fit = None
     if len(points) >= 2 and all("counts_task_acc" in p for p in points):
         fit = log_linear_fit([p["train_bins"] for p in points], [p["counts_task_acc"] for p in points])
@@ -108,8 +134,11 @@ def main(argv: list[str] | None = None) -> int:
             "of challenge-protocol accuracy per doubling of the data"
             + (f" and reaches {TARGET:.0%} at about {need:,.0f} training bins" if need else "")
             + " with this recipe (a CPU recipe tuning the last stages only; the published ResNet-34 results reached "
-            "51.8% at ~105k and 56.2% at ~259k bins with full fine-tuning).")
-        log(extrapolated_bins_for_56pct=round(need) if need else "n/a", gain_per_doubling=round(fit[1] * math.log(2), 4))
+            "51.8% at ~105k and 56.2% at ~259k bins with full fine-tuning)."
+        )
+        log(
+            extrapolated_bins_for_56pct=round(need) if need else "n/a", gain_per_doubling=round(fit[1] * math.log(2), 4)
+        )
     out = Path(base.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "learning_curve.json", json.dumps(curve, indent=2) + "\n")

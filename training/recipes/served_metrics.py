@@ -19,21 +19,24 @@ import torch
 from training.metrics import compute_metrics, counts_task_metrics
 
 
-def served_metrics(probs: torch.Tensor, labels: torch.Tensor, class_values: Sequence[float],
-                   class_names: Sequence[str]) -> dict[str, Any]:
+def served_metrics(
+    probs: torch.Tensor, labels: torch.Tensor, class_values: Sequence[float], class_names: Sequence[str]
+) -> dict[str, Any]:
     predicted = probs.argmax(1)
     result: dict[str, Any] = {"all": compute_metrics(predicted, labels, class_values, class_names)}
     if class_names[-1].endswith("+"):
         in_range = labels < len(class_names) - 1
         if bool(in_range.any()):
-            result[f"bins_0_{len(class_names) - 2}"] = compute_metrics(predicted[in_range], labels[in_range],
-                                                                       class_values, class_names)
+            result[f"bins_0_{len(class_names) - 2}"] = compute_metrics(
+                predicted[in_range], labels[in_range], class_values, class_names
+            )
         result["counts_task"] = counts_task_metrics(probs, labels, class_values, class_names)
     return result
 
 
-def subset(probs: torch.Tensor, labels: torch.Tensor, ids: Sequence[str],
-           keep: Collection[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def subset(
+    probs: torch.Tensor, labels: torch.Tensor, ids: Sequence[str], keep: Collection[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
     rows = [i for i, bin_id in enumerate(ids) if bin_id in keep]
     return probs[rows], labels[rows]
 

@@ -20,8 +20,9 @@ from pathlib import Path
 from training.recipes.default_model import RecipeConfig, log, select_bins, train_and_select
 
 # Options that decide which bins are used and how they are labelled: shared by every variant, so --base only.
-DATA_OPTIONS = frozenset({"data_dir", "max_count", "overflow", "limit", "seed", "val_fraction", "test_fraction",
-                          "train_fraction"})
+DATA_OPTIONS = frozenset(
+    {"data_dir", "max_count", "overflow", "limit", "seed", "val_fraction", "test_fraction", "train_fraction"}
+)
 
 
 def overrides(text: str) -> dict[str, str]:
@@ -36,8 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache/default_model"))
     parser.add_argument("--base", type=overrides, default={}, help="overrides applied to every variant")
-    parser.add_argument("--variant", type=overrides, action="append", default=[],
-                        help="repeatable; augment variants are joined with '+', e.g. augment=orig+hflip")
+    parser.add_argument(
+        "--variant",
+        type=overrides,
+        action="append",
+        default=[],
+        help="repeatable; augment variants are joined with '+', e.g. augment=orig+hflip",
+    )
     args = parser.parse_args(argv)
     for variant in args.variant:
         if shared := sorted(DATA_OPTIONS & variant.keys()):
@@ -58,12 +64,15 @@ def main(argv: list[str] | None = None) -> int:
         log(variant=name, status="start")
         result = train_and_select(cfg, bins)
         task = result.val["counts_task"] or {}
-        log(variant=name, best_epoch=result.best_epoch,
+        log(
+            variant=name,
+            best_epoch=result.best_epoch,
             val_acc_argmax=round(result.val["before_rule"]["accuracy"], 4),
             val_acc_served=round(result.val["served"]["accuracy"], 4),
             val_counts_task_acc=round(task.get("accuracy", float("nan")), 4),
             val_counts_task_rmse=round(task.get("rmse", float("nan")), 4),
-            seconds=round(time.time() - started))
+            seconds=round(time.time() - started),
+        )
     return 0
 
 

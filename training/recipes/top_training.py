@@ -54,23 +54,36 @@ def _param_groups(model: nn.Module, prefixes: tuple[str, ...], cfg: TopTraining)
         param.requires_grad_(tuned)
         if tuned:
             groups.setdefault((name.startswith("_fc."), param.ndim > 1), []).append(param)
-    return [{"params": params, "lr": cfg.head_lr if head else cfg.lr, "weight_decay": cfg.weight_decay if decay else 0.0}
-            for (head, decay), params in sorted(groups.items())]
+    return [
+        {"params": params, "lr": cfg.head_lr if head else cfg.lr, "weight_decay": cfg.weight_decay if decay else 0.0}
+        for (head, decay), params in sorted(groups.items())
+    ]
 
 
 @torch.inference_mode()
-def top_probabilities(model: nn.Module, features: torch.Tensor, index: Sequence[int], first_block: int,
-                      chunk: int = 256) -> torch.Tensor:
+def top_probabilities(
+    model: nn.Module, features: torch.Tensor, index: Sequence[int], first_block: int, chunk: int = 256
+) -> torch.Tensor:
     """Softmax of the top over ``features[index]`` in eval mode."""
     model.eval()
-    out = [top_forward(model, features[list(index[s:s + chunk])].float(), first_block).softmax(1)
-           for s in range(0, len(index), chunk)]
+    out = [
+        top_forward(model, features[list(index[s : s + chunk])].float(), first_block).softmax(1)
+        for s in range(0, len(index), chunk)
+    ]
     return torch.cat(out) if out else torch.empty(0)
 
 
 @torch.no_grad()
-def recalibrate_norms(model: nn.Module, features: torch.Tensor, index: Sequence[int], first_block: int,
-                      prefixes: tuple[str, ...], samples: int = 2048, seed: int = 0, chunk: int = 128) -> None:
+def recalibrate_norms(
+    model: nn.Module,
+    features: torch.Tensor,
+    index: Sequence[int],
+    first_block: int,
+    prefixes: tuple[str, ...],
+    samples: int = 2048,
+    seed: int = 0,
+    chunk: int = 128,
+) -> None:
     """Recompute the running statistics of the top's BatchNorm layers on un-augmented training features.
 
     EfficientNet-Lite's BatchNorm momentum is 0.01 (TensorFlow's 0.99): while the tuned weights move,
@@ -80,8 +93,11 @@ def recalibrate_norms(model: nn.Module, features: torch.Tensor, index: Sequence[
     bins gives the statistics of the current weights; the features are un-augmented and without
     dropout, as at evaluation.
     """
-    norms = [m for name, m in model.named_modules()
-             if isinstance(m, nn.modules.batchnorm._BatchNorm) and f"{name}.".startswith(prefixes)]
+    norms = [
+        m
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and f"{name}.".startswith(prefixes)
+    ]
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
@@ -89,7 +105,7 @@ def recalibrate_norms(model: nn.Module, features: torch.Tensor, index: Sequence[
     sample = random.Random(seed).sample(list(index), min(samples, len(index)))
     model.train()
     for s in range(0, len(sample), chunk):
-        rows = sample[s:s + chunk]
+        rows = sample[s : s + chunk]
         if len(rows) > 1:
             top_forward(model, features[rows].float(), first_block)
     for m, momentum in zip(norms, momenta):
@@ -97,8 +113,9 @@ def recalibrate_norms(model: nn.Module, features: torch.Tensor, index: Sequence[
     model.eval()
 
 
-def _batch(features: dict[str, torch.Tensor], batch: list[int], augment: tuple[str, ...],
-           rng: random.Random) -> torch.Tensor:
+def _batch(
+    features: dict[str, torch.Tensor], batch: list[int], augment: tuple[str, ...], rng: random.Random
+) -> torch.Tensor:
     choice = [rng.randrange(len(augment)) for _ in batch]
     first = features[augment[0]]
     x = torch.empty((len(batch), *first.shape[1:]), dtype=first.dtype)
@@ -109,9 +126,17 @@ def _batch(features: dict[str, torch.Tensor], batch: list[int], augment: tuple[s
     return x.float()
 
 
-def train_top(model: nn.Module, features: dict[str, torch.Tensor], labels: torch.Tensor, train_idx: list[int],
-              val_idx: list[int], class_values: Sequence[float], cfg: TopTraining, log: Log,
-              checkpoint: Path | None = None) -> list[dict]:
+def train_top(
+    model: nn.Module,
+    features: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    train_idx: list[int],
+    val_idx: list[int],
+    class_values: Sequence[float],
+    cfg: TopTraining,
+    log: Log,
+    checkpoint: Path | None = None,
+) -> list[dict]:
     """Fine-tune the top of ``model`` in place; returns the per-epoch history.
 
     With ``select_best`` (and a validation part) the weights of the best validation epoch are kept,
@@ -147,7 +172,7 @@ def train_top(model: nn.Module, features: dict[str, torch.Tensor], labels: torch
             factor = lr_factor(step, total, warmup, "cosine", cfg.min_lr_ratio)
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * factor
-            batch = order[s:s + cfg.batch_size]
+            batch = order[s : s + cfg.batch_size]
             if len(batch) < 2:  # BatchNorm in the tuned blocks needs two samples
                 continue
             x = _batch(features, batch, cfg.augment, rng)
@@ -162,17 +187,24 @@ def train_top(model: nn.Module, features: dict[str, torch.Tensor], labels: torch
             seen += len(batch)
             loss_sum += loss.item() * len(batch)
             correct += (logits.argmax(1) == y).sum().item()
-        row = {"epoch": epoch, "train_loss": round(loss_sum / max(1, seen), 4),
-               "train_acc": round(correct / max(1, seen), 4),
-               "lr": round(optimizer.param_groups[0]["lr"], 7), "epoch_time_s": round(time.time() - started, 1),
-               "train_img_per_s": round(seen / (time.time() - started), 1)}
+        row = {
+            "epoch": epoch,
+            "train_loss": round(loss_sum / max(1, seen), 4),
+            "train_acc": round(correct / max(1, seen), 4),
+            "lr": round(optimizer.param_groups[0]["lr"], 7),
+            "epoch_time_s": round(time.time() - started, 1),
+            "train_img_per_s": round(seen / (time.time() - started), 1),
+        }
         recalibrate_norms(model, features["orig"], train_idx, k, prefixes, seed=cfg.seed)
         if val_idx:
             probs = top_probabilities(model, features["orig"], val_idx, k)
             val_y = labels[val_idx]
             val = compute_metrics(probs.argmax(1), val_y, class_values)
-            row.update(val_loss=round(F.nll_loss(probs.clamp_min(1e-8).log(), val_y).item(), 4),
-                       val_acc=round(val["accuracy"], 4), val_rmse=round(val["rmse"], 4))
+            row.update(
+                val_loss=round(F.nll_loss(probs.clamp_min(1e-8).log(), val_y).item(), 4),
+                val_acc=round(val["accuracy"], 4),
+                val_rmse=round(val["rmse"], 4),
+            )
         history.append(row)
         log(**row)
         if cfg.select_best and val_idx and row["val_acc"] > best_acc:
@@ -180,9 +212,15 @@ def train_top(model: nn.Module, features: dict[str, torch.Tensor], labels: torch
             best_state = {n: t.detach().clone() for n, t in model.state_dict().items() if n.startswith(prefixes)}
         if checkpoint is not None:
             top = {n: t for n, t in model.state_dict().items() if n.startswith(prefixes)}
-            state = {"top": top, "optimizer": optimizer.state_dict(), "rng": rng.getstate(),
-                     "torch_rng": torch.get_rng_state(), "history": history, "best_acc": best_acc,
-                     "best_state": best_state}
+            state = {
+                "top": top,
+                "optimizer": optimizer.state_dict(),
+                "rng": rng.getstate(),
+                "torch_rng": torch.get_rng_state(),
+                "history": history,
+                "best_acc": best_acc,
+                "best_state": best_state,
+            }
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(checkpoint, lambda f: torch.save(state, f))
     if best_state is not None:

@@ -21,8 +21,9 @@ from service.manual_check import expected_label
 CASES: dict[str, tuple[int, ...]] = {"right": (0,), "off_by_1": (-1, 1), "off_by_2_or_more": (-3, -2, 2, 3)}
 
 
-def _expected_probabilities(probs: torch.Tensor, counts: Sequence[int], labels: Sequence[str],
-                            offsets: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def _expected_probabilities(
+    probs: torch.Tensor, counts: Sequence[int], labels: Sequence[str], offsets: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per (bin, offset) pair with a non-negative expected quantity: P(expected class), confidence."""
     index = {name: i for i, name in enumerate(labels)}
     p_expected, confidence = [], []
@@ -38,8 +39,13 @@ def _expected_probabilities(probs: torch.Tensor, counts: Sequence[int], labels: 
     return torch.tensor(p_expected), torch.tensor(confidence)
 
 
-def flag_rates(probs: torch.Tensor, counts: Sequence[int], labels: Sequence[str], min_confidence: float,
-               min_expected_probability: float) -> dict[str, dict[str, float]]:
+def flag_rates(
+    probs: torch.Tensor,
+    counts: Sequence[int],
+    labels: Sequence[str],
+    min_confidence: float,
+    min_expected_probability: float,
+) -> dict[str, dict[str, float]]:
     """How often the flag fires per case, with the number of questions asked."""
     out = {}
     for case, offsets in CASES.items():
@@ -63,12 +69,17 @@ def choose_thresholds(probs: torch.Tensor, counts: Sequence[int], labels: Sequen
             if best is None or score > best[0] + 1e-9:
                 best = (score, c, p)
     assert best is not None
-    return {"min_confidence": best[1], "min_expected_probability": best[2], "youden_j": round(best[0], 4),
-            "criterion": "max(flag rate off by one - flag rate right) on validation"}
+    return {
+        "min_confidence": best[1],
+        "min_expected_probability": best[2],
+        "youden_j": round(best[0], 4),
+        "criterion": "max(flag rate off by one - flag rate right) on validation",
+    }
 
 
-def flag_curve(probs: torch.Tensor, counts: Sequence[int], labels: Sequence[str],
-               min_confidence: float) -> list[dict[str, float]]:
+def flag_curve(
+    probs: torch.Tensor, counts: Sequence[int], labels: Sequence[str], min_confidence: float
+) -> list[dict[str, float]]:
     """Flag rates per case as ``min_expected_probability`` sweeps 0..1 (``min_confidence`` fixed)."""
     rows = []
     for i in range(0, 101, 2):
@@ -90,8 +101,13 @@ def plot_flag_curve(curve: list[dict[str, float]], chosen: dict[str, Any], path:
         ax.plot(right, [r[case] for r in curve], style, label=f"expected quantity {case.replace('_', ' ')}")
     ax.plot([0, 1], [0, 1], ":", color="grey", label="chance")
     at = min(curve, key=lambda r: abs(r["min_expected_probability"] - chosen["min_expected_probability"]))
-    ax.plot([at["right"]], [at["off_by_1"]], "o", color="black",
-            label=f"default (p < {chosen['min_expected_probability']:.2f}, conf < {chosen['min_confidence']:.2f})")
+    ax.plot(
+        [at["right"]],
+        [at["off_by_1"]],
+        "o",
+        color="black",
+        label=f"default (p < {chosen['min_expected_probability']:.2f}, conf < {chosen['min_confidence']:.2f})",
+    )
     ax.set_xlabel("flagged, expected quantity right (false alarms)")
     ax.set_ylabel("flagged, expected quantity wrong (caught)")
     ax.set_title("Manual-check flag on held-out test bins")
