@@ -13,12 +13,12 @@ Checks, each printed as ``check: NAME ok`` (the script exits 1 at the first fail
 2. ``tuning_job_hyperparameters``: a training run with what a tuning job adds (``_tuning_objective_metric``)
    and the keys the SDK's ``HyperparameterTuner`` and framework estimators add (``sagemaker_*``): it runs to
    the end and logs the objective as printed (local mode has no tuner, so the keys are set by hand);
-3. ``bad_hyperparameter``: a misspelt key fails the job, and the SDK's error carries the reason from
-   ``/opt/ml/output/failure``;
+3. ``bad_hyperparameter``: a misspelt key fails the job with exit status 2 and the reason (with its hint) in
+   the log (local mode keeps no ``/opt/ml/output/failure``; on SageMaker that file is the FailureReason);
 4. ``deploy_predict``: a ``Model`` with the serving image answers ``predict()`` on a JPEG with the SDK's
    serializers: ``image/jpeg``, the ``IdentitySerializer`` default ``application/octet-stream``, WebP;
 5. ``batch_transform``: a ``Transformer`` over a folder of JPEGs (local mode asks ``/execution-parameters``
-   first), one output per input.
+   first; its ``BatchStrategy`` is given, see the comment there), one output per input.
 
 Data: synthetic ABID bins (``training.synthetic``) unless ``--data`` names an ABID folder.
 
@@ -27,7 +27,9 @@ Data: synthetic ABID bins (``training.synthetic``) unless ``--data`` names an AB
 mapping (``8080:8080``) in the compose file it writes, which such an engine cannot run. ``--host-network``
 (on by default when the engine reports no bridge network) rewrites that file after the SDK writes it: every
 service gets ``network_mode: host`` and loses ``networks`` and ``ports``; the SDK's address for the
-container is set to ``localhost``. Nothing else of the SDK is changed; see :func:`use_host_network`.
+container is set to ``localhost``. Nothing else of the SDK is changed; see :func:`use_host_network`. (One more
+thing the SDK trips on: it takes ``docker compose`` only when ``docker compose version`` prints ``v2``, which
+Debian's plugin does not: :func:`accept_debian_compose`.)
 """
 
 from __future__ import annotations
@@ -94,6 +96,24 @@ def use_host_network() -> None:
     for module in (utils, entities, local_session, image):
         if hasattr(module, "get_docker_host"):
             module.get_docker_host = lambda: "localhost"
+
+
+def accept_debian_compose() -> None:
+    """The SDK takes ``docker compose`` only when its version string contains ``v2``; Debian's plugin prints
+    ``Docker Compose version 2.26.1-4``. When that command works, the SDK is told to use it."""
+    from sagemaker.local import image
+
+    proc = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
+    if proc.returncode == 0 and "v2" not in proc.stdout:
+        image._SageMakerContainer._get_compose_cmd_prefix = staticmethod(lambda: ["docker", "compose"])
+
+
+def stop_containers(image_name: str) -> None:
+    """Remove the containers of ``image_name`` still running (those this script's local mode started)."""
+    ids = subprocess.run(["docker", "ps", "-q", "--filter", f"ancestor={image_name}"], capture_output=True,
+                         text=True).stdout.split()
+    if ids:
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
 
 
 def engine_has_bridge() -> bool:
@@ -190,15 +210,21 @@ class LocalModeCheck:
         return "objective: val_acc printed"
 
     def bad_hyperparameter(self) -> str:
+        # Local mode reports the exit status only (it keeps no /opt/ml/output/failure): the reason is checked
+        # in the container's log, where train prints what it writes to the failure file.
+        tee = Tee(sys.stdout)
         try:
-            self.fit({**self.hyperparameters, "epocs": "2"}, "bad")
+            with contextlib.redirect_stdout(tee):
+                self.estimator({**self.hyperparameters, "epocs": "2"}, "bad").fit(
+                    {k: f"file://{v}" for k, v in self.channels.items()})
         except Exception as exc:  # noqa: BLE001 - the SDK raises its own error types
             message = str(exc)
         else:
             raise CheckFailed("bad_hyperparameter: the job with 'epocs' did not fail")
-        check("bad_hyperparameter", "epocs" in message or "Failed" in message, message[:500])
-        failure = list((self.work / "output").glob("bad/**/failure"))
-        return f"sdk_error: {message.splitlines()[0][:160]!r} failure_files: {len(failure)}"
+        check("bad_hyperparameter", "exited with code: 2" in message, message[:500])
+        check("bad_hyperparameter", "unknown hyperparameter 'epocs'" in tee.text()
+              and "did you mean 'epochs'" in tee.text(), "the reason is not in the log")
+        return "exit: 2 reason: unknown hyperparameter 'epocs' ... did you mean 'epochs'?"
 
     def deploy_predict(self) -> str:
         from PIL import Image
@@ -237,10 +263,17 @@ class LocalModeCheck:
         outputs = self.work / "transform-out"
         model = Model(image_uri=self.args.serve_image, model_data=self.model_data, role=ROLE,
                       sagemaker_session=self.session)
+        # strategy given: local mode (2.257) checks a BatchStrategy read from /execution-parameters against the
+        # API's spelling ("SingleRecord"), while SageMaker documents the container's answer as "SINGLE_RECORD" /
+        # "MULTI_RECORD", which binsight sends; local mode still asks /execution-parameters (MaxPayloadInMB).
         transformer = model.transformer(instance_count=1, instance_type="local", output_path=f"file://{outputs}",
-                                        accept="application/json")
-        transformer.transform(f"file://{inputs}", content_type="application/x-image", split_type=None)
-        transformer.wait()
+                                        accept="application/json", strategy="SingleRecord")
+        try:
+            # local mode runs the transform before returning; waiting would ask CloudWatch for the job's logs
+            transformer.transform(f"file://{inputs}", content_type="application/x-image", split_type=None,
+                                  wait=False)
+        finally:  # local mode leaves the serving container running when a transform fails
+            stop_containers(self.args.serve_image)
         results = sorted(outputs.glob("*.out"))
         check("batch_transform", len(results) == 4, f"outputs: {[p.name for p in results]}")
         counts = [json.loads(p.read_text())["predictions"][0]["count"] for p in results]
@@ -266,13 +299,14 @@ def main(argv: list[str] | None = None) -> int:
     host_network = args.host_network if args.host_network is not None else not engine_has_bridge()
     if host_network:
         use_host_network()
+    accept_debian_compose()
     print(f"sdk_check: host_network: {host_network} train_image: {args.train_image} serve_image: "
           f"{args.serve_image}", flush=True)
     names = ["train", "tuning_job_hyperparameters", "bad_hyperparameter", "deploy_predict", "batch_transform"]
     wanted = set(args.only or names)
     if wanted & {"deploy_predict", "batch_transform"}:
         wanted.add("train")
-    with tempfile.TemporaryDirectory(prefix="binsight-sdk-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="binsight-sdk-", ignore_cleanup_errors=True) as tmp:
         checks = LocalModeCheck(args, Path(tmp))
         try:
             for name in names:
