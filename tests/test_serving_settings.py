@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -69,8 +70,8 @@ def test_no_model_anywhere_names_every_place_tried(tmp_path: Path) -> None:
 
 def test_default_model_dir_is_package_data() -> None:
     assert DEFAULT_MODEL_DIR.parent.name == "service" and DEFAULT_MODEL_DIR.name == "default_model"
-    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
-    assert 'service = ["default_model/*"]' in pyproject
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert "default_model/*" in pyproject["tool"]["setuptools"]["package-data"]["service"]
 
 
 def test_runtime_settings() -> None:
