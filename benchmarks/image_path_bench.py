@@ -38,8 +38,11 @@ def served(data: bytes) -> bytes:
 def exif_copy(data: bytes) -> bytes:
     image = Image.open(io.BytesIO(data))
     image.load()
-    return to_rgb(ImageOps.exif_transpose(image)).resize(
-        (SIZE, SIZE), Image.Resampling.BILINEAR, reducing_gap=3.0).tobytes()
+    return (
+        to_rgb(ImageOps.exif_transpose(image))
+        .resize((SIZE, SIZE), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        .tobytes()
+    )
 
 
 def draft(data: bytes) -> bytes:
@@ -84,18 +87,26 @@ def main(argv: list[str] | None = None) -> None:
     shrunk_list = args.data_dir / "resized_224.txt"
     shrunk = set(shrunk_list.read_text().split()) if shrunk_list.exists() else set()
     paths = sorted((args.data_dir / "bin-images").glob("*.jpg"))
-    kinds = {"copies_224px": [p for p in paths if p.stem in shrunk][:args.images],
-             "full_size": [p for p in paths if p.stem not in shrunk][:args.images]}
+    kinds = {
+        "copies_224px": [p for p in paths if p.stem in shrunk][: args.images],
+        "full_size": [p for p in paths if p.stem not in shrunk][: args.images],
+    }
     for kind, chosen in kinds.items():
         if not chosen:
             print(f"kind: {kind} photos: 0")
             continue
         photos = [p.read_bytes() for p in chosen]
         sizes = [Image.open(io.BytesIO(d)).size for d in photos]
-        print(f"kind: {kind} photos: {len(photos)} mean_kb: {sum(map(len, photos)) / len(photos) / 1024:.1f} "
-              f"mean_size: {sum(w for w, _ in sizes) / len(sizes):.0f}x{sum(h for _, h in sizes) / len(sizes):.0f}")
-        for name, fn in (("served", served), ("exif_copy", exif_copy), ("draft", draft),
-                         ("reducing_gap_1", reducing_gap_1)):
+        print(
+            f"kind: {kind} photos: {len(photos)} mean_kb: {sum(map(len, photos)) / len(photos) / 1024:.1f} "
+            f"mean_size: {sum(w for w, _ in sizes) / len(sizes):.0f}x{sum(h for _, h in sizes) / len(sizes):.0f}"
+        )
+        for name, fn in (
+            ("served", served),
+            ("exif_copy", exif_copy),
+            ("draft", draft),
+            ("reducing_gap_1", reducing_gap_1),
+        ):
             line = f"  path: {name} cpu_ms_per_photo: {cpu_ms(fn, photos, args.repeats):.3f}"
             if name in ("draft", "reducing_gap_1"):
                 line += " " + pixel_change(fn, photos)

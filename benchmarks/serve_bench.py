@@ -52,14 +52,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-dir", type=Path, help="artifact to serve (default: a random-init model)")
     parser.add_argument("--architecture", default="efficientnet_lite0", help="for the random-init model")
     parser.add_argument("--input-size", type=int, default=224, help="for the random-init model")
-    parser.add_argument("--images", choices=["auto", "abid", "synthetic"], default="auto",
-                        help="ABID photos (auto: when present) or generated 640x480 JPEGs")
+    parser.add_argument(
+        "--images",
+        choices=["auto", "abid", "synthetic"],
+        default="auto",
+        help="ABID photos (auto: when present) or generated 640x480 JPEGs",
+    )
     parser.add_argument("--num-images", type=int, default=32, help="distinct JPEGs cycled through")
     parser.add_argument("--seconds", type=float, default=8.0, help="measuring time per figure and round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--runtimes", nargs="+", default=["torch", "onnxruntime"], choices=list(RUNTIMES),
-                        help="what to measure (onnxruntime-int8 needs the artifact's model.int8.onnx)")
+    parser.add_argument(
+        "--runtimes",
+        nargs="+",
+        default=["torch", "onnxruntime"],
+        choices=list(RUNTIMES),
+        help="what to measure (onnxruntime-int8 needs the artifact's model.int8.onnx)",
+    )
     parser.add_argument("--torch-threads", type=int, default=0, help="0: torch's default (one per core)")
     parser.add_argument("--ort-threads", type=int, default=0, help="ONNX Runtime threads; 0: one per available CPU")
     parser.add_argument("--decode-threads", type=int, default=0, help="server decode threads; 0: serve's default")
@@ -70,11 +79,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 #: Runtime label -> (BINSIGHT_RUNTIME, BINSIGHT_PRECISION).
-RUNTIMES = {"torch": ("torch", "fp32"), "onnxruntime": ("onnxruntime", "fp32"),
-            "onnxruntime-int8": ("onnxruntime", "int8")}
+RUNTIMES = {
+    "torch": ("torch", "fp32"),
+    "onnxruntime": ("onnxruntime", "fp32"),
+    "onnxruntime-int8": ("onnxruntime", "int8"),
+}
 
 
 # ------------------------------------------------------------------------------- inputs
+
 
 def make_model(args: argparse.Namespace, workdir: Path) -> Path:
     if args.model_dir:
@@ -103,8 +116,12 @@ def synthetic_jpegs(count: int, size=(640, 480)) -> list[bytes]:
         draw = ImageDraw.Draw(image)
         for _ in range(rng.randint(1, 8)):
             x, y = rng.randrange(size[0] - 120), rng.randrange(size[1] - 90)
-            draw.rectangle((x, y, x + rng.randint(40, 120), y + rng.randint(30, 90)),
-                           fill=tuple(rng.randrange(256) for _ in range(3)), outline=(0, 0, 0), width=2)
+            draw.rectangle(
+                (x, y, x + rng.randint(40, 120), y + rng.randint(30, 90)),
+                fill=tuple(rng.randrange(256) for _ in range(3)),
+                outline=(0, 0, 0),
+                width=2,
+            )
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=90)
         out.append(buffer.getvalue())
@@ -130,11 +147,13 @@ def load_images(args: argparse.Namespace) -> tuple[list[bytes], str]:
 
 # ------------------------------------------------------------------------------- forward only
 
+
 class ForwardOnly:
     """Prepared images straight into ``Predictor.forward`` (normalisation included), in this process."""
 
-    def __init__(self, model_dir: Path, images: list[bytes], args: argparse.Namespace, runtime: str,
-                 cache_dir: Path) -> None:
+    def __init__(
+        self, model_dir: Path, images: list[bytes], args: argparse.Namespace, runtime: str, cache_dir: Path
+    ) -> None:
         import torch
 
         from service.predictor import Predictor
@@ -142,8 +161,14 @@ class ForwardOnly:
         if args.torch_threads:
             torch.set_num_threads(args.torch_threads)
         name, precision = RUNTIMES[runtime]
-        self.predictor = Predictor.from_artifact(model_dir, max_batch_size=args.max_batch_size, runtime=name,
-                                                 precision=precision, cache_dir=cache_dir, threads=args.ort_threads)
+        self.predictor = Predictor.from_artifact(
+            model_dir,
+            max_batch_size=args.max_batch_size,
+            runtime=name,
+            precision=precision,
+            cache_dir=cache_dir,
+            threads=args.ort_threads,
+        )
         self.prepared = [self.predictor.prepare(data) for data in images]
 
     def rate(self, batch_size: int, seconds: float) -> tuple[float, float]:
@@ -159,25 +184,44 @@ class ForwardOnly:
 
 # ------------------------------------------------------------------------------- end to end
 
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def start_server(model_dir: Path, port: int, args: argparse.Namespace, log_path: Path, runtime: str,
-                 cache_dir: Path) -> subprocess.Popen:
+def start_server(
+    model_dir: Path, port: int, args: argparse.Namespace, log_path: Path, runtime: str, cache_dir: Path
+) -> subprocess.Popen:
     name, precision = RUNTIMES[runtime]
-    env = dict(os.environ, MODEL_DIR=str(model_dir), SAGEMAKER_BIND_TO_PORT=str(port), BINSIGHT_HOST="127.0.0.1",
-               BINSIGHT_ACCESS_LOG="false", BINSIGHT_MAX_BATCH_SIZE=str(args.max_batch_size),
-               BINSIGHT_BATCH_WAIT_MS=str(args.batch_wait_ms), BINSIGHT_RUNTIME=name, BINSIGHT_PRECISION=precision,
-               BINSIGHT_CACHE_DIR=str(cache_dir), SAGEMAKER_MODEL_SERVER_WORKERS=str(args.workers))
-    for option, var in (("torch_threads", "BINSIGHT_TORCH_THREADS"), ("ort_threads", "BINSIGHT_ORT_THREADS"),
-                        ("decode_threads", "BINSIGHT_DECODE_THREADS")):
+    env = dict(
+        os.environ,
+        MODEL_DIR=str(model_dir),
+        SAGEMAKER_BIND_TO_PORT=str(port),
+        BINSIGHT_HOST="127.0.0.1",
+        BINSIGHT_ACCESS_LOG="false",
+        BINSIGHT_MAX_BATCH_SIZE=str(args.max_batch_size),
+        BINSIGHT_BATCH_WAIT_MS=str(args.batch_wait_ms),
+        BINSIGHT_RUNTIME=name,
+        BINSIGHT_PRECISION=precision,
+        BINSIGHT_CACHE_DIR=str(cache_dir),
+        SAGEMAKER_MODEL_SERVER_WORKERS=str(args.workers),
+    )
+    for option, var in (
+        ("torch_threads", "BINSIGHT_TORCH_THREADS"),
+        ("ort_threads", "BINSIGHT_ORT_THREADS"),
+        ("decode_threads", "BINSIGHT_DECODE_THREADS"),
+    ):
         if getattr(args, option):
             env[var] = str(getattr(args, option))
-    return subprocess.Popen([sys.executable, "-m", "service", "serve"], cwd=ROOT, env=env,
-                            stdout=log_path.open("ab"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "service", "serve"],
+        cwd=ROOT,
+        env=env,
+        stdout=log_path.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 class Server:
@@ -192,8 +236,7 @@ class Server:
 
     async def start(self) -> float:
         started = time.perf_counter()
-        self.process = start_server(self.model_dir, self.port, self.args, self.log_path, self.runtime,
-                                    self.cache_dir)
+        self.process = start_server(self.model_dir, self.port, self.args, self.log_path, self.runtime, self.cache_dir)
         await wait_ready(self.port, self.process)
         return time.perf_counter() - started
 
@@ -217,10 +260,13 @@ class Connection:
     async def open(cls, port: int) -> "Connection":
         return cls(*await asyncio.open_connection("127.0.0.1", port))
 
-    async def request(self, method: str, path: str, body: bytes = b"", content_type: str = "image/jpeg"
-                      ) -> tuple[int, bytes]:
-        head = (f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode()
+    async def request(
+        self, method: str, path: str, body: bytes = b"", content_type: str = "image/jpeg"
+    ) -> tuple[int, bytes]:
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
         self.writer.write(head + body)
         await self.writer.drain()
         status_line = await self.reader.readline()
@@ -258,8 +304,9 @@ async def load_level(port: int, images: list[bytes], concurrency: int, seconds: 
     latencies: list[float] = []
     errors = 0
     # warm-up: every connection sends one request first
-    await asyncio.gather(*(c.request("POST", "/invocations", images[i % len(images)])
-                           for i, c in enumerate(connections)))
+    await asyncio.gather(
+        *(c.request("POST", "/invocations", images[i % len(images)]) for i, c in enumerate(connections))
+    )
     start = time.perf_counter()
     stop_at = start + seconds
 
@@ -303,10 +350,13 @@ async def measure(model_dir: Path, images: list[bytes], args: argparse.Namespace
     """
     forward = {rt: ForwardOnly(model_dir, images, args, rt, workdir / "cache-forward") for rt in args.runtimes}
     servers = {rt: Server(model_dir, args, rt, workdir) for rt in args.runtimes}
-    out: dict = {"forward": {rt: {1: [], 8: []} for rt in args.runtimes},
-                 "http": {rt: {c: [] for c in args.concurrency} for rt in args.runtimes},
-                 "server_cpu": {rt: {c: [] for c in args.concurrency} for rt in args.runtimes},
-                 "cold_start": {}, "runtime": {rt: f.predictor.runtime for rt, f in forward.items()}}
+    out: dict = {
+        "forward": {rt: {1: [], 8: []} for rt in args.runtimes},
+        "http": {rt: {c: [] for c in args.concurrency} for rt in args.runtimes},
+        "server_cpu": {rt: {c: [] for c in args.concurrency} for rt in args.runtimes},
+        "cold_start": {},
+        "runtime": {rt: f.predictor.runtime for rt, f in forward.items()},
+    }
     try:
         for rt, server in servers.items():
             out["cold_start"][rt] = await server.start()
@@ -323,10 +373,15 @@ async def measure(model_dir: Path, images: list[bytes], args: argparse.Namespace
                     if before is not None and after is not None and args.workers == 1:
                         # includes the warm-up request of each connection
                         out["server_cpu"][rt][concurrency].append((after - before) / (len(latencies) + concurrency))
-            print(f"round: {round_ + 1} " + " ".join(
-                f"{rt}_forward_b8_img_per_s: {out['forward'][rt][8][-1][0]:.2f} "
-                f"{rt}_http_c8_img_per_s: {out['http'][rt][8][-1][0] if 8 in out['http'][rt] else float('nan'):.2f}"
-                for rt in args.runtimes), flush=True)
+            print(
+                f"round: {round_ + 1} "
+                + " ".join(
+                    f"{rt}_forward_b8_img_per_s: {out['forward'][rt][8][-1][0]:.2f} "
+                    f"{rt}_http_c8_img_per_s: {out['http'][rt][8][-1][0] if 8 in out['http'][rt] else float('nan'):.2f}"
+                    for rt in args.runtimes
+                ),
+                flush=True,
+            )
         for rt, server in servers.items():
             if RUNTIMES[rt] == ("onnxruntime", "fp32"):  # a second start finds the exported graph in its cache
                 server.stop()
@@ -345,14 +400,18 @@ def _median(values) -> float:
 def report(out: dict, args: argparse.Namespace) -> None:
     for rt, info in out["runtime"].items():
         print(f"runtime: {rt} {info.log_fields()}")
-    forward = {rt: {b: _median(r for r, _ in runs) for b, runs in by_batch.items()}
-               for rt, by_batch in out["forward"].items()}
-    forward_cpu = {rt: {b: _median(c for _, c in runs) for b, runs in by_batch.items()}
-                   for rt, by_batch in out["forward"].items()}
+    forward = {
+        rt: {b: _median(r for r, _ in runs) for b, runs in by_batch.items()} for rt, by_batch in out["forward"].items()
+    }
+    forward_cpu = {
+        rt: {b: _median(c for _, c in runs) for b, runs in by_batch.items()} for rt, by_batch in out["forward"].items()
+    }
     for rt in forward:
         for batch_size, rate in forward[rt].items():
-            print(f"forward_only runtime: {rt} batch: {batch_size} img_per_s: {rate:.2f} cpu_ms_per_img: "
-                  f"{forward_cpu[rt][batch_size] * 1000:.1f} (median of {args.rounds} rounds)")
+            print(
+                f"forward_only runtime: {rt} batch: {batch_size} img_per_s: {rate:.2f} cpu_ms_per_img: "
+                f"{forward_cpu[rt][batch_size] * 1000:.1f} (median of {args.rounds} rounds)"
+            )
     e2e: dict = {}
     for rt, by_level in out["http"].items():
         e2e[rt] = {}
@@ -361,10 +420,11 @@ def report(out: dict, args: argparse.Namespace) -> None:
             latencies = [latency for _, run in runs for latency in run]
             p50, p99 = statistics.median(latencies), percentile(latencies, 99)
             cpu = out["server_cpu"][rt][concurrency]
-            print(f"end_to_end runtime: {rt} concurrency: {concurrency} img_per_s: {e2e[rt][concurrency]:.2f} "
-                  f"p50_ms: {p50 * 1000:.1f} p99_ms: {p99 * 1000:.1f} p99_over_p50: {p99 / p50:.2f} "
-                  f"requests: {len(latencies)}"
-                  + (f" server_cpu_ms_per_img: {_median(cpu) * 1000:.1f}" if cpu else ""))
+            print(
+                f"end_to_end runtime: {rt} concurrency: {concurrency} img_per_s: {e2e[rt][concurrency]:.2f} "
+                f"p50_ms: {p50 * 1000:.1f} p99_ms: {p99 * 1000:.1f} p99_over_p50: {p99 / p50:.2f} "
+                f"requests: {len(latencies)}" + (f" server_cpu_ms_per_img: {_median(cpu) * 1000:.1f}" if cpu else "")
+            )
     base = "torch" if "torch" in forward else None
     for rt, by_level in e2e.items():
         for concurrency, rate in by_level.items():
@@ -382,8 +442,10 @@ def report(out: dict, args: argparse.Namespace) -> None:
     if base:
         for rt in forward:
             if rt != base:
-                print(f"ratio forward_only_b8 {rt} / torch_eager: {forward[rt][8] / forward[base][8]:.2f} "
-                      f"cpu_time: {forward_cpu[base][8] / forward_cpu[rt][8]:.2f}")
+                print(
+                    f"ratio forward_only_b8 {rt} / torch_eager: {forward[rt][8] / forward[base][8]:.2f} "
+                    f"cpu_time: {forward_cpu[base][8] / forward_cpu[rt][8]:.2f}"
+                )
     for label, seconds in out["cold_start"].items():
         print(f"cold_start runtime: {label} seconds_to_ping_200: {seconds:.2f}")
 
@@ -397,8 +459,10 @@ def main(argv: list[str] | None = None) -> None:
         model_dir = make_model(args, workdir)
         images, source = load_images(args)
         mean_kb = sum(map(len, images)) / len(images) / 1024
-        print(f"model_dir: {model_dir} images: {len(images)} source: {source} mean_kb: {mean_kb:.1f} "
-              f"cpus: {os.cpu_count()} load_avg: {os.getloadavg()[0]:.2f}")
+        print(
+            f"model_dir: {model_dir} images: {len(images)} source: {source} mean_kb: {mean_kb:.1f} "
+            f"cpus: {os.cpu_count()} load_avg: {os.getloadavg()[0]:.2f}"
+        )
         out = asyncio.run(measure(model_dir, images, args, workdir))
         report(out, args)
         print(f"load_avg_after: {os.getloadavg()[0]:.2f}")

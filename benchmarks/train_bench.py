@@ -32,9 +32,16 @@ from training.losses import CountLoss
 
 def _loader(items, spec: PreprocessSpec, batch_size: int, workers: int, seed: int, pin: bool) -> DataLoader:
     sampler = EpochSampler(len(items), seed)
-    return DataLoader(AugmentedBins(items, spec, 1.0), batch_size=batch_size, sampler=sampler,
-                      collate_fn=collate_skip_bad, num_workers=workers, pin_memory=pin, drop_last=True,
-                      persistent_workers=workers > 0)
+    return DataLoader(
+        AugmentedBins(items, spec, 1.0),
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=collate_skip_bad,
+        num_workers=workers,
+        pin_memory=pin,
+        drop_last=True,
+        persistent_workers=workers > 0,
+    )
 
 
 def _sync(device: torch.device) -> None:
@@ -67,11 +74,17 @@ def main() -> None:
     records, _ = scan_records(args.data_dir)
     items, _ = apply_label_policy(records, LabelPolicy(max_count=5, overflow=True))
     items = items[: args.limit]
-    print(f"machine: {platform.processor() or platform.machine()} cpus: {os.cpu_count()} "
-          f"torch_threads: {torch.get_num_threads()} device: {device}"
-          + (f" gpu: {torch.cuda.get_device_name(device)}" if cuda else ""), flush=True)
-    print(f"config: architecture: {args.architecture} input_size: {args.input_size} batch_size: {args.batch_size} "
-          f"num_workers: {args.num_workers} images: {len(items)} amp: {cuda and args.amp}", flush=True)
+    print(
+        f"machine: {platform.processor() or platform.machine()} cpus: {os.cpu_count()} "
+        f"torch_threads: {torch.get_num_threads()} device: {device}"
+        + (f" gpu: {torch.cuda.get_device_name(device)}" if cuda else ""),
+        flush=True,
+    )
+    print(
+        f"config: architecture: {args.architecture} input_size: {args.input_size} batch_size: {args.batch_size} "
+        f"num_workers: {args.num_workers} images: {len(items)} amp: {cuda and args.amp}",
+        flush=True,
+    )
 
     # 1. Data loading alone (decode + augmentation + collate), one pass over --limit images.
     loader = _loader(items, spec, args.batch_size, args.num_workers, 0, cuda)

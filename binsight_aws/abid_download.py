@@ -57,6 +57,7 @@ def metadata_key(bin_id: str) -> str:
 # Verification
 # ------------------------------------------------------------------------------------------------
 
+
 def check_metadata(data: bytes) -> int:
     """``EXPECTED_QUANTITY`` of metadata bytes; :class:`CorruptObject` when unusable."""
     try:
@@ -101,14 +102,15 @@ def remove_stale_parts(dest: Path) -> int:
 # Results
 # ------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class DownloadSummary:
     requested_bins: int = 0
     complete_bins: int = 0
-    filtered_bins: int = 0        # above max_count: not written
+    filtered_bins: int = 0  # above max_count: not written
     files_downloaded: int = 0
-    files_skipped: int = 0        # already on disk and verified
-    files_refetched: int = 0      # on disk but failed verification, fetched again
+    files_skipped: int = 0  # already on disk and verified
+    files_refetched: int = 0  # on disk but failed verification, fetched again
     bytes_downloaded: int = 0
     retries: int = 0
     seconds: float = 0.0
@@ -136,12 +138,13 @@ class DownloadSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "failures"} | {
-            "failures": [{"key": k, "reason": r} for k, r in self.failures]}
+            "failures": [{"key": k, "reason": r} for k, r in self.failures]
+        }
 
 
 @dataclass
 class FileOutcome:
-    status: str                    # downloaded | skipped | failed
+    status: str  # downloaded | skipped | failed
     data: bytes | None = None
     reason: str | None = None
     nbytes: int = 0
@@ -163,12 +166,21 @@ def _tally(result: dict[str, Any], outcome: FileOutcome) -> None:
 # Downloader
 # ------------------------------------------------------------------------------------------------
 
+
 class AbidDownloader:
     """Fetches bins from ``bucket`` into ``dest``; ``s3`` is a boto3 S3 client (botocore retries off)."""
 
-    def __init__(self, s3: Any, bucket: str, dest: str | os.PathLike, *, workers: int = 16,
-                 backoff: Backoff | None = None, log: Log = print_line,
-                 progress_factory: Callable[..., Progress] = Progress) -> None:
+    def __init__(
+        self,
+        s3: Any,
+        bucket: str,
+        dest: str | os.PathLike,
+        *,
+        workers: int = 16,
+        backoff: Backoff | None = None,
+        log: Log = print_line,
+        progress_factory: Callable[..., Progress] = Progress,
+    ) -> None:
         self.s3, self.bucket, self.dest = s3, bucket, Path(dest)
         self.workers = workers
         self.backoff = backoff or Backoff()
@@ -206,9 +218,16 @@ class AbidDownloader:
 
         return self.backoff.call(attempt, self._note_retry)
 
-    def ensure_file(self, key: str, path: Path, check: Callable[[bytes], Any], *,
-                    expected_size: int | None = None, write: bool = True,
-                    accept: Callable[[bytes], str | None] | None = None) -> FileOutcome:
+    def ensure_file(
+        self,
+        key: str,
+        path: Path,
+        check: Callable[[bytes], Any],
+        *,
+        expected_size: int | None = None,
+        write: bool = True,
+        accept: Callable[[bytes], str | None] | None = None,
+    ) -> FileOutcome:
         """Make ``path`` hold the verified object ``key``: skip when it already does, else fetch.
 
         ``accept(data)`` may veto writing (returns a reason); the bytes are still returned.
@@ -238,21 +257,35 @@ class AbidDownloader:
         veto = accept(data) if accept else None
         if write and veto is None:
             atomic_write(path, data, suffix=PART_SUFFIX)
-        return FileOutcome("downloaded", data=data, nbytes=len(data), refetched=refetch,
-                           reason=veto)
+        return FileOutcome("downloaded", data=data, nbytes=len(data), refetched=refetch, reason=veto)
 
     # -- one bin ----------------------------------------------------------------------------------
-    def fetch_bin(self, bin_id: str, *, max_count: int | None = None, metadata: bytes | None = None,
-                  metadata_size: int | None = None) -> dict[str, Any]:
+    def fetch_bin(
+        self,
+        bin_id: str,
+        *,
+        max_count: int | None = None,
+        metadata: bytes | None = None,
+        metadata_size: int | None = None,
+    ) -> dict[str, Any]:
         """Metadata first (it may filter the bin out), then the image. Returns counters for the summary."""
-        result: dict[str, Any] = {"downloaded": 0, "skipped": 0, "refetched": 0, "bytes": 0, "failure": None,
-                                  "filtered": False}
+        result: dict[str, Any] = {
+            "downloaded": 0,
+            "skipped": 0,
+            "refetched": 0,
+            "bytes": 0,
+            "failure": None,
+            "filtered": False,
+        }
         meta_path = self.dest / ABID_METADATA_DIR / f"{bin_id}.json"
 
         def too_many(data: bytes) -> str | None:
             count = check_metadata(data)
-            return f"EXPECTED_QUANTITY {count} > max_count {max_count}" if max_count is not None and \
-                count > max_count else None
+            return (
+                f"EXPECTED_QUANTITY {count} > max_count {max_count}"
+                if max_count is not None and count > max_count
+                else None
+            )
 
         if metadata is not None:  # already fetched (and checked) while sampling
             if meta_path.is_file() and meta_path.read_bytes() == metadata:
@@ -261,8 +294,9 @@ class AbidDownloader:
                 atomic_write(meta_path, metadata, suffix=PART_SUFFIX)
                 meta = FileOutcome("downloaded", data=metadata, nbytes=len(metadata))
         else:
-            meta = self.ensure_file(metadata_key(bin_id), meta_path, check_metadata, expected_size=metadata_size,
-                                    accept=too_many)
+            meta = self.ensure_file(
+                metadata_key(bin_id), meta_path, check_metadata, expected_size=metadata_size, accept=too_many
+            )
         _tally(result, meta)
         if meta.status == "failed":
             result["failure"] = (metadata_key(bin_id), meta.reason)
@@ -288,9 +322,14 @@ class AbidDownloader:
         return result
 
     # -- many bins --------------------------------------------------------------------------------
-    def download(self, ids: Iterable[str], *, max_count: int | None = None,
-                 metadata: Mapping[str, bytes] | None = None,
-                 metadata_sizes: Mapping[str, int] | None = None) -> DownloadSummary:
+    def download(
+        self,
+        ids: Iterable[str],
+        *,
+        max_count: int | None = None,
+        metadata: Mapping[str, bytes] | None = None,
+        metadata_sizes: Mapping[str, int] | None = None,
+    ) -> DownloadSummary:
         """Fetch every bin in ``ids``; Ctrl-C stops cleanly (the summary says ``interrupted``)."""
         ids = list(dict.fromkeys(ids))
         metadata, metadata_sizes = metadata or {}, metadata_sizes or {}
@@ -308,8 +347,11 @@ class AbidDownloader:
             with self.progress_factory("download", total=len(ids), unit="bin", log=self.log) as progress:
                 # a bounded queue of futures: memory stays flat for 500k ids and Ctrl-C is prompt
                 for bin_id in ids:
-                    inflight.add(pool.submit(self._safe_fetch, bin_id, max_count, metadata.get(bin_id),
-                                             metadata_sizes.get(bin_id)))
+                    inflight.add(
+                        pool.submit(
+                            self._safe_fetch, bin_id, max_count, metadata.get(bin_id), metadata_sizes.get(bin_id)
+                        )
+                    )
                     if len(inflight) >= self.workers * 4:
                         done, _ = wait(inflight, return_when=FIRST_COMPLETED)
                         self._collect(done, inflight, summary, progress)
@@ -331,15 +373,17 @@ class AbidDownloader:
         self._write_summary(summary)
         return summary
 
-    def _safe_fetch(self, bin_id: str, max_count: int | None, metadata: bytes | None,
-                    metadata_size: int | None) -> dict[str, Any]:
+    def _safe_fetch(
+        self, bin_id: str, max_count: int | None, metadata: bytes | None, metadata_size: int | None
+    ) -> dict[str, Any]:
         try:
             return self.fetch_bin(bin_id, max_count=max_count, metadata=metadata, metadata_size=metadata_size)
         except Interrupted:
             return {"interrupted": True}
 
-    def _collect(self, done: Iterable[Future], inflight: set[Future], summary: DownloadSummary,
-                 progress: Progress | None) -> None:
+    def _collect(
+        self, done: Iterable[Future], inflight: set[Future], summary: DownloadSummary, progress: Progress | None
+    ) -> None:
         for future in list(done):
             inflight.discard(future)
             result = future.result()

@@ -54,8 +54,10 @@ def parse_file_list(raw: Any, where: str = "file list") -> list[str]:
         entries = []
         for key, values in raw.items():
             if not isinstance(values, list):
-                raise InputError(f"{where}: the value of {key!r} must be a list of metadata files or ids, "
-                                 f"not {type(values).__name__}")
+                raise InputError(
+                    f"{where}: the value of {key!r} must be a list of metadata files or ids, "
+                    f"not {type(values).__name__}"
+                )
             entries.extend(values)
     elif isinstance(raw, list):
         entries = raw
@@ -100,11 +102,12 @@ def read_ids_file(path: str | os.PathLike) -> list[str]:
 # Random sample
 # ------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Sample:
     ids: list[str]
-    metadata: dict[str, bytes] = field(default_factory=dict)   # fetched while sampling, written later
-    sizes: dict[str, int] = field(default_factory=dict)        # metadata sizes from the listing
+    metadata: dict[str, bytes] = field(default_factory=dict)  # fetched while sampling, written later
+    sizes: dict[str, int] = field(default_factory=dict)  # metadata sizes from the listing
     listed: int = 0
     metadata_read: int = 0
     metadata_bytes: int = 0
@@ -112,8 +115,9 @@ class Sample:
     unreadable: int = 0
 
 
-def list_metadata(s3: Any, bucket: str, limit: int, dest: Path, *, refresh: bool = False,
-                  log: Log = print_line) -> dict[str, int]:
+def list_metadata(
+    s3: Any, bucket: str, limit: int, dest: Path, *, refresh: bool = False, log: Log = print_line
+) -> dict[str, int]:
     """``{id: size}`` of up to ``limit`` keys under ``metadata/`` (cached in ``dest``)."""
     cache = dest / LISTING_FILE
     if cache.is_file() and not refresh:
@@ -131,7 +135,7 @@ def list_metadata(s3: Any, bucket: str, limit: int, dest: Path, *, refresh: bool
     with Progress("listing", total=None, unit="key", log=log) as progress:
         for page in paginator.paginate(Bucket=bucket, Prefix=METADATA_PREFIX, PaginationConfig={"PageSize": 1000}):
             for obj in page.get("Contents", []):
-                name = obj["Key"][len(METADATA_PREFIX):]
+                name = obj["Key"][len(METADATA_PREFIX) :]
                 if "/" in name or not name.endswith(".json"):
                     continue
                 try:
@@ -150,8 +154,9 @@ def list_metadata(s3: Any, bucket: str, limit: int, dest: Path, *, refresh: bool
     return keys
 
 
-def _read_candidate(downloader: AbidDownloader, listing: dict[str, int],
-                    bin_id: str) -> tuple[str, bytes | None, int, bool, str | None]:
+def _read_candidate(
+    downloader: AbidDownloader, listing: dict[str, int], bin_id: str
+) -> tuple[str, bytes | None, int, bool, str | None]:
     """(id, bytes or None when unreadable, count, fetched?, why unreadable); a local copy of the
     listed size is used as it is."""
     local = downloader.dest / ABID_METADATA_DIR / f"{bin_id}.json"
@@ -169,11 +174,21 @@ def _read_candidate(downloader: AbidDownloader, listing: dict[str, int],
         return bin_id, None, -1, True, describe_error(exc)
 
 
-def sample_bins(downloader: AbidDownloader, n: int, *, max_count: int | None, seed: int, list_limit: int,
-                read_limit: int | None = None, refresh_listing: bool = False, log: Log = print_line) -> Sample:
+def sample_bins(
+    downloader: AbidDownloader,
+    n: int,
+    *,
+    max_count: int | None,
+    seed: int,
+    list_limit: int,
+    read_limit: int | None = None,
+    refresh_listing: bool = False,
+    log: Log = print_line,
+) -> Sample:
     """Pick ``n`` bins at random (with ``EXPECTED_QUANTITY <= max_count``), reading metadata in chunks."""
-    listing = list_metadata(downloader.s3, downloader.bucket, list_limit, downloader.dest,
-                            refresh=refresh_listing, log=log)
+    listing = list_metadata(
+        downloader.s3, downloader.bucket, list_limit, downloader.dest, refresh=refresh_listing, log=log
+    )
     if not listing:
         raise InputError(f"no metadata/*.json keys in bucket {downloader.bucket}")
     candidates = sorted(listing)
@@ -183,14 +198,18 @@ def sample_bins(downloader: AbidDownloader, n: int, *, max_count: int | None, se
     sample = Sample(ids=[], listed=len(listing))
     chunk = max(8, downloader.workers * 4)
     read = functools.partial(_read_candidate, downloader, listing)
-    log(f"sample_start: want: {n} max_count: {max_count} seed: {seed} candidates: {len(candidates)} "
-        f"listed: {len(listing)}")
-    with ThreadPoolExecutor(max_workers=downloader.workers, thread_name_prefix="sample") as pool, \
-            Progress("sample", total=n, unit="bin", log=log) as progress:
+    log(
+        f"sample_start: want: {n} max_count: {max_count} seed: {seed} candidates: {len(candidates)} "
+        f"listed: {len(listing)}"
+    )
+    with (
+        ThreadPoolExecutor(max_workers=downloader.workers, thread_name_prefix="sample") as pool,
+        Progress("sample", total=n, unit="bin", log=log) as progress,
+    ):
         for start in range(0, len(candidates), chunk):
             if len(sample.ids) >= n:
                 break
-            for bin_id, data, count, fetched, why in pool.map(read, candidates[start:start + chunk]):
+            for bin_id, data, count, fetched, why in pool.map(read, candidates[start : start + chunk]):
                 sample.metadata_read += 1
                 if data is None:
                     sample.unreadable += 1
@@ -207,9 +226,13 @@ def sample_bins(downloader: AbidDownloader, n: int, *, max_count: int | None, se
                     sample.metadata[bin_id] = data
                     sample.sizes[bin_id] = listing[bin_id]
                     progress.update(1)
-    log(f"sample_done: chosen: {len(sample.ids)} metadata_read: {sample.metadata_read} rejected_over_max: "
-        f"{sample.rejected} unreadable: {sample.unreadable} metadata_bytes: {sample.metadata_bytes}")
+    log(
+        f"sample_done: chosen: {len(sample.ids)} metadata_read: {sample.metadata_read} rejected_over_max: "
+        f"{sample.rejected} unreadable: {sample.unreadable} metadata_bytes: {sample.metadata_bytes}"
+    )
     if len(sample.ids) < n:
-        log(f"sample_short: found {len(sample.ids)} of {n} bins within {read_limit} metadata reads "
-            "(raise --metadata-read-limit or --max-count)")
+        log(
+            f"sample_short: found {len(sample.ids)} of {n} bins within {read_limit} metadata reads "
+            "(raise --metadata-read-limit or --max-count)"
+        )
     return sample

@@ -52,8 +52,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="binsight-aws", description=__doc__.split("\n\n")[0],
-                     epilog="Run 'binsight-aws <command> --help' for a command's options.")
+    parser = _Parser(
+        prog="binsight-aws",
+        description=__doc__.split("\n\n")[0],
+        epilog="Run 'binsight-aws <command> --help' for a command's options.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
     for command, (model, _) in COMMANDS.items():
         summary = (model.__doc__ or "").strip().splitlines()[0]
@@ -74,8 +77,10 @@ def describe_aws_error(exc: Exception) -> str | None:
     except ImportError:  # pragma: no cover - boto3 is in the aws extra
         return None
     if isinstance(exc, bex.NoCredentialsError):
-        return ("no AWS credentials found: run 'aws configure', set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
-                "or pass --profile")
+        return (
+            "no AWS credentials found: run 'aws configure', set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+            "or pass --profile"
+        )
     if isinstance(exc, bex.NoRegionError):
         return "no AWS region: pass --region or set AWS_REGION"
     if isinstance(exc, bex.ProfileNotFound):

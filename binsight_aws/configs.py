@@ -71,7 +71,8 @@ class CommandConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     region: str | None = Field(
-        None, description="AWS region (default: AWS_REGION, AWS_DEFAULT_REGION or the profile's)")
+        None, description="AWS region (default: AWS_REGION, AWS_DEFAULT_REGION or the profile's)"
+    )
     profile: str | None = Field(None, description="AWS profile name (default: the default credential chain)")
     endpoint_url: str | None = Field(None, description="Send every AWS call here (tests, S3-compatible stores)")
 
@@ -107,6 +108,7 @@ class CommandConfig(BaseModel):
 # Data
 # ------------------------------------------------------------------------------------------------
 
+
 class DownloadAbidConfig(CommandConfig):
     """download-abid: bins of the Amazon Bin Image Dataset into the ABID layout."""
 
@@ -124,7 +126,8 @@ class DownloadAbidConfig(CommandConfig):
     retries: int = Field(5, ge=0, le=20, description="Retries per file on throttling, 5xx and connection errors")
     list_limit: int = Field(1_000_000, ge=1, description="--sample: list at most this many metadata keys")
     metadata_read_limit: int | None = Field(
-        None, ge=1, description="--sample: read at most this many metadata files (default 5 x sample + 100)")
+        None, ge=1, description="--sample: read at most this many metadata files (default 5 x sample + 100)"
+    )
     refresh_listing: bool = Field(False, description="--sample: list the bucket again instead of the cached listing")
 
     @field_validator("ids")
@@ -134,12 +137,21 @@ class DownloadAbidConfig(CommandConfig):
 
     @model_validator(mode="after")
     def _one_selection(self) -> DownloadAbidConfig:
-        chosen = [name for name, given in (("--file-list", self.file_list), ("--ids", self.ids),
-                                           ("--ids-file", self.ids_file), ("--sample", self.sample))
-                  if given is not None]
+        chosen = [
+            name
+            for name, given in (
+                ("--file-list", self.file_list),
+                ("--ids", self.ids),
+                ("--ids-file", self.ids_file),
+                ("--sample", self.sample),
+            )
+            if given is not None
+        ]
         if len(chosen) != 1:
-            raise ValueError("choose the bins with exactly one of --file-list, --ids, --ids-file or --sample "
-                             f"(got {', '.join(chosen) if chosen else 'none'})")
+            raise ValueError(
+                "choose the bins with exactly one of --file-list, --ids, --ids-file or --sample "
+                f"(got {', '.join(chosen) if chosen else 'none'})"
+            )
         for name, path in (("--file-list", self.file_list), ("--ids-file", self.ids_file)):
             if path is not None and not path.is_file():
                 raise ValueError(f"{name} {path} does not exist or is not a file")
@@ -151,12 +163,17 @@ class DownloadAbidConfig(CommandConfig):
 class UploadDatasetConfig(CommandConfig):
     """upload-dataset: a dataset folder -> S3 training channels."""
 
-    source: Path = Field(..., description="Dataset folder: with train/ (validation/, test/) subfolders, or one "
-                                          "dataset that becomes the train channel")
+    source: Path = Field(
+        ...,
+        description="Dataset folder: with train/ (validation/, test/) subfolders, or one "
+        "dataset that becomes the train channel",
+    )
     s3_uri: str = Field(..., description="Destination prefix; channels go to <prefix>/train/, <prefix>/validation/")
     channel: dict[str, Path] | None = Field(
-        None, description="Explicit channel=folder pairs instead of guessing from --source",
-        json_schema_extra={"metavar": "NAME=DIR"})
+        None,
+        description="Explicit channel=folder pairs instead of guessing from --source",
+        json_schema_extra={"metavar": "NAME=DIR"},
+    )
     workers: int = Field(8, ge=1, le=128, description="Parallel uploads")
     dry_run: bool = Field(False, description="Only say what would be uploaded")
 
@@ -177,6 +194,7 @@ class UploadDatasetConfig(CommandConfig):
 # Images
 # ------------------------------------------------------------------------------------------------
 
+
 class PushImagesConfig(CommandConfig):
     """push-images: the serving and training images -> ECR."""
 
@@ -192,6 +210,7 @@ class PushImagesConfig(CommandConfig):
     @classmethod
     def _repo(cls, value: str) -> str:
         import re
+
         if not re.match(r"^[a-z0-9]+(?:[._/-][a-z0-9]+)*$", value) or len(value) > 256:
             raise ValueError(f"{value!r} is not an ECR repository name (lowercase letters, digits, . _ - /)")
         return value
@@ -200,6 +219,7 @@ class PushImagesConfig(CommandConfig):
 # ------------------------------------------------------------------------------------------------
 # Training and tuning
 # ------------------------------------------------------------------------------------------------
+
 
 class JobConfig(CommandConfig):
     """What a training job and the training jobs of a tuning job share."""
@@ -217,11 +237,16 @@ class JobConfig(CommandConfig):
     spot: bool = Field(False, description="Managed spot training (cheaper; may be interrupted and resumed)")
     checkpoint_uri: str | None = Field(None, description="S3 prefix synced with /opt/ml/checkpoints (spot resume)")
     max_wait_s: int | None = Field(
-        None, ge=60, le=MAX_RUNTIME_LIMIT_S,
-        description="Spot: give up after this much time waiting + running (default 2 x max runtime, at least it)")
+        None,
+        ge=60,
+        le=MAX_RUNTIME_LIMIT_S,
+        description="Spot: give up after this much time waiting + running (default 2 x max runtime, at least it)",
+    )
     hyperparameters: dict[str, str] = Field(
-        default_factory=dict, description="Hyperparameter KEY=VALUE (see train --help); repeatable",
-        json_schema_extra={"flags": ["--hp", "--hyperparameter"], "metavar": "KEY=VALUE"})
+        default_factory=dict,
+        description="Hyperparameter KEY=VALUE (see train --help); repeatable",
+        json_schema_extra={"flags": ["--hp", "--hyperparameter"], "metavar": "KEY=VALUE"},
+    )
     hyperparameters_file: Path | None = Field(None, description="JSON object of hyperparameters (--hp wins)")
     allow_unknown_instance_type: bool = Field(False, description="Accept an instance family this tool does not know")
     wait: bool = Field(True, description="Wait for the job and report on it")
@@ -251,8 +276,9 @@ class JobConfig(CommandConfig):
             try:
                 loaded = json.loads(self.hyperparameters_file.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise ValueError(f"--hyperparameters-file {self.hyperparameters_file}: not readable JSON ({exc})") \
-                    from None
+                raise ValueError(
+                    f"--hyperparameters-file {self.hyperparameters_file}: not readable JSON ({exc})"
+                ) from None
             if not isinstance(loaded, dict):
                 raise ValueError(f"--hyperparameters-file {self.hyperparameters_file} must hold a JSON object")
             merged = self._stringify(loaded)
@@ -267,9 +293,11 @@ class JobConfig(CommandConfig):
             if self.max_wait_s is None:
                 object.__setattr__(self, "max_wait_s", min(MAX_RUNTIME_LIMIT_S, 2 * self.max_runtime_s))
             if self.max_wait_s < self.max_runtime_s:
-                raise ValueError(f"--max-wait-s ({self.max_wait_s}) must be at least --max-runtime-s "
-                                 f"({self.max_runtime_s}): it counts the time waiting for spot capacity plus the "
-                                 "time running")
+                raise ValueError(
+                    f"--max-wait-s ({self.max_wait_s}) must be at least --max-runtime-s "
+                    f"({self.max_runtime_s}): it counts the time waiting for spot capacity plus the "
+                    "time running"
+                )
         elif self.max_wait_s is not None:
             raise ValueError("--max-wait-s applies to spot training only; add --spot or drop it")
         channels = [u for u in (self.train_uri, self.validation_uri, self.test_uri) if u]
@@ -294,16 +322,20 @@ class TrainingJobConfig(JobConfig):
     @model_validator(mode="after")
     def _spot_checkpoint(self) -> TrainingJobConfig:
         if self.spot and not self.checkpoint_uri:
-            raise ValueError("--spot needs --checkpoint-uri: an interrupted spot job resumes from the checkpoints "
-                             "synced there (without them it starts over)")
+            raise ValueError(
+                "--spot needs --checkpoint-uri: an interrupted spot job resumes from the checkpoints "
+                "synced there (without them it starts over)"
+            )
         return self
 
 
 class TuningJobConfig(JobConfig):
     """tune: a hyperparameter tuning job over lr, batch size, epochs and architecture, maximising val_acc."""
 
-    tuning_job_name: str = Field(default_factory=lambda: f"binsight-{_stamp('%y%m%d-%H%M%S')}",
-                                 description="Tuning job name (at most 32 characters)")
+    tuning_job_name: str = Field(
+        default_factory=lambda: f"binsight-{_stamp('%y%m%d-%H%M%S')}",
+        description="Tuning job name (at most 32 characters)",
+    )
     lr_range: str | None = Field("1e-5:1e-2", description="Learning rate MIN:MAX, searched on a log scale")
     batch_sizes: list[int] | None = Field(None, description="Batch sizes to try (categorical), e.g. 16,32,64")
     batch_size_range: str | None = Field(None, description="Batch size MIN:MAX (integer), instead of --batch-sizes")
@@ -314,8 +346,9 @@ class TuningJobConfig(JobConfig):
     strategy: Literal["Bayesian", "Random", "Hyperband", "Grid"] = Field("Bayesian", description="Search strategy")
     early_stopping: Literal["Off", "Auto"] = Field("Off", description="Stop unpromising training jobs early")
 
-    _name = field_validator("tuning_job_name")(classmethod(
-        lambda cls, v: check_sagemaker_name(v, "tuning job name", TUNING_JOB_NAME_MAX)))
+    _name = field_validator("tuning_job_name")(
+        classmethod(lambda cls, v: check_sagemaker_name(v, "tuning job name", TUNING_JOB_NAME_MAX))
+    )
 
     @staticmethod
     def split_range(text: str, option: str, kind: type) -> tuple[Any, Any]:
@@ -350,16 +383,20 @@ class TuningJobConfig(JobConfig):
                 raise ValueError("--epochs-range: MIN must be at least 1")
         tuned = self.tuned_names()
         if not tuned:
-            raise ValueError("nothing to tune: give at least one of --lr-range, --batch-sizes/--batch-size-range, "
-                             "--epochs-range, --architectures")
+            raise ValueError(
+                "nothing to tune: give at least one of --lr-range, --batch-sizes/--batch-size-range, "
+                "--epochs-range, --architectures"
+            )
         clash = sorted(set(tuned) & set(self.hyperparameters))
         if clash:
             raise ValueError(f"{', '.join(clash)} are tuned; drop them from the static --hp values")
         if self.max_parallel_jobs > self.max_jobs:
             raise ValueError("--max-parallel-jobs cannot exceed --max-jobs")
         if self.strategy == "Grid" and (self.lr_range or self.epochs_range or self.batch_size_range):
-            raise ValueError("the Grid strategy searches categorical values only: use --batch-sizes and "
-                             "--architectures, and --lr-range '' to turn off the default learning-rate range")
+            raise ValueError(
+                "the Grid strategy searches categorical values only: use --batch-sizes and "
+                "--architectures, and --lr-range '' to turn off the default learning-rate range"
+            )
         if self.strategy == "Hyperband" and self.early_stopping != "Off":
             raise ValueError("Hyperband stops jobs itself: use --early-stopping Off with it")
         return self
@@ -380,6 +417,7 @@ class TuningJobConfig(JobConfig):
 # ------------------------------------------------------------------------------------------------
 # Model, endpoint, batch transform
 # ------------------------------------------------------------------------------------------------
+
 
 class PackageModelConfig(CommandConfig):
     """package-model: an artifact folder -> model.tar.gz (model.json + model.pth at the root)."""
@@ -407,10 +445,14 @@ class DeployConfig(CommandConfig):
     model_name: str | None = Field(None, description="SageMaker model name (default <endpoint>-<time>)")
     instance_type: str = Field("ml.m5.large", description="Hosting instance type")
     instance_count: int = Field(1, ge=1, le=100, description="Hosting instances")
-    env: dict[str, str] = Field(default_factory=dict, description="Container environment KEY=VALUE; repeatable",
-                                json_schema_extra={"metavar": "KEY=VALUE"})
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Container environment KEY=VALUE; repeatable",
+        json_schema_extra={"metavar": "KEY=VALUE"},
+    )
     mode: Literal["auto", "create", "update"] = Field(
-        "auto", description="create, update, or auto (update when the endpoint exists)")
+        "auto", description="create, update, or auto (update when the endpoint exists)"
+    )
     allow_unknown_instance_type: bool = Field(False, description="Accept an instance family this tool does not know")
     wait: bool = Field(True, description="Wait until the endpoint is InService")
     poll_s: float = Field(30.0, gt=0, le=3600, description="Seconds between status checks while waiting")
@@ -441,11 +483,20 @@ class DeployConfig(CommandConfig):
     @model_validator(mode="after")
     def _one_model_source(self) -> DeployConfig:
         check_instance_type(self.instance_type, self.allow_unknown_instance_type)
-        sources = [n for n, v in (("--model-data", self.model_data), ("--model-dir", self.model_dir),
-                                  ("--training-job", self.training_job)) if v is not None]
+        sources = [
+            n
+            for n, v in (
+                ("--model-data", self.model_data),
+                ("--model-dir", self.model_dir),
+                ("--training-job", self.training_job),
+            )
+            if v is not None
+        ]
         if len(sources) != 1:
-            raise ValueError("give the model with exactly one of --model-data, --model-dir, --training-job "
-                             f"(got {', '.join(sources) if sources else 'none'})")
+            raise ValueError(
+                "give the model with exactly one of --model-data, --model-dir, --training-job "
+                f"(got {', '.join(sources) if sources else 'none'})"
+            )
         if self.model_dir is not None and not self.upload_uri:
             raise ValueError("--model-dir needs --upload-uri (where model.tar.gz goes in S3)")
         return self
@@ -490,8 +541,9 @@ class BatchTransformConfig(CommandConfig):
     job_name: str = Field(default_factory=lambda: f"binsight-transform-{_stamp()}", description="Transform job name")
     instance_type: str = Field("ml.m5.large", description="Instance type")
     instance_count: int = Field(1, ge=1, le=100, description="Instances")
-    max_concurrent_transforms: int = Field(0, ge=0, le=1000, description="Requests at once per instance (0: AWS "
-                                                                          "default)")
+    max_concurrent_transforms: int = Field(
+        0, ge=0, le=1000, description="Requests at once per instance (0: AWS default)"
+    )
     max_payload_mb: int = Field(6, ge=1, le=100, description="Largest photo in MB")
     allow_unknown_instance_type: bool = Field(False, description="Accept an instance family this tool does not know")
     wait: bool = Field(True, description="Wait for the job")

@@ -16,8 +16,14 @@ def make_downloader(config: DownloadAbidConfig, log: Log = print_line, backoff_b
     clients = AwsClients.for_command(config, max_pool_connections=config.workers + 4)
     # our Backoff owns the retries (it also covers short and corrupt bodies), so botocore makes one attempt
     s3 = clients.client("s3", unsigned=config.unsigned, max_attempts=1)
-    return AbidDownloader(s3, config.bucket, config.dest, workers=config.workers, log=log,
-                          backoff=Backoff(retries=config.retries, base_s=backoff_base_s))
+    return AbidDownloader(
+        s3,
+        config.bucket,
+        config.dest,
+        workers=config.workers,
+        log=log,
+        backoff=Backoff(retries=config.retries, base_s=backoff_base_s),
+    )
 
 
 def run(config: DownloadAbidConfig, log: Log = print_line, downloader: AbidDownloader | None = None) -> int:
@@ -31,9 +37,16 @@ def run(config: DownloadAbidConfig, log: Log = print_line, downloader: AbidDownl
         ids = list(dict.fromkeys(config.ids))
     else:
         try:
-            sample = sample_bins(downloader, config.sample, max_count=config.max_count, seed=config.seed,
-                                 list_limit=config.list_limit, read_limit=config.metadata_read_limit,
-                                 refresh_listing=config.refresh_listing, log=log)
+            sample = sample_bins(
+                downloader,
+                config.sample,
+                max_count=config.max_count,
+                seed=config.seed,
+                list_limit=config.list_limit,
+                read_limit=config.metadata_read_limit,
+                refresh_listing=config.refresh_listing,
+                log=log,
+            )
         except KeyboardInterrupt:
             log("sample_interrupted: nothing written yet; run the same command to start again")
             return EXIT_INTERRUPTED

@@ -25,8 +25,13 @@ class DockerError(RuntimeError):
 def docker(command: Sequence[str], *, input_text: str | None = None, log: Log | None = None) -> str:
     """Run docker; with ``log``, stream its output line by line (push progress)."""
     try:
-        process = subprocess.Popen(list(command), stdin=subprocess.PIPE if input_text is not None else None,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(
+            list(command),
+            stdin=subprocess.PIPE if input_text is not None else None,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     except OSError as exc:
         raise DockerError(f"cannot run {command[0]!r}: {exc}") from None
     if input_text is not None:
@@ -52,8 +57,9 @@ def ensure_repository(ecr: Any, name: str, log: Log) -> str:
         repo = ecr.describe_repositories(repositoryNames=[name])["repositories"][0]
         log(f"ecr_repository: {name} exists uri: {repo['repositoryUri']}")
     except ecr.exceptions.RepositoryNotFoundException:
-        repo = ecr.create_repository(repositoryName=name, imageScanningConfiguration={"scanOnPush": True},
-                                     imageTagMutability="MUTABLE")["repository"]
+        repo = ecr.create_repository(
+            repositoryName=name, imageScanningConfiguration={"scanOnPush": True}, imageTagMutability="MUTABLE"
+        )["repository"]
         log(f"ecr_repository: {name} created uri: {repo['repositoryUri']}")
     return repo["repositoryUri"]
 
@@ -69,8 +75,10 @@ def login(ecr: Any, docker_cmd: str, log: Log) -> str:
 
 
 def run(config: PushImagesConfig, log: Log = print_line, clients: AwsClients | None = None) -> int:
-    local = {"serving": (config.serving_image, config.serving_repository),
-             "training": (config.training_image, config.training_repository)}
+    local = {
+        "serving": (config.serving_image, config.serving_repository),
+        "training": (config.training_image, config.training_repository),
+    }
     wanted = list(dict.fromkeys(config.images))
     if shutil.which(config.docker) is None:
         raise InputError(f"docker command {config.docker!r} not found (install Docker or pass --docker)")
@@ -79,8 +87,9 @@ def run(config: PushImagesConfig, log: Log = print_line, clients: AwsClients | N
         try:
             docker([config.docker, "image", "inspect", "--format", "{{.Id}}", image])
         except DockerError:
-            raise InputError(f"local {kind} image {image!r} not found: build it first (see README) or pass "
-                             f"--{kind}-image") from None
+            raise InputError(
+                f"local {kind} image {image!r} not found: build it first (see README) or pass --{kind}-image"
+            ) from None
     clients = clients or AwsClients.for_command(config)
     ecr = clients.client("ecr")
     uris = {kind: ensure_repository(ecr, local[kind][1], log) for kind in wanted}

@@ -40,8 +40,10 @@ def describe_endpoint(sagemaker: Any, name: str) -> dict[str, Any] | None:
         return sagemaker.describe_endpoint(EndpointName=name)
     except ClientError as exc:
         message = str(exc.response.get("Error", {}).get("Message", ""))
-        if exc.response.get("Error", {}).get("Code") in ("ValidationException", "ResourceNotFound") and \
-                "not find" in message.lower():
+        if (
+            exc.response.get("Error", {}).get("Code") in ("ValidationException", "ResourceNotFound")
+            and "not find" in message.lower()
+        ):
             return None
         raise
 
@@ -50,16 +52,28 @@ def model_request(name: str, config: DeployConfig, model_data: str) -> dict[str,
     container: dict[str, Any] = {"Image": config.image_uri, "ModelDataUrl": model_data, "Mode": "SingleModel"}
     if config.env:
         container["Environment"] = dict(config.env)
-    return {"ModelName": name, "ExecutionRoleArn": config.role_arn, "PrimaryContainer": container,
-            "Tags": [{"Key": "project", "Value": "binsight"}]}
+    return {
+        "ModelName": name,
+        "ExecutionRoleArn": config.role_arn,
+        "PrimaryContainer": container,
+        "Tags": [{"Key": "project", "Value": "binsight"}],
+    }
 
 
 def endpoint_config_request(name: str, model_name: str, config: DeployConfig) -> dict[str, Any]:
-    return {"EndpointConfigName": name,
-            "ProductionVariants": [{"VariantName": VARIANT, "ModelName": model_name,
-                                    "InitialInstanceCount": config.instance_count,
-                                    "InstanceType": config.instance_type, "InitialVariantWeight": 1.0}],
-            "Tags": [{"Key": "project", "Value": "binsight"}]}
+    return {
+        "EndpointConfigName": name,
+        "ProductionVariants": [
+            {
+                "VariantName": VARIANT,
+                "ModelName": model_name,
+                "InitialInstanceCount": config.instance_count,
+                "InstanceType": config.instance_type,
+                "InitialVariantWeight": 1.0,
+            }
+        ],
+        "Tags": [{"Key": "project", "Value": "binsight"}],
+    }
 
 
 def resolve_model_data(config: DeployConfig, clients: AwsClients, model_name: str, log: Log) -> str:
@@ -87,29 +101,44 @@ def resolve_model_data(config: DeployConfig, clients: AwsClients, model_name: st
     return uri.uri
 
 
-def wait_for_endpoint(sagemaker: Any, name: str, *, poll_s: float, log: Log = print_line,
-                      sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
-    return wait_for_status(lambda: sagemaker.describe_endpoint(EndpointName=name), "EndpointStatus",
-                           lambda status: status not in DEPLOYING, name="endpoint_status",
-                           details=lambda d: {"failure_reason": d.get("FailureReason")}, poll_s=poll_s, log=log,
-                           sleep=sleep)
+def wait_for_endpoint(
+    sagemaker: Any, name: str, *, poll_s: float, log: Log = print_line, sleep: Callable[[float], None] = time.sleep
+) -> dict[str, Any]:
+    return wait_for_status(
+        lambda: sagemaker.describe_endpoint(EndpointName=name),
+        "EndpointStatus",
+        lambda status: status not in DEPLOYING,
+        name="endpoint_status",
+        details=lambda d: {"failure_reason": d.get("FailureReason")},
+        poll_s=poll_s,
+        log=log,
+        sleep=sleep,
+    )
 
 
-def run_deploy(config: DeployConfig, log: Log = print_line, clients: AwsClients | None = None,
-               sleep: Callable[[float], None] = time.sleep) -> int:
+def run_deploy(
+    config: DeployConfig,
+    log: Log = print_line,
+    clients: AwsClients | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
     if config.model_dir is not None and not config.model_dir.is_dir():
         raise InputError(f"--model-dir {config.model_dir} is not a folder")
     clients = clients or AwsClients.for_command(config)
     sagemaker = clients.client("sagemaker")
     existing = describe_endpoint(sagemaker, config.endpoint_name)
     if existing is not None and config.mode == "create":
-        raise InputError(f"endpoint {config.endpoint_name} exists (status {existing['EndpointStatus']}); use "
-                         "--mode update (or auto), or delete-endpoint first")
+        raise InputError(
+            f"endpoint {config.endpoint_name} exists (status {existing['EndpointStatus']}); use "
+            "--mode update (or auto), or delete-endpoint first"
+        )
     if existing is None and config.mode == "update":
         raise InputError(f"there is no endpoint {config.endpoint_name} to update; use --mode create (or auto)")
     if existing is not None and existing["EndpointStatus"] != "InService":
-        raise InputError(f"endpoint {config.endpoint_name} is {existing['EndpointStatus']}; only an InService "
-                         "endpoint can be updated (wait, or delete-endpoint and deploy again)")
+        raise InputError(
+            f"endpoint {config.endpoint_name} is {existing['EndpointStatus']}; only an InService "
+            "endpoint can be updated (wait, or delete-endpoint and deploy again)"
+        )
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     model_name = config.model_name or f"{config.endpoint_name[:47]}-{stamp}"
     config_name = model_name  # models and endpoint configs have separate namespaces; one name ties them
@@ -117,11 +146,13 @@ def run_deploy(config: DeployConfig, log: Log = print_line, clients: AwsClients 
     sagemaker.create_model(**model_request(model_name, config, model_data))
     log(f"model: {model_name} image: {config.image_uri} model_data: {model_data}")
     sagemaker.create_endpoint_config(**endpoint_config_request(config_name, model_name, config))
-    log(f"endpoint_config: {config_name} instance_type: {config.instance_type} "
-        f"instance_count: {config.instance_count}")
+    log(f"endpoint_config: {config_name} instance_type: {config.instance_type} instance_count: {config.instance_count}")
     if existing is None:
-        sagemaker.create_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name,
-                                  Tags=[{"Key": "project", "Value": "binsight"}])
+        sagemaker.create_endpoint(
+            EndpointName=config.endpoint_name,
+            EndpointConfigName=config_name,
+            Tags=[{"Key": "project", "Value": "binsight"}],
+        )
         log(f"endpoint: {config.endpoint_name} action: create")
     else:
         sagemaker.update_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
@@ -131,8 +162,10 @@ def run_deploy(config: DeployConfig, log: Log = print_line, clients: AwsClients 
     try:
         description = wait_for_endpoint(sagemaker, config.endpoint_name, poll_s=config.poll_s, log=log, sleep=sleep)
     except KeyboardInterrupt:
-        log("detached: the endpoint keeps deploying; check it with: aws sagemaker describe-endpoint "
-            f"--endpoint-name {config.endpoint_name}")
+        log(
+            "detached: the endpoint keeps deploying; check it with: aws sagemaker describe-endpoint "
+            f"--endpoint-name {config.endpoint_name}"
+        )
         return EXIT_INTERRUPTED
     status = description["EndpointStatus"]
     if status == "InService" and description.get("EndpointConfigName") == config_name:
@@ -156,8 +189,10 @@ def run_delete(config: DeleteEndpointConfig, log: Log = print_line, clients: Aws
             variants = sagemaker.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]
             models = [v["ModelName"] for v in variants]
         except ClientError as exc:
-            log(f"endpoint_config_unreadable: {config_name} ({exc.response.get('Error', {}).get('Code')}); "
-                "its models are kept")
+            log(
+                f"endpoint_config_unreadable: {config_name} ({exc.response.get('Error', {}).get('Code')}); "
+                "its models are kept"
+            )
     sagemaker.delete_endpoint(EndpointName=config.endpoint_name)
     log(f"deleted_endpoint: {config.endpoint_name}")
     if not config.keep_config:
@@ -170,8 +205,12 @@ def run_delete(config: DeleteEndpointConfig, log: Log = print_line, clients: Aws
 
 
 def content_type_for(path: Path, explicit: str | None) -> str:
-    return explicit or IMAGE_CONTENT_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] \
+    return (
+        explicit
+        or IMAGE_CONTENT_TYPES.get(path.suffix.lower())
+        or mimetypes.guess_type(path.name)[0]
         or "application/x-image"
+    )
 
 
 def parse_prediction(body: bytes) -> dict[str, Any]:
@@ -208,9 +247,12 @@ def run_invoke(config: InvokeConfig, log: Log = print_line, clients: AwsClients 
     for path in config.images:
         body = path.read_bytes()
         started = time.monotonic()
-        response = runtime.invoke_endpoint(EndpointName=config.endpoint_name, Body=body,
-                                           ContentType=content_type_for(path, config.content_type),
-                                           Accept="application/json")
+        response = runtime.invoke_endpoint(
+            EndpointName=config.endpoint_name,
+            Body=body,
+            ContentType=content_type_for(path, config.content_type),
+            Accept="application/json",
+        )
         prediction = parse_prediction(response["Body"].read())
         failed += "count" not in prediction
         log(f"image: {path} {format_prediction(prediction)} latency_ms: {1000 * (time.monotonic() - started):.0f}")

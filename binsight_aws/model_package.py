@@ -36,8 +36,15 @@ def validate_model_dir(model_dir: Path) -> str:
 
 def archive_members(model_dir: Path) -> list[Path]:
     members = [model_dir / name for name in REQUIRED]
-    members += sorted(p for p in model_dir.iterdir() if p.is_file() and not p.is_symlink()
-                      and p.suffix == ".json" and not p.name.startswith(".") and p.name not in REQUIRED)
+    members += sorted(
+        p
+        for p in model_dir.iterdir()
+        if p.is_file()
+        and not p.is_symlink()
+        and p.suffix == ".json"
+        and not p.name.startswith(".")
+        and p.name not in REQUIRED
+    )
     return members
 
 
@@ -84,8 +91,12 @@ def upload_target(upload_uri: str, default_name: str = ARCHIVE_NAME) -> S3Uri:
 
 
 def upload_archive(s3: object, archive: Path, target: S3Uri, log: Log = print_line) -> str:
-    s3.upload_file(str(archive), target.bucket, target.key,  # type: ignore[attr-defined]
-                   ExtraArgs={"ContentType": "application/gzip"})
+    s3.upload_file(
+        str(archive),
+        target.bucket,
+        target.key,  # type: ignore[attr-defined]
+        ExtraArgs={"ContentType": "application/gzip"},
+    )
     log(f"model_data: {target.uri} bytes: {archive.stat().st_size}")
     return target.uri
 

@@ -16,14 +16,26 @@ import botocore.exceptions
 
 T = TypeVar("T")
 
-THROTTLING_CODES = frozenset({
-    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException", "SlowDown",
-    "TooManyRequestsException", "RequestLimitExceeded", "ProvisionedThroughputExceededException",
-    "RequestTimeout", "RequestTimeoutException", "InternalError", "ServiceUnavailable", "ServiceUnavailableException",
-})
+THROTTLING_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "SlowDown",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "ProvisionedThroughputExceededException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "InternalError",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+    }
+)
 CONNECTION_ERRORS = (
-    botocore.exceptions.ConnectionError,          # EndpointConnectionError, ConnectionClosedError, ...
-    botocore.exceptions.HTTPClientError,          # ReadTimeoutError, ConnectTimeoutError, ProxyConnectionError
+    botocore.exceptions.ConnectionError,  # EndpointConnectionError, ConnectionClosedError, ...
+    botocore.exceptions.HTTPClientError,  # ReadTimeoutError, ConnectTimeoutError, ProxyConnectionError
     botocore.exceptions.IncompleteReadError,
     botocore.exceptions.ResponseStreamingError,
     ConnectionError,
@@ -68,7 +80,7 @@ class Backoff:
 
     def delay(self, attempt: int) -> float:
         rng = self.rng or random
-        return rng.uniform(0, min(self.cap_s, self.base_s * 2 ** attempt))
+        return rng.uniform(0, min(self.cap_s, self.base_s * 2**attempt))
 
     def call(self, fn: Callable[[], T], on_retry: Callable[[int, BaseException], None] | None = None) -> T:
         """``fn()``, retried up to ``retries`` times on retryable errors; the last error is raised."""

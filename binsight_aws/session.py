@@ -40,12 +40,14 @@ class AwsClients:
     def resolved_region(self) -> str:
         region = self.region or self.session.region_name or os.environ.get("AWS_REGION")
         if not region:
-            raise InputError("no AWS region: pass --region or set AWS_REGION / AWS_DEFAULT_REGION "
-                             "(or a region in your AWS profile)")
+            raise InputError(
+                "no AWS region: pass --region or set AWS_REGION / AWS_DEFAULT_REGION (or a region in your AWS profile)"
+            )
         return region
 
-    def client(self, service: str, *, unsigned: bool = False, max_attempts: int | None = None,
-               read_timeout: float = 60.0) -> Any:
+    def client(
+        self, service: str, *, unsigned: bool = False, max_attempts: int | None = None, read_timeout: float = 60.0
+    ) -> Any:
         key = (service, unsigned, max_attempts, read_timeout)
         if key not in self._cache:
             config = botocore.config.Config(

@@ -40,11 +40,18 @@ def job_ended(status: str) -> bool:
     return status in ("Completed", "Failed", "Stopped")
 
 
-def wait_for_status(describe: Callable[[], Mapping[str, Any]], status_field: str, done: Callable[[str], bool], *,
-                    name: str, poll_s: float, log: Log = print_line,
-                    details: Callable[[Mapping[str, Any]], Mapping[str, Any]] = lambda d: {},
-                    each: Callable[[Mapping[str, Any]], None] | None = None,
-                    sleep: Callable[[float], None] = time.sleep) -> Mapping[str, Any]:
+def wait_for_status(
+    describe: Callable[[], Mapping[str, Any]],
+    status_field: str,
+    done: Callable[[str], bool],
+    *,
+    name: str,
+    poll_s: float,
+    log: Log = print_line,
+    details: Callable[[Mapping[str, Any]], Mapping[str, Any]] = lambda d: {},
+    each: Callable[[Mapping[str, Any]], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Mapping[str, Any]:
     """The one SageMaker poller: ``describe()`` every ``poll_s`` until ``done(description[status_field])``;
     returns the last description.
 
@@ -61,4 +68,3 @@ def wait_for_status(describe: Callable[[], Mapping[str, Any]], status_field: str
         if done(status):
             return description
         sleep(poll_s)
-

@@ -46,13 +46,21 @@ def check_hyperparameters(hyperparameters: Mapping[str, str], tuned: tuple[str, 
 
 
 def input_data_config(channels: Mapping[str, str]) -> list[dict[str, Any]]:
-    return [{
-        "ChannelName": name,
-        "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": uri.rstrip("/") + "/",
-                                        "S3DataDistributionType": "FullyReplicated"}},
-        "InputMode": "File",
-        "CompressionType": "None",
-    } for name, uri in channels.items()]
+    return [
+        {
+            "ChannelName": name,
+            "DataSource": {
+                "S3DataSource": {
+                    "S3DataType": "S3Prefix",
+                    "S3Uri": uri.rstrip("/") + "/",
+                    "S3DataDistributionType": "FullyReplicated",
+                }
+            },
+            "InputMode": "File",
+            "CompressionType": "None",
+        }
+        for name, uri in channels.items()
+    ]
 
 
 def job_parts(config: JobConfig) -> dict[str, Any]:
@@ -61,8 +69,11 @@ def job_parts(config: JobConfig) -> dict[str, Any]:
         "RoleArn": config.role_arn,
         "InputDataConfig": input_data_config(config.channels()),
         "OutputDataConfig": {"S3OutputPath": config.output_uri},
-        "ResourceConfig": {"InstanceType": config.instance_type, "InstanceCount": config.instance_count,
-                           "VolumeSizeInGB": config.volume_size_gb},
+        "ResourceConfig": {
+            "InstanceType": config.instance_type,
+            "InstanceCount": config.instance_count,
+            "VolumeSizeInGB": config.volume_size_gb,
+        },
         "StoppingCondition": {"MaxRuntimeInSeconds": config.max_runtime_s},
         "EnableManagedSpotTraining": config.spot,
     }
@@ -77,9 +88,12 @@ def training_job_request(config: TrainingJobConfig) -> dict[str, Any]:
     return {
         "TrainingJobName": config.job_name,
         "HyperParameters": dict(config.hyperparameters),
-        "AlgorithmSpecification": {"TrainingImage": config.image_uri, "TrainingInputMode": "File",
-                                   "MetricDefinitions": metric_definitions(),
-                                   "EnableSageMakerMetricsTimeSeries": True},
+        "AlgorithmSpecification": {
+            "TrainingImage": config.image_uri,
+            "TrainingInputMode": "File",
+            "MetricDefinitions": metric_definitions(),
+            "EnableSageMakerMetricsTimeSeries": True,
+        },
         **job_parts(config),
         "Tags": [{"Key": "project", "Value": "binsight"}],
     }
@@ -90,16 +104,28 @@ def _last_message(description: Mapping[str, Any]) -> str | None:
     return transitions[-1].get("StatusMessage") if transitions else None
 
 
-def wait_for_training_job(sagemaker: Any, logs: Any | None, name: str, *, poll_s: float, log: Log = print_line,
-                          sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+def wait_for_training_job(
+    sagemaker: Any,
+    logs: Any | None,
+    name: str,
+    *,
+    poll_s: float,
+    log: Log = print_line,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
     """Poll until the job ends, printing status changes and (with ``logs``) its log lines."""
     follower = LogFollower(logs, TRAINING_LOG_GROUP, name, log) if logs is not None else None
-    return wait_for_status(lambda: sagemaker.describe_training_job(TrainingJobName=name), "TrainingJobStatus",
-                           job_ended, name="job_status",
-                           details=lambda d: {"secondary_status": d.get("SecondaryStatus"),
-                                              "message": _last_message(d)},
-                           each=(lambda d: follower.poll()) if follower is not None else None,
-                           poll_s=poll_s, log=log, sleep=sleep)
+    return wait_for_status(
+        lambda: sagemaker.describe_training_job(TrainingJobName=name),
+        "TrainingJobStatus",
+        job_ended,
+        name="job_status",
+        details=lambda d: {"secondary_status": d.get("SecondaryStatus"), "message": _last_message(d)},
+        each=(lambda d: follower.poll()) if follower is not None else None,
+        poll_s=poll_s,
+        log=log,
+        sleep=sleep,
+    )
 
 
 def report(description: Mapping[str, Any], log: Log = print_line) -> int:
@@ -123,22 +149,36 @@ def report(description: Mapping[str, Any], log: Log = print_line) -> int:
     return EXIT_OK if status == "Completed" else EXIT_FAILED
 
 
-def run(config: TrainingJobConfig, log: Log = print_line, clients: AwsClients | None = None,
-        sleep: Callable[[float], None] = time.sleep) -> int:
+def run(
+    config: TrainingJobConfig,
+    log: Log = print_line,
+    clients: AwsClients | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
     check_hyperparameters(config.hyperparameters)
     request = training_job_request(config)
     clients = clients or AwsClients.for_command(config)
     sagemaker = clients.client("sagemaker")
     arn = sagemaker.create_training_job(**request)["TrainingJobArn"]
-    log(f"training_job: {config.job_name} arn: {arn} instance_type: {config.instance_type} "
-        f"instance_count: {config.instance_count} spot: {str(config.spot).lower()}")
+    log(
+        f"training_job: {config.job_name} arn: {arn} instance_type: {config.instance_type} "
+        f"instance_count: {config.instance_count} spot: {str(config.spot).lower()}"
+    )
     if not config.wait:
         return EXIT_OK
     try:
-        description = wait_for_training_job(sagemaker, clients.client("logs") if config.stream_logs else None,
-                                            config.job_name, poll_s=config.poll_s, log=log, sleep=sleep)
+        description = wait_for_training_job(
+            sagemaker,
+            clients.client("logs") if config.stream_logs else None,
+            config.job_name,
+            poll_s=config.poll_s,
+            log=log,
+            sleep=sleep,
+        )
     except KeyboardInterrupt:
-        log(f"detached: the job keeps running; stop it with: aws sagemaker stop-training-job "
-            f"--training-job-name {config.job_name}")
+        log(
+            f"detached: the job keeps running; stop it with: aws sagemaker stop-training-job "
+            f"--training-job-name {config.job_name}"
+        )
         return EXIT_INTERRUPTED
     return report(description, log)

@@ -32,8 +32,11 @@ def transform_request(config: BatchTransformConfig) -> dict[str, Any]:
             "SplitType": "None",
             "CompressionType": "None",
         },
-        "TransformOutput": {"S3OutputPath": config.output_uri, "Accept": "application/jsonlines",
-                            "AssembleWith": "Line"},
+        "TransformOutput": {
+            "S3OutputPath": config.output_uri,
+            "Accept": "application/jsonlines",
+            "AssembleWith": "Line",
+        },
         "TransformResources": {"InstanceType": config.instance_type, "InstanceCount": config.instance_count},
         "Tags": [{"Key": "project", "Value": "binsight"}],
     }
@@ -50,31 +53,46 @@ def count_inputs(s3: Any, uri: str) -> int:
     return total
 
 
-def wait_for_transform_job(sagemaker: Any, name: str, *, poll_s: float, log: Log = print_line,
-                           sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
-    return wait_for_status(lambda: sagemaker.describe_transform_job(TransformJobName=name), "TransformJobStatus",
-                           job_ended, name="transform_status",
-                           details=lambda d: {"failure_reason": d.get("FailureReason")}, poll_s=poll_s, log=log,
-                           sleep=sleep)
+def wait_for_transform_job(
+    sagemaker: Any, name: str, *, poll_s: float, log: Log = print_line, sleep: Callable[[float], None] = time.sleep
+) -> dict[str, Any]:
+    return wait_for_status(
+        lambda: sagemaker.describe_transform_job(TransformJobName=name),
+        "TransformJobStatus",
+        job_ended,
+        name="transform_status",
+        details=lambda d: {"failure_reason": d.get("FailureReason")},
+        poll_s=poll_s,
+        log=log,
+        sleep=sleep,
+    )
 
 
-def run(config: BatchTransformConfig, log: Log = print_line, clients: AwsClients | None = None,
-        sleep: Callable[[float], None] = time.sleep) -> int:
+def run(
+    config: BatchTransformConfig,
+    log: Log = print_line,
+    clients: AwsClients | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
     clients = clients or AwsClients.for_command(config)
     photos = count_inputs(clients.client("s3"), config.input_uri)
     if photos == 0:
         raise InputError(f"--input-uri {config.input_uri} holds no objects")
     sagemaker = clients.client("sagemaker")
     arn = sagemaker.create_transform_job(**transform_request(config))["TransformJobArn"]
-    log(f"transform_job: {config.job_name} arn: {arn} photos: {photos} model: {config.model_name} "
-        f"output: {config.output_uri}")
+    log(
+        f"transform_job: {config.job_name} arn: {arn} photos: {photos} model: {config.model_name} "
+        f"output: {config.output_uri}"
+    )
     if not config.wait:
         return EXIT_OK
     try:
         description = wait_for_transform_job(sagemaker, config.job_name, poll_s=config.poll_s, log=log, sleep=sleep)
     except KeyboardInterrupt:
-        log(f"detached: the job keeps running; stop it with: aws sagemaker stop-transform-job "
-            f"--transform-job-name {config.job_name}")
+        log(
+            f"detached: the job keeps running; stop it with: aws sagemaker stop-transform-job "
+            f"--transform-job-name {config.job_name}"
+        )
         return EXIT_INTERRUPTED
     status = description["TransformJobStatus"]
     log(f"transform_result: {config.job_name} status: {status}")

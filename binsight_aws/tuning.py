@@ -32,26 +32,34 @@ def _number(value: float | int) -> str:
 
 
 def parameter_ranges(config: TuningJobConfig) -> dict[str, list[dict[str, Any]]]:
-    ranges: dict[str, list[dict[str, Any]]] = {"ContinuousParameterRanges": [], "IntegerParameterRanges": [],
-                                               "CategoricalParameterRanges": []}
+    ranges: dict[str, list[dict[str, Any]]] = {
+        "ContinuousParameterRanges": [],
+        "IntegerParameterRanges": [],
+        "CategoricalParameterRanges": [],
+    }
     if config.lr_range:
         lo, hi = config.split_range(config.lr_range, "--lr-range", float)
         ranges["ContinuousParameterRanges"].append(
-            {"Name": "lr", "MinValue": _number(lo), "MaxValue": _number(hi), "ScalingType": "Logarithmic"})
+            {"Name": "lr", "MinValue": _number(lo), "MaxValue": _number(hi), "ScalingType": "Logarithmic"}
+        )
     if config.batch_sizes:
         ranges["CategoricalParameterRanges"].append(
-            {"Name": "batch_size", "Values": [str(b) for b in dict.fromkeys(config.batch_sizes)]})
+            {"Name": "batch_size", "Values": [str(b) for b in dict.fromkeys(config.batch_sizes)]}
+        )
     elif config.batch_size_range:
         lo, hi = config.split_range(config.batch_size_range, "--batch-size-range", int)
         ranges["IntegerParameterRanges"].append(
-            {"Name": "batch_size", "MinValue": str(lo), "MaxValue": str(hi), "ScalingType": "Linear"})
+            {"Name": "batch_size", "MinValue": str(lo), "MaxValue": str(hi), "ScalingType": "Linear"}
+        )
     if config.epochs_range:
         lo, hi = config.split_range(config.epochs_range, "--epochs-range", int)
         ranges["IntegerParameterRanges"].append(
-            {"Name": "epochs", "MinValue": str(lo), "MaxValue": str(hi), "ScalingType": "Linear"})
+            {"Name": "epochs", "MinValue": str(lo), "MaxValue": str(hi), "ScalingType": "Linear"}
+        )
     if config.architectures:
         ranges["CategoricalParameterRanges"].append(
-            {"Name": "architecture", "Values": list(dict.fromkeys(config.architectures))})
+            {"Name": "architecture", "Values": list(dict.fromkeys(config.architectures))}
+        )
     return {k: v for k, v in ranges.items() if v}
 
 
@@ -59,16 +67,21 @@ def tuning_job_request(config: TuningJobConfig) -> dict[str, Any]:
     tuning_config: dict[str, Any] = {
         "Strategy": config.strategy,
         "HyperParameterTuningJobObjective": {"Type": "Maximize", "MetricName": OBJECTIVE_METRIC},
-        "ResourceLimits": {"MaxNumberOfTrainingJobs": config.max_jobs,
-                           "MaxParallelTrainingJobs": config.max_parallel_jobs},
+        "ResourceLimits": {
+            "MaxNumberOfTrainingJobs": config.max_jobs,
+            "MaxParallelTrainingJobs": config.max_parallel_jobs,
+        },
         "ParameterRanges": parameter_ranges(config),
     }
     if config.strategy != "Hyperband":
         tuning_config["TrainingJobEarlyStoppingType"] = config.early_stopping
     definition = {
         "StaticHyperParameters": dict(config.hyperparameters),
-        "AlgorithmSpecification": {"TrainingImage": config.image_uri, "TrainingInputMode": "File",
-                                   "MetricDefinitions": metric_definitions()},
+        "AlgorithmSpecification": {
+            "TrainingImage": config.image_uri,
+            "TrainingInputMode": "File",
+            "MetricDefinitions": metric_definitions(),
+        },
         **job_parts(config),
     }
     return {
@@ -90,27 +103,46 @@ def check_architectures(names: list[str] | None) -> None:
         raise InputError(f"unknown architecture(s) {', '.join(unknown)}; known: {', '.join(known)}")
 
 
-def wait_for_tuning_job(sagemaker: Any, name: str, total: int, *, poll_s: float, log: Log = print_line,
-                        sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+def wait_for_tuning_job(
+    sagemaker: Any,
+    name: str,
+    total: int,
+    *,
+    poll_s: float,
+    log: Log = print_line,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
     def details(description: Mapping[str, Any]) -> dict[str, Any]:
         counters = description.get("TrainingJobStatusCounters") or {}
         best = (description.get("BestTrainingJob") or {}).get("FinalHyperParameterTuningJobObjectiveMetric")
-        return {"completed": counters.get("Completed", 0), "in_progress": counters.get("InProgress", 0),
-                "failed": int(counters.get("NonRetryableError", 0)) + int(counters.get("RetryableError", 0)),
-                "best_val_acc": best.get("Value") if best else None}
+        return {
+            "completed": counters.get("Completed", 0),
+            "in_progress": counters.get("InProgress", 0),
+            "failed": int(counters.get("NonRetryableError", 0)) + int(counters.get("RetryableError", 0)),
+            "best_val_acc": best.get("Value") if best else None,
+        }
 
     with Progress("tuning", total=total, unit="job", log=log, interval_s=poll_s) as progress:
+
         def count_finished(description: Mapping[str, Any]) -> None:
             counters = description.get("TrainingJobStatusCounters") or {}
-            finished = sum(int(counters.get(k, 0)) for k in ("Completed", "RetryableError", "NonRetryableError",
-                                                             "Stopped"))
+            finished = sum(
+                int(counters.get(k, 0)) for k in ("Completed", "RetryableError", "NonRetryableError", "Stopped")
+            )
             if finished > progress.done:
                 progress.update(finished - progress.done)
 
         return wait_for_status(
             lambda: sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name),
-            "HyperParameterTuningJobStatus", job_ended, name="tuning_status", details=details,
-            each=count_finished, poll_s=poll_s, log=log, sleep=sleep)
+            "HyperParameterTuningJobStatus",
+            job_ended,
+            name="tuning_status",
+            details=details,
+            each=count_finished,
+            poll_s=poll_s,
+            log=log,
+            sleep=sleep,
+        )
 
 
 def report(description: Mapping[str, Any], sagemaker: Any, log: Log = print_line) -> int:
@@ -119,8 +151,10 @@ def report(description: Mapping[str, Any], sagemaker: Any, log: Log = print_line
     best = description.get("BestTrainingJob")
     if best:
         objective = best.get("FinalHyperParameterTuningJobObjectiveMetric") or {}
-        log(f"best_training_job: {best.get('TrainingJobName')} {objective.get('MetricName', OBJECTIVE_METRIC)}: "
-            f"{objective.get('Value')}")
+        log(
+            f"best_training_job: {best.get('TrainingJobName')} {objective.get('MetricName', OBJECTIVE_METRIC)}: "
+            f"{objective.get('Value')}"
+        )
         for key, value in sorted((best.get("TunedHyperParameters") or {}).items()):
             log(f"best_hyperparameter: {key}: {value}")
         try:
@@ -137,28 +171,39 @@ def report(description: Mapping[str, Any], sagemaker: Any, log: Log = print_line
     return EXIT_OK if status == "Completed" and best else EXIT_FAILED
 
 
-def run(config: TuningJobConfig, log: Log = print_line, clients: AwsClients | None = None,
-        sleep: Callable[[float], None] = time.sleep) -> int:
+def run(
+    config: TuningJobConfig,
+    log: Log = print_line,
+    clients: AwsClients | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
     check_hyperparameters(config.hyperparameters)
     check_architectures(config.architectures)
     request = tuning_job_request(config)
     clients = clients or AwsClients.for_command(config)
     sagemaker = clients.client("sagemaker")
     arn = sagemaker.create_hyper_parameter_tuning_job(**request)["HyperParameterTuningJobArn"]
-    log(f"tuning_job: {config.tuning_job_name} arn: {arn} tuned: {', '.join(config.tuned_names())} "
+    log(
+        f"tuning_job: {config.tuning_job_name} arn: {arn} tuned: {', '.join(config.tuned_names())} "
         f"max_jobs: {config.max_jobs} max_parallel_jobs: {config.max_parallel_jobs} objective: {OBJECTIVE_METRIC} "
-        "(maximise)")
+        "(maximise)"
+    )
     if config.checkpoint_uri:
-        log(f"checkpoint_note: every training job of the tuning job gets CheckpointConfig {config.checkpoint_uri}; "
+        log(
+            f"checkpoint_note: every training job of the tuning job gets CheckpointConfig {config.checkpoint_uri}; "
             "binsight's training refuses a checkpoint made with other hyperparameters, so trials sharing that "
-            "prefix fail instead of mixing; leave --checkpoint-uri out to have interrupted spot trials start over")
+            "prefix fail instead of mixing; leave --checkpoint-uri out to have interrupted spot trials start over"
+        )
     if not config.wait:
         return EXIT_OK
     try:
-        description = wait_for_tuning_job(sagemaker, config.tuning_job_name, config.max_jobs, poll_s=config.poll_s,
-                                          log=log, sleep=sleep)
+        description = wait_for_tuning_job(
+            sagemaker, config.tuning_job_name, config.max_jobs, poll_s=config.poll_s, log=log, sleep=sleep
+        )
     except KeyboardInterrupt:
-        log(f"detached: the tuning job keeps running; stop it with: aws sagemaker stop-hyper-parameter-tuning-job "
-            f"--hyper-parameter-tuning-job-name {config.tuning_job_name}")
+        log(
+            f"detached: the tuning job keeps running; stop it with: aws sagemaker stop-hyper-parameter-tuning-job "
+            f"--hyper-parameter-tuning-job-name {config.tuning_job_name}"
+        )
         return EXIT_INTERRUPTED
     return report(description, sagemaker, log)

@@ -48,9 +48,11 @@ class UploadSummary:
     failures: list[tuple[str, str]] = field(default_factory=list)
 
     def lines(self, limit: int = 20) -> list[str]:
-        lines = [f"upload_summary: files: {self.files} uploaded: {self.uploaded} unchanged: {self.unchanged} "
-                 f"failed: {len(self.failures)} remote_only: {self.remote_only}",
-                 f"upload_bytes: {self.bytes_uploaded} seconds: {self.seconds:.1f}"]
+        lines = [
+            f"upload_summary: files: {self.files} uploaded: {self.uploaded} unchanged: {self.unchanged} "
+            f"failed: {len(self.failures)} remote_only: {self.remote_only}",
+            f"upload_bytes: {self.bytes_uploaded} seconds: {self.seconds:.1f}",
+        ]
         lines += [f"upload_failed: {key} reason: {reason}" for key, reason in self.failures[:limit]]
         return lines
 
@@ -64,8 +66,10 @@ def find_channels(source: Path, explicit: dict[str, Path] | None) -> dict[str, P
         path = source / folder
         if path.is_dir():
             if channel in found:
-                raise InputError(f"{source} has both {found[channel].name}/ and {folder}/; keep one, or pass "
-                                 "--channel validation=DIR")
+                raise InputError(
+                    f"{source} has both {found[channel].name}/ and {folder}/; keep one, or pass "
+                    "--channel validation=DIR"
+                )
             found[channel] = path
     if found and "train" not in found:
         raise InputError(f"{source} has {', '.join(p.name + '/' for p in found.values())} but no train/")
@@ -121,8 +125,10 @@ def plan_channels(base: S3Uri, channels: dict[str, Path], log: Log) -> dict[str,
         if not files:
             raise InputError(f"channel {name}: {folder} holds no files")
         plan[name] = files
-        log(f"upload_channel: {name} folder: {folder} files: {len(files)} "
-            f"bytes: {sum(f.size for f in files)} uri: {base.join(name).as_prefix().uri}")
+        log(
+            f"upload_channel: {name} folder: {folder} files: {len(files)} "
+            f"bytes: {sum(f.size for f in files)} uri: {base.join(name).as_prefix().uri}"
+        )
     return plan
 
 
@@ -145,24 +151,28 @@ def run(config: UploadDatasetConfig, log: Log = print_line, clients: AwsClients 
             else:
                 todo.append(file)
     if summary.remote_only:
-        log(f"upload_warning: {summary.remote_only} objects under the channel prefixes have no local file; "
-            "the training job will read them too (delete them, or upload to a new prefix)")
+        log(
+            f"upload_warning: {summary.remote_only} objects under the channel prefixes have no local file; "
+            "the training job will read them too (delete them, or upload to a new prefix)"
+        )
     if config.dry_run:
         for file in todo[:20]:
             log(f"would_upload: {file.path} -> s3://{base.bucket}/{file.key}")
         log(f"upload_dry_run: to_upload: {len(todo)} unchanged: {summary.unchanged}")
         return 0
-    transfer = TransferConfig(use_threads=False, multipart_threshold=MULTIPART_CHUNK,
-                              multipart_chunksize=MULTIPART_CHUNK)
+    transfer = TransferConfig(
+        use_threads=False, multipart_threshold=MULTIPART_CHUNK, multipart_chunksize=MULTIPART_CHUNK
+    )
 
     def send(file: LocalFile) -> LocalFile:
         content_type = mimetypes.guess_type(file.path.name)[0] or "application/octet-stream"
-        s3.upload_file(str(file.path), base.bucket, file.key, ExtraArgs={"ContentType": content_type},
-                       Config=transfer)
+        s3.upload_file(str(file.path), base.bucket, file.key, ExtraArgs={"ContentType": content_type}, Config=transfer)
         return file
 
-    with ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="upload") as pool, \
-            Progress("upload", total=len(todo), unit="file", log=log) as progress:
+    with (
+        ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="upload") as pool,
+        Progress("upload", total=len(todo), unit="file", log=log) as progress,
+    ):
         futures = {pool.submit(send, f): f for f in todo}
         for future in as_completed(futures):
             file = futures[future]

@@ -26,11 +26,13 @@ REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$")
 
 #: Instance families SageMaker offers for training, hosting or batch transform (any of them).
 #: A family AWS adds later can be used with ``--allow-unknown-instance-type``.
-INSTANCE_FAMILIES = frozenset("""
+INSTANCE_FAMILIES = frozenset(
+    """
     t2 t3 m4 m5 m5d m6g m6gd m6i m6id m7g m7i c4 c5 c5d c5n c6g c6gd c6gn c6i c6id c6in c7g c7i
     r5 r5d r6g r6gd r6i r6id r7g r7i r8g x1 z1d g4dn g5 g5g g6 g6e gr6 p2 p3 p3dn p4d p4de p5 p5e p5en
     inf1 inf2 trn1 trn1n trn2 dl1
-""".split())
+""".split()
+)
 _INSTANCE_RE = re.compile(r"^ml\.(?P<family>[a-z]+[0-9]+[a-z]*)\.(?P<size>medium|large|xlarge|[0-9]{1,2}xlarge)$")
 _SIZES = frozenset({"medium", "large", "xlarge"} | {f"{n}xlarge" for n in (2, 3, 4, 6, 8, 9, 12, 16, 18, 24, 32, 48)})
 
@@ -42,12 +44,16 @@ class InputError(ValueError):
 def check_role_arn(value: str) -> str:
     value = value.strip()
     if not value:
-        raise ValueError("an IAM role ARN is needed (the role SageMaker assumes), e.g. "
-                         "arn:aws:iam::123456789012:role/SageMakerExecutionRole; set --role-arn or "
-                         "BINSIGHT_AWS_ROLE_ARN")
+        raise ValueError(
+            "an IAM role ARN is needed (the role SageMaker assumes), e.g. "
+            "arn:aws:iam::123456789012:role/SageMakerExecutionRole; set --role-arn or "
+            "BINSIGHT_AWS_ROLE_ARN"
+        )
     if not ROLE_ARN_RE.match(value):
-        raise ValueError(f"{value!r} is not an IAM role ARN: expected arn:aws:iam::<12-digit account>:role/<name>, "
-                         "e.g. arn:aws:iam::123456789012:role/SageMakerExecutionRole")
+        raise ValueError(
+            f"{value!r} is not an IAM role ARN: expected arn:aws:iam::<12-digit account>:role/<name>, "
+            "e.g. arn:aws:iam::123456789012:role/SageMakerExecutionRole"
+        )
     return value
 
 
@@ -82,11 +88,13 @@ def parse_s3_uri(value: str, *, need_key: bool = False) -> S3Uri:
     value = value.strip()
     if not value.startswith("s3://"):
         raise ValueError(f"{value!r} is not an S3 URI: expected s3://<bucket>/<prefix>")
-    rest = value[len("s3://"):]
+    rest = value[len("s3://") :]
     bucket, _, key = rest.partition("/")
     if not BUCKET_RE.match(bucket) or ".." in bucket or re.match(r"^\d+\.\d+\.\d+\.\d+$", bucket):
-        raise ValueError(f"{value!r}: {bucket!r} is not a valid bucket name (3-63 lowercase letters, digits, "
-                         "dots and hyphens, starting and ending with a letter or digit)")
+        raise ValueError(
+            f"{value!r}: {bucket!r} is not a valid bucket name (3-63 lowercase letters, digits, "
+            "dots and hyphens, starting and ending with a letter or digit)"
+        )
     if need_key and not key.strip("/"):
         raise ValueError(f"{value!r} names a bucket but no key/prefix: expected s3://{bucket}/<prefix>")
     if "//" in key:
@@ -105,16 +113,19 @@ def check_instance_type(value: str, allow_unknown: bool = False) -> str:
     value = value.strip()
     match = _INSTANCE_RE.match(value)
     if not match:
-        raise ValueError(f"{value!r} is not a SageMaker instance type: expected ml.<family>.<size>, "
-                         "e.g. ml.g4dn.xlarge or ml.m5.large")
+        raise ValueError(
+            f"{value!r} is not a SageMaker instance type: expected ml.<family>.<size>, "
+            "e.g. ml.g4dn.xlarge or ml.m5.large"
+        )
     if allow_unknown:
         return value
     family, size = match["family"], match["size"]
     if family not in INSTANCE_FAMILIES:
         close = difflib.get_close_matches(family, sorted(INSTANCE_FAMILIES), n=3)
         hint = f" (did you mean {', '.join('ml.' + c + '.' + size for c in close)}?)" if close else ""
-        raise ValueError(f"unknown instance family in {value!r}{hint}; if AWS offers it, pass "
-                         "--allow-unknown-instance-type")
+        raise ValueError(
+            f"unknown instance family in {value!r}{hint}; if AWS offers it, pass --allow-unknown-instance-type"
+        )
     if size not in _SIZES:
         raise ValueError(f"unknown instance size {size!r} in {value!r}; sizes are {', '.join(sorted(_SIZES))}")
     return value
@@ -122,16 +133,20 @@ def check_instance_type(value: str, allow_unknown: bool = False) -> str:
 
 def check_sagemaker_name(value: str, what: str = "name", max_len: int = 63) -> str:
     if len(value) > max_len or not SAGEMAKER_NAME_RE.match(value):
-        raise ValueError(f"{value!r} is not a valid SageMaker {what}: 1-{max_len} letters, digits and hyphens, "
-                         "starting and ending with a letter or digit")
+        raise ValueError(
+            f"{value!r} is not a valid SageMaker {what}: 1-{max_len} letters, digits and hyphens, "
+            "starting and ending with a letter or digit"
+        )
     return value
 
 
 def check_image_uri(value: str) -> str:
     value = value.strip()
     if not ECR_IMAGE_RE.match(value):
-        raise ValueError(f"{value!r} is not an ECR image URI: expected "
-                         "<account>.dkr.ecr.<region>.amazonaws.com/<repository>:<tag> (push-images prints it)")
+        raise ValueError(
+            f"{value!r} is not an ECR image URI: expected "
+            "<account>.dkr.ecr.<region>.amazonaws.com/<repository>:<tag> (push-images prints it)"
+        )
     return value
 
 

@@ -51,14 +51,29 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 #: Small and quick on a CPU; all strings, as SageMaker passes them.
-HYPERPARAMETERS = {"architecture": "efficientnet_lite0", "pretrained": "False", "input_size": "64",
-                   "max_count": "3", "overflow": "True", "epochs": "2", "batch_size": "8", "lr": "0.003",
-                   "num_workers": "0", "log_every_steps": "2"}
+HYPERPARAMETERS = {
+    "architecture": "efficientnet_lite0",
+    "pretrained": "False",
+    "input_size": "64",
+    "max_count": "3",
+    "overflow": "True",
+    "epochs": "2",
+    "batch_size": "8",
+    "lr": "0.003",
+    "num_workers": "0",
+    "log_every_steps": "2",
+}
 #: What a tuning job adds, and what the SDK's tuner / framework estimators add (JSON-encoded, as they write them).
-TUNING_JOB_KEYS = {"_tuning_objective_metric": "val_acc", "sagemaker_estimator_class_name": '"Estimator"',
-                   "sagemaker_estimator_module": '"sagemaker.estimator"', "sagemaker_container_log_level": "20",
-                   "sagemaker_job_name": '"binsight-sdk-tune"', "sagemaker_region": '"us-east-1"',
-                   "sagemaker_program": '"train"', "sagemaker_submit_directory": '"file:///dev/null"'}
+TUNING_JOB_KEYS = {
+    "_tuning_objective_metric": "val_acc",
+    "sagemaker_estimator_class_name": '"Estimator"',
+    "sagemaker_estimator_module": '"sagemaker.estimator"',
+    "sagemaker_container_log_level": "20",
+    "sagemaker_job_name": '"binsight-sdk-tune"',
+    "sagemaker_region": '"us-east-1"',
+    "sagemaker_program": '"train"',
+    "sagemaker_submit_directory": '"file:///dev/null"',
+}
 ROLE = "arn:aws:iam::111111111111:role/binsight-local"
 
 
@@ -67,6 +82,7 @@ class CheckFailed(RuntimeError):
 
 
 # ------------------------------------------------------------------------------- the host-network adaptation
+
 
 def use_host_network() -> None:
     """Make the SDK's local mode run on an engine without bridge networking (see the module docstring).
@@ -110,8 +126,9 @@ def accept_debian_compose() -> None:
 
 def stop_containers(image_name: str) -> None:
     """Remove the containers of ``image_name`` still running (those this script's local mode started)."""
-    ids = subprocess.run(["docker", "ps", "-q", "--filter", f"ancestor={image_name}"], capture_output=True,
-                         text=True).stdout.split()
+    ids = subprocess.run(
+        ["docker", "ps", "-q", "--filter", f"ancestor={image_name}"], capture_output=True, text=True
+    ).stdout.split()
     if ids:
         subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
 
@@ -122,6 +139,7 @@ def engine_has_bridge() -> bool:
 
 
 # ------------------------------------------------------------------------------- helpers
+
 
 class Tee(io.TextIOBase):
     """Echo what the SDK prints (the containers' logs) and keep it for the checks."""
@@ -167,6 +185,7 @@ def photos(channel: Path, n: int) -> list[Path]:
 
 # ------------------------------------------------------------------------------- the checks
 
+
 class LocalModeCheck:
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
         from sagemaker.local import LocalSession
@@ -181,9 +200,16 @@ class LocalModeCheck:
     def estimator(self, hyperparameters: dict[str, str], name: str):
         from sagemaker.estimator import Estimator
 
-        return Estimator(image_uri=self.args.train_image, role=ROLE, instance_count=1, instance_type="local",
-                         hyperparameters=hyperparameters, output_path=f"file://{self.work / 'output' / name}",
-                         sagemaker_session=self.session, base_job_name=f"binsight-{name}")
+        return Estimator(
+            image_uri=self.args.train_image,
+            role=ROLE,
+            instance_count=1,
+            instance_type="local",
+            hyperparameters=hyperparameters,
+            output_path=f"file://{self.work / 'output' / name}",
+            sagemaker_session=self.session,
+            base_job_name=f"binsight-{name}",
+        )
 
     def fit(self, hyperparameters: dict[str, str], name: str):
         estimator = self.estimator(hyperparameters, name)
@@ -203,10 +229,16 @@ class LocalModeCheck:
 
     def tuning_job_hyperparameters(self) -> str:
         _, log = self.fit({**self.hyperparameters, **TUNING_JOB_KEYS}, "tune")
-        check("tuning_job_hyperparameters", "tuning_objective: val_acc printed: yes" in log,
-              "the objective line is missing from the log")
-        check("tuning_job_hyperparameters", "hyperparameters_ignored: _tuning_objective_metric" in log,
-              "the ignored keys are not logged")
+        check(
+            "tuning_job_hyperparameters",
+            "tuning_objective: val_acc printed: yes" in log,
+            "the objective line is missing from the log",
+        )
+        check(
+            "tuning_job_hyperparameters",
+            "hyperparameters_ignored: _tuning_objective_metric" in log,
+            "the ignored keys are not logged",
+        )
         return "objective: val_acc printed"
 
     def bad_hyperparameter(self) -> str:
@@ -216,14 +248,18 @@ class LocalModeCheck:
         try:
             with contextlib.redirect_stdout(tee):
                 self.estimator({**self.hyperparameters, "epocs": "2"}, "bad").fit(
-                    {k: f"file://{v}" for k, v in self.channels.items()})
+                    {k: f"file://{v}" for k, v in self.channels.items()}
+                )
         except Exception as exc:  # noqa: BLE001 - the SDK raises its own error types
             message = str(exc)
         else:
             raise CheckFailed("bad_hyperparameter: the job with 'epocs' did not fail")
         check("bad_hyperparameter", "exited with code: 2" in message, message[:500])
-        check("bad_hyperparameter", "unknown hyperparameter 'epocs'" in tee.text()
-              and "did you mean 'epochs'" in tee.text(), "the reason is not in the log")
+        check(
+            "bad_hyperparameter",
+            "unknown hyperparameter 'epocs'" in tee.text() and "did you mean 'epochs'" in tee.text(),
+            "the reason is not in the log",
+        )
         return "exit: 2 reason: unknown hyperparameter 'epocs' ... did you mean 'epochs'?"
 
     def deploy_predict(self) -> str:
@@ -233,21 +269,31 @@ class LocalModeCheck:
         from sagemaker.predictor import Predictor
         from sagemaker.serializers import IdentitySerializer
 
-        model = Model(image_uri=self.args.serve_image, model_data=self.model_data, role=ROLE,
-                      sagemaker_session=self.session, predictor_cls=Predictor)
+        model = Model(
+            image_uri=self.args.serve_image,
+            model_data=self.model_data,
+            role=ROLE,
+            sagemaker_session=self.session,
+            predictor_cls=Predictor,
+        )
         predictor = model.deploy(initial_instance_count=1, instance_type="local")
         try:
             jpeg = photos(self.channels["train"], 1)[0].read_bytes()
             webp = io.BytesIO()
             Image.open(io.BytesIO(jpeg)).save(webp, "WEBP")
             answers = {}
-            for label, serializer, body in (("image/jpeg", IdentitySerializer("image/jpeg"), jpeg),
-                                            ("octet-stream", IdentitySerializer(), jpeg),
-                                            ("image/webp", IdentitySerializer("image/webp"), webp.getvalue())):
+            for label, serializer, body in (
+                ("image/jpeg", IdentitySerializer("image/jpeg"), jpeg),
+                ("octet-stream", IdentitySerializer(), jpeg),
+                ("image/webp", IdentitySerializer("image/webp"), webp.getvalue()),
+            ):
                 predictor.serializer, predictor.deserializer = serializer, JSONDeserializer()
                 result = predictor.predict(body)
-                check("deploy_predict", isinstance(result, dict) and "count" in result["predictions"][0],
-                      f"{label}: {result!r:.300}")
+                check(
+                    "deploy_predict",
+                    isinstance(result, dict) and "count" in result["predictions"][0],
+                    f"{label}: {result!r:.300}",
+                )
                 answers[label] = result["predictions"][0]["count"]
         finally:
             predictor.delete_endpoint()
@@ -261,17 +307,22 @@ class LocalModeCheck:
         for path in photos(self.channels["train"], 4):
             (inputs / path.name).write_bytes(path.read_bytes())
         outputs = self.work / "transform-out"
-        model = Model(image_uri=self.args.serve_image, model_data=self.model_data, role=ROLE,
-                      sagemaker_session=self.session)
+        model = Model(
+            image_uri=self.args.serve_image, model_data=self.model_data, role=ROLE, sagemaker_session=self.session
+        )
         # strategy given: local mode (2.257) checks a BatchStrategy read from /execution-parameters against the
         # API's spelling ("SingleRecord"), while SageMaker documents the container's answer as "SINGLE_RECORD" /
         # "MULTI_RECORD", which binsight sends; local mode still asks /execution-parameters (MaxPayloadInMB).
-        transformer = model.transformer(instance_count=1, instance_type="local", output_path=f"file://{outputs}",
-                                        accept="application/json", strategy="SingleRecord")
+        transformer = model.transformer(
+            instance_count=1,
+            instance_type="local",
+            output_path=f"file://{outputs}",
+            accept="application/json",
+            strategy="SingleRecord",
+        )
         try:
             # local mode runs the transform before returning; waiting would ask CloudWatch for the job's logs
-            transformer.transform(f"file://{inputs}", content_type="application/x-image", split_type=None,
-                                  wait=False)
+            transformer.transform(f"file://{inputs}", content_type="application/x-image", split_type=None, wait=False)
         finally:  # local mode leaves the serving container running when a transform fails
             stop_containers(self.args.serve_image)
         results = sorted(outputs.glob("*.out"))
@@ -286,9 +337,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--serve-image", default=os.environ.get("BINSIGHT_SERVE_IMAGE", "binsight-serve:latest"))
     parser.add_argument("--data", type=Path, help="an ABID folder (bin-images/ + metadata/) instead of synthetic bins")
     parser.add_argument("--limit", type=int, default=200, help="bins used from --data")
-    parser.add_argument("--host-network", action=argparse.BooleanOptionalAction, default=None,
-                        help="put the SDK's compose file on the host network (default: when the engine has no "
-                             "bridge network)")
+    parser.add_argument(
+        "--host-network",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="put the SDK's compose file on the host network (default: when the engine has no bridge network)",
+    )
     parser.add_argument("--only", nargs="*", help="run only these checks (train runs whenever a later one needs it)")
     return parser.parse_args(argv)
 
@@ -300,8 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     if host_network:
         use_host_network()
     accept_debian_compose()
-    print(f"sdk_check: host_network: {host_network} train_image: {args.train_image} serve_image: "
-          f"{args.serve_image}", flush=True)
+    print(
+        f"sdk_check: host_network: {host_network} train_image: {args.train_image} serve_image: {args.serve_image}",
+        flush=True,
+    )
     names = ["train", "tuning_job_hyperparameters", "bad_hyperparameter", "deploy_predict", "batch_transform"]
     wanted = set(args.only or names)
     if wanted & {"deploy_predict", "batch_transform"}:

@@ -27,4 +27,12 @@ if [ ! -x "$CHROMIUM" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; 
   fi
   rm -f "$apt_log"
 fi
-exec "$VENV/bin/python" -m pytest "$@"
+# Formatting and lint (ruff, configured in pyproject.toml) are part of the tests: a failure here fails
+# the run, after pytest has run, so one run shows both.
+lint=0
+"$VENV/bin/ruff" format --check --quiet . || { echo "test.sh: ruff format would change the files above (run: $VENV/bin/ruff format .)" >&2; lint=1; }
+"$VENV/bin/ruff" check --quiet . || { echo "test.sh: ruff check found the problems above" >&2; lint=1; }
+status=0
+"$VENV/bin/python" -m pytest "$@" || status=$?
+[ "$status" -ne 0 ] && exit "$status"
+exit "$lint"

@@ -32,9 +32,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="serve",
         description="Serve a binsight model over HTTP: /ping, /invocations, /predict, /model, /docs. "
-                    "Settings come from the environment (MODEL_DIR, SAGEMAKER_BIND_TO_PORT, "
-                    "SAGEMAKER_MODEL_SERVER_WORKERS, SAGEMAKER_MAX_PAYLOAD_IN_MB, BINSIGHT_*); "
-                    "these options override it.")
+        "Settings come from the environment (MODEL_DIR, SAGEMAKER_BIND_TO_PORT, "
+        "SAGEMAKER_MODEL_SERVER_WORKERS, SAGEMAKER_MAX_PAYLOAD_IN_MB, BINSIGHT_*); "
+        "these options override it.",
+    )
     parser.add_argument("--model-dir", help="artifact directory (model.json + model.pth); overrides MODEL_DIR")
     parser.add_argument("--host", help="interface to bind (default 0.0.0.0)")
     parser.add_argument("--port", type=int, help="port (default SAGEMAKER_BIND_TO_PORT or 8080)")
@@ -77,21 +78,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve starting: host: %s port: %d workers: %d model_dir: %s model_source: %s max_payload_mb: %g "
         "max_batch_size: %d batch_wait_ms: %g runtime: %s precision: %s model_server_timeout_s: %g "
         "safe_port_range: %s",
-        settings.host, settings.port, settings.workers, settings.model.path, settings.model.source or "none",
-        settings.max_payload_mb, settings.max_batch_size, settings.batch_wait_ms, settings.runtime,
-        settings.precision, settings.model_server_timeout_s, settings.safe_port_range or "none")
+        settings.host,
+        settings.port,
+        settings.workers,
+        settings.model.path,
+        settings.model.source or "none",
+        settings.max_payload_mb,
+        settings.max_batch_size,
+        settings.batch_wait_ms,
+        settings.runtime,
+        settings.precision,
+        settings.model_server_timeout_s,
+        settings.safe_port_range or "none",
+    )
     if settings.safe_port_range is not None and settings.port in settings.safe_port_range:
-        logger.warning("bind port %d lies inside SAGEMAKER_SAFE_PORT_RANGE=%s, the ports other containers on this "
-                       "host may take", settings.port, settings.safe_port_range)
+        logger.warning(
+            "bind port %d lies inside SAGEMAKER_SAFE_PORT_RANGE=%s, the ports other containers on this host may take",
+            settings.port,
+            settings.safe_port_range,
+        )
 
     import uvicorn  # here, not at import time: `python -m service --help` stays fast
 
     signal.signal(signal.SIGTERM, _ignore_signal)
     signal.signal(signal.SIGINT, _ignore_signal)
     common = dict(
-        host=settings.host, port=settings.port, log_config=logging_config(settings.log_level, settings.access_log),
-        access_log=settings.access_log, timeout_keep_alive=75, timeout_graceful_shutdown=30,
-        proxy_headers=False, server_header=False,
+        host=settings.host,
+        port=settings.port,
+        log_config=logging_config(settings.log_level, settings.access_log),
+        access_log=settings.access_log,
+        timeout_keep_alive=75,
+        timeout_graceful_shutdown=30,
+        proxy_headers=False,
+        server_header=False,
     )
     if settings.workers > 1:
         if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters:

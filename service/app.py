@@ -44,8 +44,7 @@ Counts the objects in warehouse bin photos.
 """
 
 
-def create_app(settings: ServeSettings, predictor: Predictor | None = None, *,
-               loader: Loader | None = None) -> FastAPI:
+def create_app(settings: ServeSettings, predictor: Predictor | None = None, *, loader: Loader | None = None) -> FastAPI:
     """The app; with ``predictor`` it serves that one at once, else ``loader`` (default: the
     configured artifact) runs in the background at startup."""
 
@@ -70,8 +69,9 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None, *,
                 await state.engine.close()
 
     # docs_url/redoc_url off: docs_ui serves both pages from local assets instead of FastAPI's CDN ones
-    app = FastAPI(title="binsight", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
-                  docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="binsight", version="0.1.0", description=DESCRIPTION, lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.settings = settings
     app.state.model = ModelState()
     for router in ROUTERS:
@@ -108,7 +108,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in e.get('loc', ()) if part != 'body') or 'request'}: {e.get('msg')}"
-            for e in exc.errors())
+            for e in exc.errors()
+        )
         return _error(422, f"invalid request: {problems}")
 
     @app.exception_handler(InferenceError)

@@ -42,11 +42,15 @@ class ModelMetadata(BaseModel):
 
     format_version: int = Field(FORMAT_VERSION, description="Version of this schema; newer than the code's is refused.")
     architecture: str = Field(..., description="Name in the architecture registry.", examples=["efficientnet_lite0"])
-    labels: list[str] = Field(..., description="Class labels in output order: counts, optionally an overflow class.",
-                              examples=[["0", "1", "2", "3", "4", "5", "6+"]])
+    labels: list[str] = Field(
+        ...,
+        description="Class labels in output order: counts, optionally an overflow class.",
+        examples=[["0", "1", "2", "3", "4", "5", "6+"]],
+    )
     input_size: int = Field(224, ge=16, le=2048, description="Square input side in pixels.")
     resize: ResizePolicy = Field(
-        "squash", description="How a photo becomes a square: squash, letterbox or center_crop.")
+        "squash", description="How a photo becomes a square: squash, letterbox or center_crop."
+    )
     mean: tuple[float, float, float] = Field(..., description="Per-channel mean on the 0..1 scale.")
     std: tuple[float, float, float] = Field(..., description="Per-channel standard deviation on the 0..1 scale.")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Head dropout the module was built with.")
@@ -90,8 +94,9 @@ class ModelMetadata(BaseModel):
         return self.labels[-1].endswith("+")
 
     def preprocess_spec(self) -> PreprocessSpec:
-        return PreprocessSpec(input_size=self.input_size, resize=self.resize,
-                              mean=tuple(self.mean), std=tuple(self.std))
+        return PreprocessSpec(
+            input_size=self.input_size, resize=self.resize, mean=tuple(self.mean), std=tuple(self.std)
+        )
 
 
 def count_labels(max_count: int, overflow: bool) -> list[str]:
@@ -146,8 +151,7 @@ def save_artifact(model_dir: str | os.PathLike, model: nn.Module, metadata: Mode
     """
     model_dir = Path(model_dir)
     try:
-        reference = build_model(metadata.architecture, metadata.num_classes, pretrained=False,
-                                dropout=metadata.dropout)
+        reference = build_model(metadata.architecture, metadata.num_classes, pretrained=False, dropout=metadata.dropout)
     except ArchitectureError as exc:
         raise ArtifactError(f"cannot save: {exc}") from None
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}

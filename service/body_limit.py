@@ -15,9 +15,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 class PayloadTooLarge(HTTPException):
     def __init__(self, limit_bytes: int) -> None:
-        super().__init__(413, detail=(
-            f"request body is larger than the limit of {limit_bytes / 2**20:g} MiB "
-            f"({limit_bytes} bytes; SAGEMAKER_MAX_PAYLOAD_IN_MB); send fewer or smaller images per request"))
+        super().__init__(
+            413,
+            detail=(
+                f"request body is larger than the limit of {limit_bytes / 2**20:g} MiB "
+                f"({limit_bytes} bytes; SAGEMAKER_MAX_PAYLOAD_IN_MB); send fewer or smaller images per request"
+            ),
+        )
 
 
 class BodySizeLimit:
@@ -60,8 +64,9 @@ class BodySizeLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Connection: close, since the rest of the body is never read.
-        response = JSONResponse({"error": PayloadTooLarge(self.max_bytes).detail}, status_code=413,
-                                headers={"Connection": "close"})
+        response = JSONResponse(
+            {"error": PayloadTooLarge(self.max_bytes).detail}, status_code=413, headers={"Connection": "close"}
+        )
         await response(scope, receive, send)
 
 

@@ -42,9 +42,13 @@ JSONLINES_TYPES = (JSONLINES, "application/x-jsonlines", "application/jsonl")
 #: Bodies whose kind is read from their bytes ("" = no Content-Type).
 SNIFFED_TYPES = ("", OCTET_STREAM, "binary/octet-stream")
 #: The accepted request types, as the 415 message lists them (fixed text: documented errors equal real ones).
-SUPPORTED_REQUEST_TYPES = ("an image (image/jpeg, image/png, image/webp, image/heic, image/avif, image/gif, "
-                           "image/bmp, image/tiff or application/x-image)", f"{OCTET_STREAM} (read from its bytes)",
-                           JSON, JSONLINES)
+SUPPORTED_REQUEST_TYPES = (
+    "an image (image/jpeg, image/png, image/webp, image/heic, image/avif, image/gif, "
+    "image/bmp, image/tiff or application/x-image)",
+    f"{OCTET_STREAM} (read from its bytes)",
+    JSON,
+    JSONLINES,
+)
 RESPONSE_TYPES = (JSON, JSONLINES)
 
 RequestKind = Literal["image", "json", "jsonlines", "sniff"]
@@ -94,8 +98,10 @@ def request_kind(content_type: str | None) -> RequestKind:
         return "json"
     if kind in JSONLINES_TYPES:
         return "jsonlines"
-    raise UnsupportedMediaType(f"Content-Type {content_type!r} is not supported; send "
-                               f"{', '.join(SUPPORTED_REQUEST_TYPES[:-1])} or {SUPPORTED_REQUEST_TYPES[-1]}")
+    raise UnsupportedMediaType(
+        f"Content-Type {content_type!r} is not supported; send "
+        f"{', '.join(SUPPORTED_REQUEST_TYPES[:-1])} or {SUPPORTED_REQUEST_TYPES[-1]}"
+    )
 
 
 def sniff_kind(body: bytes) -> RequestKind:
@@ -163,10 +169,11 @@ def _instance_bytes(item, where: str) -> bytes:
         raw = _WHITESPACE.sub(b"", text.encode("ascii"))
         return base64.b64decode(raw, validate=True)
     except (UnicodeEncodeError, binascii.Error, ValueError) as exc:
-        raise BadRequest(f"{where}: \"b64\" is not valid base64 ({exc})") from None
+        raise BadRequest(f'{where}: "b64" is not valid base64 ({exc})') from None
 
 
 # ------------------------------------------------------------------------------- responses
+
 
 def choose_response_type(accept: str | None) -> str:
     """Pick the response type from ``Accept``: JSON unless JSON Lines is preferred; 406 if neither fits."""

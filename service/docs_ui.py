@@ -25,9 +25,11 @@ ASSET_PACKAGES = [("service", "static/docs"), ("fastapi_offline", "static")]
 # Swagger UI sets element styles and ReDoc injects <style> elements (styled-components), hence
 # 'unsafe-inline' for styles; ReDoc's search runs in a worker made from a blob: URL. Scripts and every
 # fetch (the OpenAPI document, "Try it out" requests) are allowed from this server only.
-DOCS_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-            "worker-src 'self' blob:; font-src 'self' data:; object-src 'none'; base-uri 'self'; "
-            "form-action 'self'; frame-ancestors 'self'")
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "worker-src 'self' blob:; font-src 'self' data:; object-src 'none'; base-uri 'self'; "
+    "form-action 'self'; frame-ancestors 'self'"
+)
 
 
 def install(app: FastAPI, title: str) -> None:

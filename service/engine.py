@@ -36,8 +36,14 @@ class InferenceError(RuntimeError):
 class InferenceEngine:
     """Async front of a :class:`Predictor`; create inside a running loop, ``await start()``, ``await close()``."""
 
-    def __init__(self, predictor: Predictor, *, decode_workers: int = 2, max_wait_s: float = 0.005,
-                 max_in_flight: int | None = None) -> None:
+    def __init__(
+        self,
+        predictor: Predictor,
+        *,
+        decode_workers: int = 2,
+        max_wait_s: float = 0.005,
+        max_in_flight: int | None = None,
+    ) -> None:
         self.predictor = predictor
         self.max_wait_s = max_wait_s
         self._decode_pool = ThreadPoolExecutor(max(1, decode_workers), thread_name_prefix="binsight-decode")
@@ -55,8 +61,12 @@ class InferenceEngine:
 
     async def close(self) -> None:
         if self.batches:
-            logger.info("inference stats: images: %d batches: %d mean_batch_size: %.2f",
-                        self.images, self.batches, self.images / self.batches)
+            logger.info(
+                "inference stats: images: %d batches: %d mean_batch_size: %.2f",
+                self.images,
+                self.batches,
+                self.images / self.batches,
+            )
         if self._task is not None:
             self._task.cancel()
             try:
@@ -139,7 +149,8 @@ class InferenceEngine:
                 continue
             try:
                 predictions = await loop.run_in_executor(
-                    self._forward_pool, self.predictor.forward, [image for image, _ in live])
+                    self._forward_pool, self.predictor.forward, [image for image, _ in live]
+                )
             except asyncio.CancelledError:
                 for _, future in live:
                     if not future.done():

@@ -71,8 +71,13 @@ def batch_sizes(limit: int) -> list[int]:
     return sizes + [limit]
 
 
-def measure(forward: Callable[[Sequence[PreparedImage]], object], images: Sequence[PreparedImage], limit: int,
-            clock: Callable[[], float] = time.perf_counter, budget_s: float = BUDGET_S) -> list[Throughput]:
+def measure(
+    forward: Callable[[Sequence[PreparedImage]], object],
+    images: Sequence[PreparedImage],
+    limit: int,
+    clock: Callable[[], float] = time.perf_counter,
+    budget_s: float = BUDGET_S,
+) -> list[Throughput]:
     """Forward throughput at growing batch sizes (see the module docstring); runs on the caller's thread."""
     measured: list[Throughput] = []
     began = clock()
@@ -98,7 +103,8 @@ def recommend(measured: Sequence[Throughput], *, workers: int, max_payload_mb: f
     return ExecutionParametersOut(
         MaxConcurrentTransforms=max(1, min(MAX_CONCURRENT_TRANSFORMS, workers * batch)),
         BatchStrategy="MULTI_RECORD" if batch > 1 else "SINGLE_RECORD",
-        MaxPayloadInMB=max(1, min(MAX_PAYLOAD_IN_MB, math.floor(max_payload_mb))))
+        MaxPayloadInMB=max(1, min(MAX_PAYLOAD_IN_MB, math.floor(max_payload_mb))),
+    )
 
 
 class ExecutionParameters:
@@ -113,11 +119,14 @@ class ExecutionParameters:
             if self._value is None:
                 predictor = engine.predictor
                 images = [predictor.prepare(data) for data in predictor.check_images()]
-                measured = await engine.on_forward_thread(measure, predictor.forward, images,
-                                                          predictor.max_batch_size)
+                measured = await engine.on_forward_thread(measure, predictor.forward, images, predictor.max_batch_size)
                 self._value = recommend(measured, workers=workers, max_payload_mb=max_payload_mb)
-                logger.info("execution_parameters: max_concurrent_transforms: %d batch_strategy: %s "
-                            "max_payload_in_mb: %d measured_images_per_s: %s", self._value.MaxConcurrentTransforms,
-                            self._value.BatchStrategy, self._value.MaxPayloadInMB,
-                            ",".join(f"b{t.batch_size}={t.images_per_s:.1f}" for t in measured))
+                logger.info(
+                    "execution_parameters: max_concurrent_transforms: %d batch_strategy: %s "
+                    "max_payload_in_mb: %d measured_images_per_s: %s",
+                    self._value.MaxConcurrentTransforms,
+                    self._value.BatchStrategy,
+                    self._value.MaxPayloadInMB,
+                    ",".join(f"b{t.batch_size}={t.images_per_s:.1f}" for t in measured),
+                )
             return self._value

@@ -1,7 +1,8 @@
 """Plain ``key: value`` log lines, for people and for SageMaker's metric regexes alike.
 
     time: 2026-11-23T01:54:08.123Z level: INFO logger: service.predictor message: model loaded: ...
-    time: 2026-11-23T01:54:09.004Z level: INFO logger: uvicorn.access message: client: 10.0.0.7:51234 method: POST path: /invocations status: 200
+    time: 2026-11-23T01:54:09.004Z level: INFO logger: uvicorn.access message: client: 10.0.0.7:51234 ...
+        ... method: POST path: /invocations status: 200   (one line, folded here)
 
 Successful ``/ping`` calls (SageMaker sends one every few seconds) are left out of the access log.
 """
@@ -55,15 +56,22 @@ def logging_config(level: str = "info", access_log: bool = True) -> dict:
         },
         "handlers": {
             "default": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"},
-            "access": {"class": "logging.StreamHandler", "formatter": "access", "stream": "ext://sys.stdout",
-                       "filters": ["skip_healthy_ping"]},
+            "access": {
+                "class": "logging.StreamHandler",
+                "formatter": "access",
+                "stream": "ext://sys.stdout",
+                "filters": ["skip_healthy_ping"],
+            },
         },
         "root": {"handlers": ["default"], "level": level},
         "loggers": {
             "uvicorn": {"handlers": ["default"], "level": level, "propagate": False},
             "uvicorn.error": {"handlers": ["default"], "level": level, "propagate": False},
-            "uvicorn.access": {"handlers": ["access"] if access_log else [],
-                               "level": "INFO" if access_log else "CRITICAL", "propagate": False},
+            "uvicorn.access": {
+                "handlers": ["access"] if access_log else [],
+                "level": "INFO" if access_log else "CRITICAL",
+                "propagate": False,
+            },
         },
     }
 

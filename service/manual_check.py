@@ -16,8 +16,14 @@ def expected_label(labels: list[str], expected_quantity: int) -> str | None:
     return None
 
 
-def assess(prediction: Prediction, labels: list[str], filename: str | None, expected_quantity: int | None,
-           min_confidence: float, min_expected_probability: float) -> PhotoResult:
+def assess(
+    prediction: Prediction,
+    labels: list[str],
+    filename: str | None,
+    expected_quantity: int | None,
+    min_confidence: float,
+    min_expected_probability: float,
+) -> PhotoResult:
     """A :class:`PhotoResult` with the expected-quantity fields and the manual-check flag filled in."""
     reasons: list[str] = []
     if prediction.confidence < min_confidence:
@@ -28,11 +34,15 @@ def assess(prediction: Prediction, labels: list[str], filename: str | None, expe
         probability_expected = prediction.probabilities[label] if label is not None else 0.0
         matches = prediction.label == label
         if label is None:
-            reasons.append(f"expected quantity {expected_quantity} is beyond what the model can count "
-                           f"(labels {labels[0]}..{labels[-1]})")
+            reasons.append(
+                f"expected quantity {expected_quantity} is beyond what the model can count "
+                f"(labels {labels[0]}..{labels[-1]})"
+            )
         elif probability_expected < min_expected_probability:
-            reasons.append(f"probability of expected quantity {expected_quantity} is {probability_expected:.2f}, "
-                           f"below {min_expected_probability:.2f} (predicted {prediction.label})")
+            reasons.append(
+                f"probability of expected quantity {expected_quantity} is {probability_expected:.2f}, "
+                f"below {min_expected_probability:.2f} (predicted {prediction.label})"
+            )
     return PhotoResult(
         filename=filename,
         **prediction.to_dict(),
@@ -46,5 +56,10 @@ def assess(prediction: Prediction, labels: list[str], filename: str | None, expe
 
 def unreadable(filename: str | None, expected_quantity: int | None, error: str) -> PhotoResult:
     """A photo that could not be decoded always needs a person."""
-    return PhotoResult(filename=filename, expected_quantity=expected_quantity, error=error,
-                       needs_manual_check=True, manual_check_reasons=[f"photo could not be read: {error}"])
+    return PhotoResult(
+        filename=filename,
+        expected_quantity=expected_quantity,
+        error=error,
+        needs_manual_check=True,
+        manual_check_reasons=[f"photo could not be read: {error}"],
+    )

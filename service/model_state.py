@@ -61,15 +61,22 @@ def load_predictor(settings: ServeSettings) -> Predictor:
         torch.set_num_threads(settings.torch_threads)
     elif settings.workers > 1:  # torch's default, one thread per CPU in every worker, oversubscribes the CPU
         torch.set_num_threads(settings.cpus_per_worker)
-    return Predictor.from_artifact(settings.model.path, max_batch_size=settings.max_batch_size,
-                                   max_image_pixels=settings.max_image_pixels, warm_up=True,
-                                   runtime=settings.runtime, precision=settings.precision,
-                                   cache_dir=settings.cache_dir, threads=settings.runtime_threads)
+    return Predictor.from_artifact(
+        settings.model.path,
+        max_batch_size=settings.max_batch_size,
+        max_image_pixels=settings.max_image_pixels,
+        warm_up=True,
+        runtime=settings.runtime,
+        precision=settings.precision,
+        cache_dir=settings.cache_dir,
+        threads=settings.runtime_threads,
+    )
 
 
 def new_engine(predictor: Predictor, settings: ServeSettings) -> InferenceEngine:
-    return InferenceEngine(predictor, decode_workers=settings.decode_workers,
-                           max_wait_s=settings.batch_wait_ms / 1000.0)
+    return InferenceEngine(
+        predictor, decode_workers=settings.decode_workers, max_wait_s=settings.batch_wait_ms / 1000.0
+    )
 
 
 async def load_in_background(state: ModelState, settings: ServeSettings, loader: Loader) -> None:
@@ -104,12 +111,19 @@ async def load_in_background(state: ModelState, settings: ServeSettings, loader:
     except asyncio.CancelledError:
         raise
     except BaseException as exc:
-        message = str(exc) if isinstance(exc, (ValueError, OSError, RuntimeError)) and str(exc) else \
-            f"{type(exc).__name__}: {exc}"
+        message = (
+            str(exc)
+            if isinstance(exc, (ValueError, OSError, RuntimeError)) and str(exc)
+            else f"{type(exc).__name__}: {exc}"
+        )
         state.set_failed(message)
         logger.error("model load failed: error: %s", message)
         return
     state.set_ready(predictor, engine)
-    logger.info("model ready: architecture: %s runtime: %s precision: %s after_s: %.2f",
-                predictor.metadata.architecture, predictor.runtime.name, predictor.runtime.precision,
-                time.monotonic() - state.since)
+    logger.info(
+        "model ready: architecture: %s runtime: %s precision: %s after_s: %.2f",
+        predictor.metadata.architecture,
+        predictor.runtime.name,
+        predictor.runtime.precision,
+        time.monotonic() - state.since,
+    )

@@ -85,21 +85,26 @@ def export_onnx(model: nn.Module, input_size: int, destination: str | os.PathLik
             # about this model; the parity check against torch is what tells whether the graph is right.
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                model, (example,), destination, dynamo=False, opset_version=OPSET,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                model,
+                (example,),
+                destination,
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                 do_constant_folding=True,
             )
     except ExportError:
         raise
     except Exception as exc:
-        raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") \
-            from exc
+        raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
     finally:
         model.train(was_training)
 
 
 # ------------------------------------------------------------------------------- cache directory
+
 
 @dataclass(frozen=True)
 class CacheDir:
@@ -147,6 +152,7 @@ def resolve_cache_dir(configured: Path | None = None, environ: Mapping[str, str]
 
 # ------------------------------------------------------------------------------- cached export
 
+
 @dataclass(frozen=True)
 class OnnxGraph:
     """An exported graph: a file in the cache, or bytes when there is no cache."""
@@ -165,8 +171,9 @@ class OnnxGraph:
         return str(self.path) if self.path is not None else "in memory (no cache directory)"
 
 
-def onnx_graph(model: nn.Module, metadata: ModelMetadata, weights: Path, cache: CacheDir,
-               refresh: bool = False) -> OnnxGraph:
+def onnx_graph(
+    model: nn.Module, metadata: ModelMetadata, weights: Path, cache: CacheDir, refresh: bool = False
+) -> OnnxGraph:
     """The graph of ``model`` (built from ``weights`` as ``metadata`` says): from the cache when it
     holds it (unless ``refresh``), else exported now and stored there (atomically)."""
     weights_sha256 = file_sha256(weights)

@@ -46,6 +46,7 @@ def mark_binary_uploads(document: JsonObject) -> int:
 
 # ------------------------------------------------------------------------------- walking the document
 
+
 def _resolve(document: JsonObject, schema: JsonObject) -> JsonObject:
     ref = schema.get("$ref")
     if isinstance(ref, str) and ref.startswith("#/components/schemas/"):

@@ -51,8 +51,15 @@ def _shown_default(info: FieldInfo, unset: str) -> str:
     return unset if info.default is None else str(info.default)
 
 
-def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, model: type[BaseModel], env_prefix: str,
-                *, dest_prefix: str = "", as_strings: bool = False, unset: str = "None") -> None:
+def add_options(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    model: type[BaseModel],
+    env_prefix: str,
+    *,
+    dest_prefix: str = "",
+    as_strings: bool = False,
+    unset: str = "None",
+) -> None:
     """An option per field of ``model``, its help ending ``[default; env NAME]``; an absent option
     leaves no attribute (so the environment and the field default stay in charge).
 
@@ -65,8 +72,11 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, model
         flags = [option_flag(name)] + [f for f in extra.get("flags", []) if f != option_flag(name)]
         kind = "scalar" if as_strings else field_kind(info.annotation)
         help_text = f"{info.description or ''} [{_shown_default(info, unset)}; env {env_name(env_prefix, name)}]"
-        kwargs: dict[str, Any] = {"dest": dest_prefix + name, "default": argparse.SUPPRESS,
-                                  "help": help_text.replace("%", "%%")}
+        kwargs: dict[str, Any] = {
+            "dest": dest_prefix + name,
+            "default": argparse.SUPPRESS,
+            "help": help_text.replace("%", "%%"),
+        }
         if kind == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
         elif kind == "dict":
@@ -78,8 +88,9 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, model
         parser.add_argument(*flags, **kwargs)
 
 
-def cli_values(args: argparse.Namespace | Mapping[str, Any], model: type[BaseModel],
-               dest_prefix: str = "") -> dict[str, Any]:
+def cli_values(
+    args: argparse.Namespace | Mapping[str, Any], model: type[BaseModel], dest_prefix: str = ""
+) -> dict[str, Any]:
     """The fields given on the command line (parsed with :func:`add_options`)."""
     given = vars(args) if isinstance(args, argparse.Namespace) else args
     return {name: given[dest_prefix + name] for name in model.model_fields if dest_prefix + name in given}
@@ -91,8 +102,9 @@ def env_values(model: type[BaseModel], env_prefix: str, environ: Mapping[str, st
     return {name: value for name, value in found.items() if value.strip() != ""}
 
 
-def load_options(model: type[BaseModel], cli: Mapping[str, Any], env_prefix: str,
-                 environ: Mapping[str, str]) -> BaseModel:
+def load_options(
+    model: type[BaseModel], cli: Mapping[str, Any], env_prefix: str, environ: Mapping[str, str]
+) -> BaseModel:
     """``model`` from the environment, overridden by ``cli``; raises :class:`ValidationError`."""
     return model.model_validate({**env_values(model, env_prefix, environ), **cli})
 
@@ -101,8 +113,13 @@ def _flag(field: str | None) -> str | None:
     return option_flag(field) if field is not None else None
 
 
-def error_lines(exc: ValidationError, where: Callable[[str | None], str | None] = _flag, *,
-                env_prefix: str | None = None, values: Mapping[str, Any] | None = None) -> list[str]:
+def error_lines(
+    exc: ValidationError,
+    where: Callable[[str | None], str | None] = _flag,
+    *,
+    env_prefix: str | None = None,
+    values: Mapping[str, Any] | None = None,
+) -> list[str]:
     """One ``<where(field)>: <message>`` line per problem (just the message when ``where`` gives ``None``).
 
     ``where(None)`` names a problem of several fields together. A missing field says which variable

@@ -114,10 +114,18 @@ class Predictor:
         self._spec = self.metadata.preprocess_spec()
 
     @classmethod
-    def from_artifact(cls, model_dir: str | Path, *, max_batch_size: int = 16,
-                      max_image_pixels: int = DEFAULT_MAX_PIXELS, warm_up: bool = True,
-                      runtime: RuntimeChoice = "torch", precision: Precision = "fp32",
-                      cache_dir: Path | None = None, threads: int = 0) -> "Predictor":
+    def from_artifact(
+        cls,
+        model_dir: str | Path,
+        *,
+        max_batch_size: int = 16,
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
+        warm_up: bool = True,
+        runtime: RuntimeChoice = "torch",
+        precision: Precision = "fp32",
+        cache_dir: Path | None = None,
+        threads: int = 0,
+    ) -> "Predictor":
         """Load an artifact (validated by :func:`load_artifact`), pick its runtime and, by default, warm it up.
 
         ``runtime``: ``torch``; ``onnxruntime`` (fp32 graph derived from model.pth, or with
@@ -132,9 +140,14 @@ class Predictor:
             raise ValueError("precision int8 runs on ONNX Runtime; use runtime auto or onnxruntime")
         start = time.perf_counter()
         artifact = load_artifact(model_dir)
-        predictor = cls(artifact.model, artifact.metadata, model_dir=artifact.path,
-                        max_batch_size=max_batch_size, max_image_pixels=max_image_pixels,
-                        runtime=RuntimeInfo(name="torch", requested=runtime, threads=torch.get_num_threads()))
+        predictor = cls(
+            artifact.model,
+            artifact.metadata,
+            model_dir=artifact.path,
+            max_batch_size=max_batch_size,
+            max_image_pixels=max_image_pixels,
+            runtime=RuntimeInfo(name="torch", requested=runtime, threads=torch.get_num_threads()),
+        )
         loaded = time.perf_counter()
         if runtime != "torch":
             # The runtime check runs torch on the check images too, so torch needs no warm-up of its own.
@@ -143,26 +156,38 @@ class Predictor:
             predictor.warm_up()
         logger.info(
             "model loaded: model_dir: %s architecture: %s classes: %d input_size: %d load_s: %.2f warmup_s: %.2f %s",
-            artifact.path, artifact.metadata.architecture, artifact.metadata.num_classes,
-            artifact.metadata.input_size, loaded - start, time.perf_counter() - loaded, predictor.runtime.log_fields(),
+            artifact.path,
+            artifact.metadata.architecture,
+            artifact.metadata.num_classes,
+            artifact.metadata.input_size,
+            loaded - start,
+            time.perf_counter() - loaded,
+            predictor.runtime.log_fields(),
         )
         return predictor
 
-    def _use_onnxruntime(self, requested: RuntimeChoice, precision: Precision, cache: CacheDir,
-                         threads: int) -> None:
+    def _use_onnxruntime(self, requested: RuntimeChoice, precision: Precision, cache: CacheDir, threads: int) -> None:
         """Switch the forward pass to ONNX Runtime, checked against the torch model on the check images."""
         if cache.path is None:
             logger.warning("onnx cache off: reason: %s", cache.note)
         try:
-            module, info = onnxruntime_module(self.model, self.metadata, self.model_dir, self.check_batch(),
-                                              precision=precision, cache=cache, threads=threads,
-                                              requested=requested)
+            module, info = onnxruntime_module(
+                self.model,
+                self.metadata,
+                self.model_dir,
+                self.check_batch(),
+                precision=precision,
+                cache=cache,
+                threads=threads,
+                requested=requested,
+            )
         except RuntimeUnavailable as exc:
             if requested == "onnxruntime" or precision == "int8":
                 raise
             logger.warning("onnxruntime not used, serving with torch: reason: %s", exc)
-            self.runtime = RuntimeInfo(name="torch", requested=requested, threads=torch.get_num_threads(),
-                                       fallback_reason=str(exc))
+            self.runtime = RuntimeInfo(
+                name="torch", requested=requested, threads=torch.get_num_threads(), fallback_reason=str(exc)
+            )
             return
         self.model, self.runtime = module, info
 
@@ -194,7 +219,7 @@ class Predictor:
         results: list[Prediction] = []
         with torch.inference_mode():
             for start in range(0, len(images), self.max_batch_size):
-                batch = self.batch_tensor(images[start:start + self.max_batch_size])
+                batch = self.batch_tensor(images[start : start + self.max_batch_size])
                 logits = self.model(batch)
                 probabilities = torch.softmax(logits.float(), dim=1)
                 results.extend(self._predictions(probabilities))
@@ -208,13 +233,15 @@ class Predictor:
         rows = probabilities.tolist()
         out = []
         for row, conf, idx, exp in zip(rows, confidence.tolist(), index.tolist(), expected):
-            out.append(Prediction(
-                count=self._counts[idx],
-                label=labels[idx],
-                confidence=round(conf, 6),
-                probabilities={label: round(p, 6) for label, p in zip(labels, row)},
-                expected_count=round(exp, 4),
-            ))
+            out.append(
+                Prediction(
+                    count=self._counts[idx],
+                    label=labels[idx],
+                    confidence=round(conf, 6),
+                    probabilities={label: round(p, 6) for label, p in zip(labels, row)},
+                    expected_count=round(exp, 4),
+                )
+            )
         return out
 
     # ----------------------------------------------------------------------------- whole path
@@ -235,8 +262,14 @@ class Predictor:
         """Two JPEGs (a structured picture and its mirror image) that warm up the model and check runtimes."""
         width, height = self._spec.input_size + 13, self._spec.input_size + 7
         ramp = Image.linear_gradient("L").resize((width, height))
-        image = Image.merge("RGB", (ramp, ramp.transpose(Image.Transpose.ROTATE_90).resize((width, height)),
-                                    Image.new("L", (width, height), 110)))
+        image = Image.merge(
+            "RGB",
+            (
+                ramp,
+                ramp.transpose(Image.Transpose.ROTATE_90).resize((width, height)),
+                Image.new("L", (width, height), 110),
+            ),
+        )
         for i, colour in enumerate(((200, 40, 30), (30, 160, 60), (250, 250, 240))):
             x, y = (i * 2 + 1) * width // 8, (i + 1) * height // 5
             image.paste(colour, (x, y, x + width // 6, y + height // 7))

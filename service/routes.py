@@ -24,6 +24,7 @@ from service.settings import ServeSettings
 # The dependencies are ``async def`` on purpose: FastAPI runs plain ``def`` dependencies on its
 # thread pool, a thread hop per dependency per request.
 
+
 async def get_settings(request: Request) -> ServeSettings:
     return request.app.state.settings
 
@@ -50,8 +51,7 @@ _NOT_READY = {503: NOT_READY}
 health = APIRouter(tags=["health"])
 
 
-@health.get("/ping", response_model=PingResponse, responses={503: PING_NOT_READY},
-            summary="Health check (SageMaker)")
+@health.get("/ping", response_model=PingResponse, responses={503: PING_NOT_READY}, summary="Health check (SageMaker)")
 async def ping(state: StateDep) -> JSONResponse:
     """200 only when the model is loaded **and** a warm-up inference succeeded; 503 while loading or after
     a load failure, with the reason in `detail`."""
@@ -59,21 +59,30 @@ async def ping(state: StateDep) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if state.status == "ready" else 503)
 
 
-async def predict_within_timeout(engine: InferenceEngine, images: list[bytes],
-                                 settings: ServeSettings) -> list[PredictionResult]:
+async def predict_within_timeout(
+    engine: InferenceEngine, images: list[bytes], settings: ServeSettings
+) -> list[PredictionResult]:
     """The engine's predictions, or 504 once SAGEMAKER_MODEL_SERVER_TIMEOUT has passed (the request's
     images still queued are dropped; one already in a forward pass finishes unseen)."""
     try:
         async with asyncio.timeout(settings.model_server_timeout_s):
             return await engine.predict(images)
     except TimeoutError:
-        raise HTTPException(504, detail=(
-            f"inference of {len(images)} image(s) took longer than SAGEMAKER_MODEL_SERVER_TIMEOUT="
-            f"{settings.model_server_timeout_s:g} s; send fewer images per request")) from None
+        raise HTTPException(
+            504,
+            detail=(
+                f"inference of {len(images)} image(s) took longer than SAGEMAKER_MODEL_SERVER_TIMEOUT="
+                f"{settings.model_server_timeout_s:g} s; send fewer images per request"
+            ),
+        ) from None
 
 
-@health.get("/execution-parameters", response_model=ExecutionParametersOut, responses=_NOT_READY,
-            summary="Batch transform settings (SageMaker)")
+@health.get(
+    "/execution-parameters",
+    response_model=ExecutionParametersOut,
+    responses=_NOT_READY,
+    summary="Batch transform settings (SageMaker)",
+)
 async def execution_parameters(request: Request, engine: EngineDep, settings: SettingsDep) -> ExecutionParametersOut:
     """What SageMaker batch transform should use when the job leaves them unset: `MaxConcurrentTransforms`
     (workers x the batch size the measured forward throughput levels off at), `BatchStrategy` and
@@ -94,13 +103,28 @@ _INVOCATIONS_BODY = {
         "required": True,
         "description": "One image as the raw body, or a batch of base64 images as JSON / JSON Lines.",
         "content": {
-            **{kind: {"schema": {"type": "string", "format": "binary"}} for kind in (
-                "image/jpeg", "image/png", "image/webp", "image/heic", "application/x-image",
-                "application/octet-stream")},
+            **{
+                kind: {"schema": {"type": "string", "format": "binary"}}
+                for kind in (
+                    "image/jpeg",
+                    "image/png",
+                    "image/webp",
+                    "image/heic",
+                    "application/x-image",
+                    "application/octet-stream",
+                )
+            },
             "application/json": {
-                "schema": {"type": "object", "required": ["instances"], "properties": {"instances": {
-                    "type": "array", "items": {"type": "object", "required": ["b64"],
-                                               "properties": {"b64": {"type": "string"}}}}}},
+                "schema": {
+                    "type": "object",
+                    "required": ["instances"],
+                    "properties": {
+                        "instances": {
+                            "type": "array",
+                            "items": {"type": "object", "required": ["b64"], "properties": {"b64": {"type": "string"}}},
+                        }
+                    },
+                },
                 "example": {"instances": [{"b64": _B64_EXAMPLE}, {"b64": _B64_EXAMPLE}]},
             },
             "application/jsonlines": {
@@ -118,11 +142,17 @@ _INVOCATIONS_BODY = {
     response_model=InvocationResponse,
     openapi_extra=_INVOCATIONS_BODY,
     responses={
-        200: {"content": {"application/jsonlines": {"schema": {"type": "string"},
-                                                    "example": '{"count":3,"label":"3","confidence":0.7,...}\n'}},
-              "description": "One prediction per image, in request order. `Accept: application/jsonlines` gives "
-                             "one JSON object per line. An image of a batch that cannot be read gets "
-                             "`{\"error\": ...}` in its place."},
+        200: {
+            "content": {
+                "application/jsonlines": {
+                    "schema": {"type": "string"},
+                    "example": '{"count":3,"label":"3","confidence":0.7,...}\n',
+                }
+            },
+            "description": "One prediction per image, in request order. `Accept: application/jsonlines` gives "
+            "one JSON object per line. An image of a batch that cannot be read gets "
+            '`{"error": ...}` in its place.',
+        },
         **INVOCATIONS_ERRORS,
     },
 )
@@ -139,10 +169,10 @@ async def invoke(request: Request, engine: EngineDep, settings: SettingsDep) -> 
     if all(isinstance(r, ImageFailure) for r in results):
         if len(results) == 1:
             raise codecs.BadRequest(results[0].error)
-        raise codecs.BadRequest("no image could be read: " + "; ".join(
-            f"image {i}: {r.error}" for i, r in enumerate(results)))
-    return Response(codecs.encode_response((r.to_dict() for r in results), response_type),
-                    media_type=response_type)
+        raise codecs.BadRequest(
+            "no image could be read: " + "; ".join(f"image {i}: {r.error}" for i, r in enumerate(results))
+        )
+    return Response(codecs.encode_response((r.to_dict() for r in results), response_type), media_type=response_type)
 
 
 # ------------------------------------------------------------------------------- photo upload
@@ -159,11 +189,21 @@ upload = APIRouter(tags=["inference"])
 async def predict(
     engine: EngineDep,
     settings: SettingsDep,
-    files: Annotated[list[UploadFile], File(description="One or more bin photos (JPEG, PNG, WebP, HEIC or another "
-                                                        "common photo format).")],
-    expected_quantity: Annotated[int | None, Form(ge=0, le=10_000, description=(
-        "The number of items the bin should hold. Each photo then gets the probability of exactly that "
-        "many, whether the prediction matches, and a manual-check flag."))] = None,
+    files: Annotated[
+        list[UploadFile],
+        File(description="One or more bin photos (JPEG, PNG, WebP, HEIC or another common photo format)."),
+    ],
+    expected_quantity: Annotated[
+        int | None,
+        Form(
+            ge=0,
+            le=10_000,
+            description=(
+                "The number of items the bin should hold. Each photo then gets the probability of exactly that "
+                "many, whether the prediction matches, and a manual-check flag."
+            ),
+        ),
+    ] = None,
 ) -> PredictResponse:
     """Counts the objects in each photo. Photos that cannot be read are reported one by one; the request
     fails (400) only when none can be read. Each file's format comes from its bytes, as on `/invocations`
@@ -171,13 +211,22 @@ async def predict(
     images = [await f.read() for f in files]
     results = await predict_within_timeout(engine, images, settings)
     if all(isinstance(r, ImageFailure) for r in results):
-        raise codecs.BadRequest("no photo could be read: " + "; ".join(
-            f"{f.filename or i}: {r.error}" for i, (f, r) in enumerate(zip(files, results))))
+        raise codecs.BadRequest(
+            "no photo could be read: "
+            + "; ".join(f"{f.filename or i}: {r.error}" for i, (f, r) in enumerate(zip(files, results)))
+        )
     labels = engine.predictor.metadata.labels
     photos = [
-        unreadable(f.filename, expected_quantity, r.error) if isinstance(r, ImageFailure) else
-        assess(r, labels, f.filename, expected_quantity, settings.manual_check_confidence,
-               settings.manual_check_expected_probability)
+        unreadable(f.filename, expected_quantity, r.error)
+        if isinstance(r, ImageFailure)
+        else assess(
+            r,
+            labels,
+            f.filename,
+            expected_quantity,
+            settings.manual_check_confidence,
+            settings.manual_check_expected_probability,
+        )
         for f, r in zip(files, results)
     ]
     return PredictResponse(architecture=engine.predictor.metadata.architecture, labels=labels, results=photos)
@@ -193,9 +242,13 @@ async def get_model(engine: EngineDep) -> ModelInfo:
     """The artifact's `model.json` (architecture, labels, preprocessing, metrics, provenance) and the runtime
     serving it (torch or ONNX Runtime, and why)."""
     predictor = engine.predictor
-    return ModelInfo(model_dir=str(predictor.model_dir) if predictor.model_dir else None,
-                     metadata=predictor.metadata, class_values=predictor.metadata.class_values,
-                     max_batch_size=predictor.max_batch_size, runtime=predictor.runtime.to_dict())
+    return ModelInfo(
+        model_dir=str(predictor.model_dir) if predictor.model_dir else None,
+        metadata=predictor.metadata,
+        class_values=predictor.metadata.class_values,
+        max_batch_size=predictor.max_batch_size,
+        runtime=predictor.runtime.to_dict(),
+    )
 
 
 ROUTERS = (health, invocations, upload, model_info)

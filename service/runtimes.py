@@ -126,8 +126,12 @@ class RuntimeInfo:
         return asdict(self)
 
     def log_fields(self) -> str:
-        fields = [f"runtime: {self.name}", f"precision: {self.precision}", f"requested: {self.requested}",
-                  f"threads: {self.threads}"]
+        fields = [
+            f"runtime: {self.name}",
+            f"precision: {self.precision}",
+            f"requested: {self.requested}",
+            f"threads: {self.threads}",
+        ]
         if self.graph:
             fields += [f"graph: {self.graph}", f"cache: {self.cache}"]
         if self.parity_max_abs_diff is not None:
@@ -150,17 +154,22 @@ def check_parity(reference: torch.Tensor, candidate: torch.Tensor, tolerance: fl
     if not bool(torch.isfinite(reference).all()):
         raise RuntimeUnavailable("the torch model itself answers NaN or infinity on the check images")
     if candidate.shape != reference.shape:
-        raise RuntimeUnavailable(f"ONNX Runtime output shape {tuple(candidate.shape)} differs from torch's "
-                                 f"{tuple(reference.shape)}")
+        raise RuntimeUnavailable(
+            f"ONNX Runtime output shape {tuple(candidate.shape)} differs from torch's {tuple(reference.shape)}"
+        )
     if not bool(torch.isfinite(candidate).all()):
         raise RuntimeUnavailable("ONNX Runtime output holds NaN or infinity where torch's does not")
     difference = float((candidate - reference).abs().max())
     if difference > tolerance:
-        raise RuntimeUnavailable(f"ONNX Runtime probabilities differ from torch's by up to {difference:.2e} "
-                                 f"on the check images (tolerance {tolerance:g})")
+        raise RuntimeUnavailable(
+            f"ONNX Runtime probabilities differ from torch's by up to {difference:.2e} "
+            f"on the check images (tolerance {tolerance:g})"
+        )
     if argmax and not torch.equal(candidate.argmax(1), reference.argmax(1)):
-        raise RuntimeUnavailable("ONNX Runtime picks a different class than torch on the check images "
-                                 f"(max probability difference {difference:.2e})")
+        raise RuntimeUnavailable(
+            "ONNX Runtime picks a different class than torch on the check images "
+            f"(max probability difference {difference:.2e})"
+        )
     return difference
 
 
@@ -170,23 +179,38 @@ def int8_graph_path(model_dir: Path, metadata: ModelMetadata, weights_sha256: st
     record = (metadata.model_extra or {}).get(QUANTIZATION_KEY, {})
     record = record.get("int8") if isinstance(record, dict) else None
     if not path.is_file():
-        raise RuntimeUnavailable(f"precision int8 needs {path}; make it with "
-                                 f"`python -m training.quantize --model-dir {model_dir} --data-dir DATA`")
+        raise RuntimeUnavailable(
+            f"precision int8 needs {path}; make it with "
+            f"`python -m training.quantize --model-dir {model_dir} --data-dir DATA`"
+        )
     if not isinstance(record, dict):
-        raise RuntimeUnavailable(f"{model_dir / 'model.json'} has no {QUANTIZATION_KEY}.int8 record for "
-                                 f"{INT8_GRAPH_FILE}; rerun python -m training.quantize")
+        raise RuntimeUnavailable(
+            f"{model_dir / 'model.json'} has no {QUANTIZATION_KEY}.int8 record for "
+            f"{INT8_GRAPH_FILE}; rerun python -m training.quantize"
+        )
     if record.get("weights_sha256") != weights_sha256:
-        raise RuntimeUnavailable(f"{INT8_GRAPH_FILE} was made from other weights than {WEIGHTS_FILE} "
-                                 "(the model changed since it was quantized); rerun python -m training.quantize")
+        raise RuntimeUnavailable(
+            f"{INT8_GRAPH_FILE} was made from other weights than {WEIGHTS_FILE} "
+            "(the model changed since it was quantized); rerun python -m training.quantize"
+        )
     if record.get("graph_sha256") != file_sha256(path):
-        raise RuntimeUnavailable(f"{path} is not the file model.json records (its SHA-256 differs); "
-                                 "rerun python -m training.quantize")
+        raise RuntimeUnavailable(
+            f"{path} is not the file model.json records (its SHA-256 differs); rerun python -m training.quantize"
+        )
     return path
 
 
-def onnxruntime_module(model: nn.Module, metadata: ModelMetadata, model_dir: Path, check_batch: torch.Tensor, *,
-                       precision: Precision = "fp32", cache: CacheDir, threads: int,
-                       requested: RuntimeChoice = "onnxruntime") -> tuple[OnnxRuntimeModule, RuntimeInfo]:
+def onnxruntime_module(
+    model: nn.Module,
+    metadata: ModelMetadata,
+    model_dir: Path,
+    check_batch: torch.Tensor,
+    *,
+    precision: Precision = "fp32",
+    cache: CacheDir,
+    threads: int,
+    requested: RuntimeChoice = "onnxruntime",
+) -> tuple[OnnxRuntimeModule, RuntimeInfo]:
     """ONNX Runtime for ``model`` (the torch module of the artifact in ``model_dir``), checked
     against it on ``check_batch``; raises :class:`RuntimeUnavailable` with the reason."""
     version = onnxruntime_version()
@@ -217,19 +241,29 @@ def onnxruntime_module(model: nn.Module, metadata: ModelMetadata, model_dir: Pat
         except ExportError as exc:
             raise RuntimeUnavailable(str(exc)) from exc
         except Exception as exc:
-            raise RuntimeUnavailable(f"ONNX Runtime cannot load the exported graph: {type(exc).__name__}: "
-                                     f"{str(exc).splitlines()[0][:300]}") from exc
+            raise RuntimeUnavailable(
+                f"ONNX Runtime cannot load the exported graph: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+            ) from exc
         graph_label, cache_state, export_s, tolerance = graph.describe(), graph.cache, graph.export_s, FP32_TOLERANCE
     module = OnnxRuntimeModule(session, label=f"onnxruntime {version} {precision} {graph_label}")
     try:
         candidate = _probabilities(module, check_batch)
     except Exception as exc:
-        raise RuntimeUnavailable(f"ONNX Runtime failed on the check images: {type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0][:300]}") from exc
+        raise RuntimeUnavailable(
+            f"ONNX Runtime failed on the check images: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        ) from exc
     difference = check_parity(reference, candidate, tolerance, argmax=precision == "fp32")
-    info = RuntimeInfo(name="onnxruntime", precision=precision, requested=requested, threads=threads,
-                       graph=graph_label, cache=cache_state,
-                       export_s=None if export_s is None else round(export_s, 3),
-                       prepare_s=round(time.perf_counter() - start, 3), parity_max_abs_diff=difference,
-                       parity_tolerance=tolerance, onnxruntime_version=version)
+    info = RuntimeInfo(
+        name="onnxruntime",
+        precision=precision,
+        requested=requested,
+        threads=threads,
+        graph=graph_label,
+        cache=cache_state,
+        export_s=None if export_s is None else round(export_s, 3),
+        prepare_s=round(time.perf_counter() - start, 3),
+        parity_max_abs_diff=difference,
+        parity_tolerance=tolerance,
+        onnxruntime_version=version,
+    )
     return module, info

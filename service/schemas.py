@@ -14,14 +14,20 @@ _PROBABILITIES_EXAMPLE = {"0": 0.001, "1": 0.012, "2": 0.081, "3": 0.702, "4": 0
 class PredictionOut(BaseModel):
     """The model's answer for one photo."""
 
-    count: int = Field(..., description="Most likely number of objects (the value of the most probable class; "
-                                        "an overflow class 'N+' counts as N).", examples=[3])
+    count: int = Field(
+        ...,
+        description="Most likely number of objects (the value of the most probable class; "
+        "an overflow class 'N+' counts as N).",
+        examples=[3],
+    )
     label: str = Field(..., description="Most probable class label.", examples=["3"])
     confidence: float = Field(..., ge=0, le=1, description="Probability of that class.", examples=[0.702])
-    probabilities: dict[str, float] = Field(..., description="Probability of every class label.",
-                                            examples=[_PROBABILITIES_EXAMPLE])
-    expected_count: float = Field(..., description="Probability-weighted mean count (overflow class counts as N).",
-                                  examples=[3.16])
+    probabilities: dict[str, float] = Field(
+        ..., description="Probability of every class label.", examples=[_PROBABILITIES_EXAMPLE]
+    )
+    expected_count: float = Field(
+        ..., description="Probability-weighted mean count (overflow class counts as N).", examples=[3.16]
+    )
 
 
 class ImageErrorOut(BaseModel):
@@ -33,11 +39,24 @@ class ImageErrorOut(BaseModel):
 class InvocationResponse(BaseModel):
     """``/invocations`` answer with ``Accept: application/json``: one entry per image, in request order."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"predictions": [
-        {"count": 3, "label": "3", "confidence": 0.702, "probabilities": _PROBABILITIES_EXAMPLE,
-         "expected_count": 3.16},
-        {"error": "image data is corrupt or truncated: image file is truncated"},
-    ]}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "predictions": [
+                        {
+                            "count": 3,
+                            "label": "3",
+                            "confidence": 0.702,
+                            "probabilities": _PROBABILITIES_EXAMPLE,
+                            "expected_count": 3.16,
+                        },
+                        {"error": "image data is corrupt or truncated: image file is truncated"},
+                    ]
+                }
+            ]
+        }
+    )
 
     predictions: list[PredictionOut | ImageErrorOut]
 
@@ -45,8 +64,13 @@ class InvocationResponse(BaseModel):
 class ErrorResponse(BaseModel):
     """Every error answer: what went wrong, in words."""
 
-    error: str = Field(..., examples=["Content-Type 'text/plain' is not supported; send one of image/jpeg, "
-                                      "image/png, application/x-image, application/json, application/jsonlines"])
+    error: str = Field(
+        ...,
+        examples=[
+            "Content-Type 'text/plain' is not supported; send one of image/jpeg, "
+            "image/png, application/x-image, application/json, application/jsonlines"
+        ],
+    )
 
 
 class PingResponse(BaseModel):
@@ -61,15 +85,17 @@ class RuntimeOut(BaseModel):
 
     name: Literal["torch", "onnxruntime"] = Field(..., examples=["onnxruntime"])
     precision: Literal["fp32", "int8"] = Field("fp32", examples=["fp32"])
-    requested: Literal["auto", "onnxruntime", "torch"] = Field("torch", description="BINSIGHT_RUNTIME as set.",
-                                                               examples=["auto"])
+    requested: Literal["auto", "onnxruntime", "torch"] = Field(
+        "torch", description="BINSIGHT_RUNTIME as set.", examples=["auto"]
+    )
     threads: int = Field(0, description="Intra-op threads of the runtime.", examples=[2])
     graph: str | None = Field(None, description="The ONNX graph served (a cache file, or the artifact's int8 graph).")
     cache: str | None = Field(None, description="hit, miss (exported at load), off (no cache dir) or artifact.")
     export_s: float | None = Field(None, description="Seconds the ONNX export took at load (0 on a cache hit).")
     prepare_s: float | None = Field(None, description="Seconds from the torch model to a checked ONNX session.")
-    parity_max_abs_diff: float | None = Field(None, description="Largest probability difference to torch on the "
-                                                                "check images.", examples=[5.7e-07])
+    parity_max_abs_diff: float | None = Field(
+        None, description="Largest probability difference to torch on the check images.", examples=[5.7e-07]
+    )
     parity_tolerance: float | None = Field(None, examples=[0.0001])
     fallback_reason: str | None = Field(None, description="Why ONNX Runtime was not used (auto only).")
     onnxruntime_version: str | None = Field(None, examples=["1.32.0"])
@@ -80,8 +106,9 @@ class ModelInfo(BaseModel):
 
     model_dir: str | None = Field(None, examples=["/opt/ml/model"])
     metadata: ModelMetadata
-    class_values: list[float] = Field(..., description="Numeric count of each class label.",
-                                      examples=[[0, 1, 2, 3, 4, 5, 6]])
+    class_values: list[float] = Field(
+        ..., description="Numeric count of each class label.", examples=[[0, 1, 2, 3, 4, 5, 6]]
+    )
     max_batch_size: int = Field(..., description="Images per forward pass; bigger requests run in chunks.")
     runtime: RuntimeOut
 
@@ -89,12 +116,26 @@ class ModelInfo(BaseModel):
 class PhotoResult(BaseModel):
     """``/predict`` answer for one uploaded photo."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "filename": "bin-00017.jpg", "count": 3, "label": "3", "confidence": 0.702,
-        "probabilities": _PROBABILITIES_EXAMPLE, "expected_count": 3.16, "expected_quantity": 3,
-        "probability_expected": 0.702, "matches_expected": True, "needs_manual_check": False,
-        "manual_check_reasons": [], "error": None,
-    }]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "filename": "bin-00017.jpg",
+                    "count": 3,
+                    "label": "3",
+                    "confidence": 0.702,
+                    "probabilities": _PROBABILITIES_EXAMPLE,
+                    "expected_count": 3.16,
+                    "expected_quantity": 3,
+                    "probability_expected": 0.702,
+                    "matches_expected": True,
+                    "needs_manual_check": False,
+                    "manual_check_reasons": [],
+                    "error": None,
+                }
+            ]
+        }
+    )
 
     filename: str | None = Field(None, description="Name of the uploaded file.")
     count: int | None = Field(None, description="Most likely number of objects.")
@@ -104,12 +145,17 @@ class PhotoResult(BaseModel):
     expected_count: float | None = Field(None, description="Probability-weighted mean count.")
     expected_quantity: int | None = Field(None, description="The quantity the bin should hold, as sent.")
     probability_expected: float | None = Field(
-        None, description="Probability that the bin holds exactly expected_quantity (for an overflow class "
-                          "'N+': that it holds N or more).")
+        None,
+        description="Probability that the bin holds exactly expected_quantity (for an overflow class "
+        "'N+': that it holds N or more).",
+    )
     matches_expected: bool | None = Field(None, description="Whether the predicted count is the expected quantity.")
-    needs_manual_check: bool = Field(False, description="True when a person should look at this bin: low "
-                                                        "confidence, a low probability of the expected quantity, "
-                                                        "or an unreadable photo.")
+    needs_manual_check: bool = Field(
+        False,
+        description="True when a person should look at this bin: low "
+        "confidence, a low probability of the expected quantity, "
+        "or an unreadable photo.",
+    )
     manual_check_reasons: list[str] = Field(default_factory=list, description="Why a manual check is needed.")
     error: str | None = Field(None, description="Why the photo could not be read (then no prediction).")
 

@@ -65,13 +65,15 @@ class ModelLocation(BaseModel):
 
     def not_found_message(self) -> str:
         return (
-            "no model found; tried: " + "; ".join(self.tried)
+            "no model found; tried: "
+            + "; ".join(self.tried)
             + f". Set MODEL_DIR to a directory holding {METADATA_FILE} and model.pth (as written by `train`)."
         )
 
 
-def resolve_model_dir(environ: Mapping[str, str], sagemaker_dir: Path = SAGEMAKER_MODEL_DIR,
-                      default_dir: Path = DEFAULT_MODEL_DIR) -> ModelLocation:
+def resolve_model_dir(
+    environ: Mapping[str, str], sagemaker_dir: Path = SAGEMAKER_MODEL_DIR, default_dir: Path = DEFAULT_MODEL_DIR
+) -> ModelLocation:
     """``MODEL_DIR``, else ``SM_MODEL_DIR``, else ``/opt/ml/model`` if it holds a model, else the built-in model.
 
     An explicitly set variable wins even when its directory is broken: the load then fails with
@@ -98,47 +100,88 @@ class ServeSettings(BaseModel):
     model: ModelLocation = Field(..., description="The resolved model directory.")
     host: str = Field("0.0.0.0", description="Interface to bind (BINSIGHT_HOST).")
     port: int = Field(8080, ge=1, le=65535, description="Port (SAGEMAKER_BIND_TO_PORT).")
-    workers: int = Field(1, ge=1, le=64, description="Worker processes, each with its own model copy "
-                                                      "(SAGEMAKER_MODEL_SERVER_WORKERS).")
-    max_payload_mb: float = Field(6.0, gt=0, le=1024, description="Largest request body in MiB "
-                                                                  "(SAGEMAKER_MAX_PAYLOAD_IN_MB).")
-    model_server_timeout_s: float = Field(60.0, gt=0, le=3600, description=(
-        "Longest an inference request may take once its body is read; then 504 (SAGEMAKER_MODEL_SERVER_TIMEOUT, "
-        "seconds; SageMaker's own default, and its real-time endpoints' limit, is 60)."))
-    safe_port_range: SafePortRange = Field(None, description=(
-        "The ports a container may take besides its bind port (SAGEMAKER_SAFE_PORT_RANGE, LOW-HIGH): binsight "
-        "takes none; read, checked and logged (service/port_range.py)."))
-    max_batch_size: int = Field(16, ge=1, le=1024, description="Most images in one forward pass; larger "
-                                                               "requests run in chunks (BINSIGHT_MAX_BATCH_SIZE).")
-    batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="Longest a waiting image is held back so that "
-                                                                 "concurrent requests share one forward pass.")
+    workers: int = Field(
+        1, ge=1, le=64, description="Worker processes, each with its own model copy (SAGEMAKER_MODEL_SERVER_WORKERS)."
+    )
+    max_payload_mb: float = Field(
+        6.0, gt=0, le=1024, description="Largest request body in MiB (SAGEMAKER_MAX_PAYLOAD_IN_MB)."
+    )
+    model_server_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Longest an inference request may take once its body is read; then 504 (SAGEMAKER_MODEL_SERVER_TIMEOUT, "
+            "seconds; SageMaker's own default, and its real-time endpoints' limit, is 60)."
+        ),
+    )
+    safe_port_range: SafePortRange = Field(
+        None,
+        description=(
+            "The ports a container may take besides its bind port (SAGEMAKER_SAFE_PORT_RANGE, LOW-HIGH): binsight "
+            "takes none; read, checked and logged (service/port_range.py)."
+        ),
+    )
+    max_batch_size: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="Most images in one forward pass; larger requests run in chunks (BINSIGHT_MAX_BATCH_SIZE).",
+    )
+    batch_wait_ms: float = Field(
+        5.0,
+        ge=0,
+        le=1000,
+        description="Longest a waiting image is held back so that concurrent requests share one forward pass.",
+    )
     runtime: Literal["auto", "onnxruntime", "torch"] = Field(
-        "auto", description="What runs the forward pass (BINSIGHT_RUNTIME): onnxruntime (a graph derived from "
-                            "model.pth, checked against torch at load; the load fails when it cannot serve), torch, "
-                            "or auto: ONNX Runtime when installed and equal to torch, else torch (the reason logged).")
+        "auto",
+        description="What runs the forward pass (BINSIGHT_RUNTIME): onnxruntime (a graph derived from "
+        "model.pth, checked against torch at load; the load fails when it cannot serve), torch, "
+        "or auto: ONNX Runtime when installed and equal to torch, else torch (the reason logged).",
+    )
     precision: Literal["fp32", "int8"] = Field(
-        "fp32", description="int8 serves the artifact's model.int8.onnx (made by `python -m training.quantize`) "
-                            "on ONNX Runtime; only when asked (BINSIGHT_PRECISION).")
-    cache_dir: Path | None = Field(None, description="Where exported ONNX graphs are cached (BINSIGHT_CACHE_DIR); "
-                                                     "default ~/.cache/binsight, else a private temp folder.")
-    ort_threads: int = Field(0, ge=0, le=512, description="ONNX Runtime intra-op threads per worker; 0: the "
-                                                          "worker's share of the available CPUs less one.")
+        "fp32",
+        description="int8 serves the artifact's model.int8.onnx (made by `python -m training.quantize`) "
+        "on ONNX Runtime; only when asked (BINSIGHT_PRECISION).",
+    )
+    cache_dir: Path | None = Field(
+        None,
+        description="Where exported ONNX graphs are cached (BINSIGHT_CACHE_DIR); "
+        "default ~/.cache/binsight, else a private temp folder.",
+    )
+    ort_threads: int = Field(
+        0,
+        ge=0,
+        le=512,
+        description="ONNX Runtime intra-op threads per worker; 0: the worker's share of the available CPUs less one.",
+    )
     torch_threads: int = Field(0, ge=0, le=512, description="torch intra-op threads; 0 keeps torch's default.")
-    decode_threads: int = Field(0, ge=0, le=256, description="Threads decoding images per worker; 0: the "
-                                                             "available CPUs divided among the workers (at most 8).")
+    decode_threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="Threads decoding images per worker; 0: the available CPUs divided among the workers (at most 8).",
+    )
     max_image_pixels: int = Field(40_000_000, ge=1, description="Larger images are refused (decompression bombs).")
-    manual_check_confidence: float = Field(0.5, ge=0, le=1, description="Below this confidence /predict flags a "
-                                                                        "photo for a manual check.")
-    manual_check_expected_probability: float = Field(0.5, ge=0, le=1, description=(
-        "Below this probability of the expected quantity /predict flags a photo for a manual check."))
+    manual_check_confidence: float = Field(
+        0.5, ge=0, le=1, description="Below this confidence /predict flags a photo for a manual check."
+    )
+    manual_check_expected_probability: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description=("Below this probability of the expected quantity /predict flags a photo for a manual check."),
+    )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     access_log: bool = Field(True, description="Log one line per request (successful /ping calls are left out).")
 
     @model_validator(mode="after")
     def _int8_needs_onnxruntime(self) -> "ServeSettings":
         if self.precision == "int8" and self.runtime == "torch":
-            raise ValueError("BINSIGHT_PRECISION=int8 runs on ONNX Runtime; set BINSIGHT_RUNTIME to auto or "
-                             "onnxruntime")
+            raise ValueError(
+                "BINSIGHT_PRECISION=int8 runs on ONNX Runtime; set BINSIGHT_RUNTIME to auto or onnxruntime"
+            )
         return self
 
     @property

@@ -31,10 +31,20 @@ from serving_support import ARCH, LABELS, free_port
 
 CHROMIUM = os.environ.get("BINSIGHT_CHROMIUM", "/usr/bin/chromium")
 # Headless chromium without the background services that would call Google from a closed network.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-default-apps", "--disable-extensions", "--no-default-browser-check",
-                 "--metrics-recording-only", "--password-store=basic"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--no-default-browser-check",
+    "--metrics-recording-only",
+    "--password-store=basic",
+]
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
 # Where the tests write their screenshots: BINSIGHT_SCREENSHOT_DIR=docs/screenshots refreshes the README's.
 SCREENSHOT_DIR_ENV = "BINSIGHT_SCREENSHOT_DIR"
@@ -48,8 +58,10 @@ def require_chromium() -> str:
     except ImportError as exc:
         problem = f"the playwright package is not installed ({exc}); ./scripts/test.sh installs it"
     if problem is None and not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
-        problem = (f"no chromium at {CHROMIUM} (BINSIGHT_CHROMIUM); ./scripts/test.sh installs Debian's package "
-                   "when run as root, or run `apt-get install chromium`")
+        problem = (
+            f"no chromium at {CHROMIUM} (BINSIGHT_CHROMIUM); ./scripts/test.sh installs Debian's package "
+            "when run as root, or run `apt-get install chromium`"
+        )
     if problem is not None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"browser tests cannot run in CI: {problem}")
@@ -58,6 +70,7 @@ def require_chromium() -> str:
 
 
 # ------------------------------------------------------------------------------- a model and photos with known answers
+
 
 class BrightnessCounter(nn.Module):
     """A stand-in model whose answer is known from the photo: it "counts" the mean brightness b (0..1) of
@@ -94,9 +107,12 @@ def bin_photo(count: float, size=(480, 360)) -> bytes:
         x = 30 + (i % 4) * (width - 60) // 4
         y = 40 + (i // 4) * (height - 80) // 2
         shade = 45 if level < 128 else -45
-        draw.rectangle((x, y, x + (width - 60) // 4 - 20, y + (height - 80) // 2 - 30),
-                       fill=(min(255, max(0, level + shade)), level, min(255, max(0, level - shade))),
-                       outline=(level // 2, level // 2, level // 2), width=3)
+        draw.rectangle(
+            (x, y, x + (width - 60) // 4 - 20, y + (height - 80) // 2 - 30),
+            fill=(min(255, max(0, level + shade)), level, min(255, max(0, level - shade))),
+            outline=(level // 2, level // 2, level // 2),
+            width=3,
+        )
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
@@ -104,14 +120,16 @@ def bin_photo(count: float, size=(480, 360)) -> bytes:
 
 # ------------------------------------------------------------------------------- the server
 
+
 class ServerThread:
     """``app`` served by uvicorn on a free loopback port, in a daemon thread, lifespan included."""
 
     def __init__(self, app) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    access_log=False, lifespan="on"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False, lifespan="on")
+        )
         self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{self.port}", daemon=True)
 
     def __enter__(self) -> "ServerThread":
@@ -184,8 +202,13 @@ def launch_browser(executable: str) -> Browser:
     profile = Path(tempfile.mkdtemp(prefix="binsight-chromium-"))
     try:
         context = playwright.chromium.launch_persistent_context(
-            str(profile), executable_path=executable, headless=True, args=CHROMIUM_ARGS,
-            service_workers="block", accept_downloads=False)
+            str(profile),
+            executable_path=executable,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            service_workers="block",
+            accept_downloads=False,
+        )
     except Exception:
         playwright.stop()
         shutil.rmtree(profile, ignore_errors=True)
@@ -213,6 +236,7 @@ def csp_violations(page) -> list[str]:
 
 
 # ------------------------------------------------------------------------------- screenshots
+
 
 def save_screenshot(png: bytes, name: str, fallback_dir: Path, max_width: int = 1000) -> Path:
     """Write a screenshot, shrunk and reduced to 256 colours so the README's copies stay small, to

@@ -39,15 +39,24 @@ class Docker:
     def environ(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         return {**os.environ, **self.env, **(extra or {})}
 
-    def run(self, *args: str, timeout: float = 120, check: bool = True, extra_env: dict[str, str] | None = None,
-            input: bytes | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self,
+        *args: str,
+        timeout: float = 120,
+        check: bool = True,
+        extra_env: dict[str, str] | None = None,
+        input: bytes | None = None,
+    ) -> subprocess.CompletedProcess:
         """``docker ARGS``; with ``check`` a failure raises with the command's output in the message."""
-        proc = subprocess.run(["docker", *args], env=self.environ(extra_env), capture_output=True, timeout=timeout,
-                              input=input)
+        proc = subprocess.run(
+            ["docker", *args], env=self.environ(extra_env), capture_output=True, timeout=timeout, input=input
+        )
         if check and proc.returncode != 0:
             out, err = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
-            raise AssertionError(f"docker {shlex.join(args)} exited {proc.returncode}\n"
-                                 f"--- stdout\n{out[-4000:]}\n--- stderr\n{err[-6000:]}")
+            raise AssertionError(
+                f"docker {shlex.join(args)} exited {proc.returncode}\n"
+                f"--- stdout\n{out[-4000:]}\n--- stderr\n{err[-6000:]}"
+            )
         return proc
 
     def answers(self) -> bool:
@@ -77,8 +86,9 @@ def connect(engine_script: Path | None = None, timeout: float = 900) -> Docker:
             return current
     script = Path(engine_script or os.environ.get(ENGINE_SCRIPT_ENV) or DEFAULT_ENGINE_SCRIPT)
     if not script.is_file():
-        raise EngineUnavailable(f"no engine answers and the engine script {script} does not exist "
-                                f"(set {ENGINE_SCRIPT_ENV} to it)")
+        raise EngineUnavailable(
+            f"no engine answers and the engine script {script} does not exist (set {ENGINE_SCRIPT_ENV} to it)"
+        )
     if os.geteuid() != 0:
         raise EngineUnavailable(f"no engine answers and {script} must run as root to start one")
     started = time.monotonic()
@@ -98,12 +108,14 @@ def connect(engine_script: Path | None = None, timeout: float = 900) -> Docker:
 def pip_find_links(python: str = sys.executable) -> list[Path]:
     """The local folders pip is configured to look in (``find-links`` from pip.conf or ``PIP_FIND_LINKS``)."""
     try:
-        out = subprocess.run([python, "-m", "pip", "config", "list"], capture_output=True, text=True,
-                             timeout=60).stdout
+        out = subprocess.run([python, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError):
         out = ""
-    values = [line.split("=", 1)[1].strip().strip("'\"") for line in out.splitlines()
-              if line.split("=", 1)[0].endswith("find-links")]
+    values = [
+        line.split("=", 1)[1].strip().strip("'\"")
+        for line in out.splitlines()
+        if line.split("=", 1)[0].endswith("find-links")
+    ]
     values += os.environ.get("PIP_FIND_LINKS", "").split()
     folders = []
     for value in values:
@@ -121,12 +133,17 @@ def torch_source_for_builds() -> str:
     """
     present = sorted(WHEEL_DIR.glob("torch-*.whl"))
     if len(present) > 1:
-        raise AssertionError(f".wheels/ holds {len(present)} torch wheels; TORCH_SOURCE=local needs exactly one: "
-                             f"{[p.name for p in present]}")
+        raise AssertionError(
+            f".wheels/ holds {len(present)} torch wheels; TORCH_SOURCE=local needs exactly one: "
+            f"{[p.name for p in present]}"
+        )
     if present:
         return "local"
-    candidates = [Path(os.environ["BINSIGHT_TORCH_WHEEL"])] if os.environ.get("BINSIGHT_TORCH_WHEEL") else [
-        path for folder in pip_find_links() for path in sorted(folder.glob(LOCAL_WHEEL_PATTERN))]
+    candidates = (
+        [Path(os.environ["BINSIGHT_TORCH_WHEEL"])]
+        if os.environ.get("BINSIGHT_TORCH_WHEEL")
+        else [path for folder in pip_find_links() for path in sorted(folder.glob(LOCAL_WHEEL_PATTERN))]
+    )
     if not candidates:
         return "index"
     wheel = candidates[-1]

@@ -37,8 +37,9 @@ def make_artifact(model_dir: Path, seed: int = 0, input_size: int = INPUT_SIZE, 
     if nan:
         with torch.no_grad():
             model._fc.bias.fill_(float("nan"))
-    metadata = metadata_for(ARCH, LABELS, input_size=input_size, metrics={"accuracy": 0.5},
-                            data={"dataset": "synthetic test bins"})
+    metadata = metadata_for(
+        ARCH, LABELS, input_size=input_size, metrics={"accuracy": 0.5}, data={"dataset": "synthetic test bins"}
+    )
     return save_artifact(model_dir, model, metadata)
 
 
@@ -57,6 +58,7 @@ class FixedLogits(nn.Module):
 
 # ------------------------------------------------------------------------------- images
 
+
 def image_bytes(mode: str = "RGB", size=(160, 120), fmt: str = "JPEG", seed: int = 0, **save) -> bytes:
     """A small photo-like image (a smooth gradient with a few blocks) in ``mode`` and ``fmt``."""
     width, height = size
@@ -74,8 +76,9 @@ def image_bytes(mode: str = "RGB", size=(160, 120), fmt: str = "JPEG", seed: int
     elif mode == "P":
         image = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
     elif mode == "I;16":
-        image = Image.frombytes("I;16", size, bytes(
-            b for v in range(width * height) for b in struct.pack("<H", (v * 37) % 65536)))
+        image = Image.frombytes(
+            "I;16", size, bytes(b for v in range(width * height) for b in struct.pack("<H", (v * 37) % 65536))
+        )
     elif mode != "RGB":
         image = rgb.convert(mode)
     buffer = io.BytesIO()
@@ -94,8 +97,12 @@ def png_claiming(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def b64(data: bytes) -> str:
@@ -103,6 +110,7 @@ def b64(data: bytes) -> str:
 
 
 # ------------------------------------------------------------------------------- in-process client
+
 
 @asynccontextmanager
 async def client_for(app):
@@ -125,6 +133,7 @@ async def wait_settled(client: httpx.AsyncClient, timeout: float = 60.0) -> http
 
 # ------------------------------------------------------------------------------- real server
 
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -134,14 +143,26 @@ def free_port() -> int:
 class ServeProcess:
     """``serve`` in a subprocess on a free port; ``stop()`` sends SIGTERM and returns the exit code."""
 
-    def __init__(self, model_dir: Path | None, log_path: Path, extra_env: dict[str, str] | None = None,
-                 args: tuple[str, ...] = ("serve",)) -> None:
+    def __init__(
+        self,
+        model_dir: Path | None,
+        log_path: Path,
+        extra_env: dict[str, str] | None = None,
+        args: tuple[str, ...] = ("serve",),
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if k not in ("MODEL_DIR", "SM_MODEL_DIR")}
-        env.update({"SAGEMAKER_BIND_TO_PORT": str(self.port), "BINSIGHT_HOST": "127.0.0.1",
-                    "BINSIGHT_TORCH_THREADS": "1", "BINSIGHT_ORT_THREADS": "1", "PYTHONUNBUFFERED": "1",
-                    "BINSIGHT_CACHE_DIR": str(log_path.parent / "onnx-cache")})
+        env.update(
+            {
+                "SAGEMAKER_BIND_TO_PORT": str(self.port),
+                "BINSIGHT_HOST": "127.0.0.1",
+                "BINSIGHT_TORCH_THREADS": "1",
+                "BINSIGHT_ORT_THREADS": "1",
+                "PYTHONUNBUFFERED": "1",
+                "BINSIGHT_CACHE_DIR": str(log_path.parent / "onnx-cache"),
+            }
+        )
         if model_dir is not None:
             env["MODEL_DIR"] = str(model_dir)
         env.update(extra_env or {})

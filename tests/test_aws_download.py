@@ -62,17 +62,24 @@ def summary(dest: Path) -> dict:
 # Verification and selection (no server)
 # ------------------------------------------------------------------------------------------------
 
+
 def test_verification_accepts_good_and_names_what_is_wrong() -> None:
     good = jpeg_bytes(1)
     check_jpeg(good)
     check_jpeg(good + b"\x00\x00")  # zero padding after EOI is common and harmless
-    for bad, reason in ((good[:-10], "no EOI"), (b"GIF89a" + good, "no SOI"),
-                        (b"\xff\xd8" + b"\x00" * 50 + b"\xff\xd9", "header unreadable")):
+    for bad, reason in (
+        (good[:-10], "no EOI"),
+        (b"GIF89a" + good, "no SOI"),
+        (b"\xff\xd8" + b"\x00" * 50 + b"\xff\xd9", "header unreadable"),
+    ):
         with pytest.raises(CorruptObject, match=reason):
             check_jpeg(bad)
     assert check_metadata(metadata_bytes(4)) == 4
-    for bad, reason in ((b"{not json", "not valid JSON"), (b'{"X": 1}', "no EXPECTED_QUANTITY"),
-                        (b'{"EXPECTED_QUANTITY": -1}', "negative")):
+    for bad, reason in (
+        (b"{not json", "not valid JSON"),
+        (b'{"X": 1}', "no EXPECTED_QUANTITY"),
+        (b'{"EXPECTED_QUANTITY": -1}', "negative"),
+    ):
         with pytest.raises(CorruptObject, match=reason):
             check_metadata(bad)
 
@@ -81,8 +88,12 @@ def test_file_list_course_format_and_variants(tmp_path: Path) -> None:
     course = {"1": ["data/metadata/100313.json", "data/metadata/09915.json"], "2": ["data/metadata/00010.json"]}
     assert parse_file_list(course) == ["100313", "09915", "00010"]
     # bare ids, image names, numbers, Windows paths, a plain list; duplicates dropped, order kept
-    assert parse_file_list({"3": ["00010", "bin-images/00011.jpg", 12, "a\\b\\00013.json", "00010"]}) == \
-        ["00010", "00011", "12", "00013"]
+    assert parse_file_list({"3": ["00010", "bin-images/00011.jpg", 12, "a\\b\\00013.json", "00010"]}) == [
+        "00010",
+        "00011",
+        "12",
+        "00013",
+    ]
     assert parse_file_list(["7.json", "8"]) == ["7", "8"]
     with pytest.raises(InputError, match="must be a list"):
         parse_file_list({"1": "00010.json"})
@@ -99,10 +110,12 @@ def test_file_list_course_format_and_variants(tmp_path: Path) -> None:
 # Downloads
 # ------------------------------------------------------------------------------------------------
 
+
 def test_ids_download_writes_abid_layout_and_reports_missing(abid_bucket, moto_endpoint, tmp_path) -> None:  # noqa: F811
     dest = tmp_path / "abid"
-    rc, lines = run_cli("--dest", str(dest), "--ids", "00001", "00010", "10", "99999", "--retries", "1",
-                        endpoint=moto_endpoint)
+    rc, lines = run_cli(
+        "--dest", str(dest), "--ids", "00001", "00010", "10", "99999", "--retries", "1", endpoint=moto_endpoint
+    )
     assert rc == 1  # a missing bin is a failure, reported by name
     assert "download_failed: metadata/99999.json reason: not in the bucket" in lines
     assert "complete_bins: 3 failed_bins: 1" in line(lines, "download_summary")
@@ -116,11 +129,18 @@ def test_ids_download_writes_abid_layout_and_reports_missing(abid_bucket, moto_e
 
 def test_file_list_with_max_count_filters_without_half_bins(abid_bucket, moto_endpoint, tmp_path) -> None:  # noqa: F811
     file_list = tmp_path / "file_list.json"
-    file_list.write_text(json.dumps({"1": ["data/metadata/00001.json"], "3": ["data/metadata/00002.json"],
-                                     "7": ["data/metadata/00010.json"], "9": ["00043"]}))
+    file_list.write_text(
+        json.dumps(
+            {
+                "1": ["data/metadata/00001.json"],
+                "3": ["data/metadata/00002.json"],
+                "7": ["data/metadata/00010.json"],
+                "9": ["00043"],
+            }
+        )
+    )
     dest = tmp_path / "abid"
-    rc, lines = run_cli("--dest", str(dest), "--file-list", str(file_list), "--max-count", "5",
-                        endpoint=moto_endpoint)
+    rc, lines = run_cli("--dest", str(dest), "--file-list", str(file_list), "--max-count", "5", endpoint=moto_endpoint)
     assert rc == 0, lines
     assert "complete_bins: 2 failed_bins: 0 filtered_bins: 2" in line(lines, "download_summary")
     assert sorted(p.name for p in (dest / "metadata").iterdir()) == ["00001.json", "00002.json"]
@@ -161,8 +181,8 @@ def test_corrupt_local_files_are_refetched(abid_bucket, moto_endpoint, tmp_path)
     assert run_cli("--dest", str(dest), "--ids", "00001", "00002", "00003", endpoint=moto_endpoint)[0] == 0
     image = dest / "bin-images" / "00001.jpg"
     good = image.read_bytes()
-    image.write_bytes(good[: len(good) // 2])                   # truncated by a non-atomic tool
-    (dest / "metadata" / "00002.json").write_text("{broken")   # not JSON
+    image.write_bytes(good[: len(good) // 2])  # truncated by a non-atomic tool
+    (dest / "metadata" / "00002.json").write_text("{broken")  # not JSON
     rc, lines = run_cli("--dest", str(dest), "--ids", "00001", "00002", "00003", endpoint=moto_endpoint)
     assert rc == 0
     assert "downloaded: 2 skipped: 4 refetched: 2" in line(lines, "download_files")
@@ -178,35 +198,49 @@ def test_corrupt_object_in_bucket_is_read_twice_then_reported(abid_bucket, moto_
     assert rc == 1
     failure = line(lines, "download_failed")
     assert failure.startswith("download_failed: bin-images/00099.jpg reason: corrupt in the bucket: JPEG is truncated")
-    assert "retries: 1" in line(lines, "download_files")          # one more read before giving up
-    assert not (dest / "metadata" / "00099.json").exists()        # no half bin left for training
+    assert "retries: 1" in line(lines, "download_files")  # one more read before giving up
+    assert not (dest / "metadata" / "00099.json").exists()  # no half bin left for training
     assert [r.id for r in read_abid(dest, log=None)] == ["00001"]
 
 
 def test_sample_is_deterministic_bounded_and_filtered(abid_bucket, moto_endpoint, tmp_path) -> None:  # noqa: F811
     chosen = []
     for workers, dest in ((1, tmp_path / "a"), (8, tmp_path / "b")):
-        rc, lines = run_cli("--dest", str(dest), "--sample", "4", "--max-count", "3", "--seed", "7",
-                            "--workers", str(workers), endpoint=moto_endpoint)
+        rc, lines = run_cli(
+            "--dest",
+            str(dest),
+            "--sample",
+            "4",
+            "--max-count",
+            "3",
+            "--seed",
+            "7",
+            "--workers",
+            str(workers),
+            endpoint=moto_endpoint,
+        )
         assert rc == 0, lines
         records = read_abid(dest, log=None)
         assert len(records) == 4 and all(r.count <= 3 for r in records)
         chosen.append(sorted(r.id for r in records))
     assert chosen[0] == chosen[1]  # the seed decides, not thread timing
     # the listing is cached: a second run lists nothing and skips every verified file
-    rc, lines = run_cli("--dest", str(tmp_path / "a"), "--sample", "4", "--max-count", "3", "--seed", "7",
-                        endpoint=moto_endpoint)
+    rc, lines = run_cli(
+        "--dest", str(tmp_path / "a"), "--sample", "4", "--max-count", "3", "--seed", "7", endpoint=moto_endpoint
+    )
     assert rc == 0 and any(entry.startswith("listing_cached: keys: 8") for entry in lines)
     assert "downloaded: 0 skipped: 8" in line(lines, "download_files")
     # a metadata file whose size differs from the listing's is read again
     first = tmp_path / "a" / "metadata" / f"{chosen[0][0]}.json"
     first.write_text(json.dumps(json.loads(first.read_text()), indent=4))
-    rc, lines = run_cli("--dest", str(tmp_path / "a"), "--sample", "4", "--max-count", "3", "--seed", "7",
-                        endpoint=moto_endpoint)
+    rc, lines = run_cli(
+        "--dest", str(tmp_path / "a"), "--sample", "4", "--max-count", "3", "--seed", "7", endpoint=moto_endpoint
+    )
     assert rc == 0 and "downloaded: 1 skipped: 7" in line(lines, "download_files")
     # bounded: 3 metadata reads cannot find 4 bins; the run says so and fails
-    rc, lines = run_cli("--dest", str(tmp_path / "c"), "--sample", "4", "--metadata-read-limit", "3",
-                        endpoint=moto_endpoint)
+    rc, lines = run_cli(
+        "--dest", str(tmp_path / "c"), "--sample", "4", "--metadata-read-limit", "3", endpoint=moto_endpoint
+    )
     assert rc == 1 and any(entry.startswith("sample_short: found 3 of 4") for entry in lines)
 
 
@@ -260,8 +294,9 @@ def test_transient_errors_are_retried_with_backoff(abid_bucket, moto_endpoint, t
     thread.start()
     try:
         endpoint = f"http://127.0.0.1:{proxy.server_address[1]}"
-        config = DownloadAbidConfig(dest=tmp_path / "abid", ids=["00001", "00002"], endpoint_url=endpoint,
-                                    workers=2, retries=3)
+        config = DownloadAbidConfig(
+            dest=tmp_path / "abid", ids=["00001", "00002"], endpoint_url=endpoint, workers=2, retries=3
+        )
         delays: list[float] = []
         downloader = make_downloader(config, lambda _: None, backoff_base_s=0.01)
         downloader.backoff.sleep = delays.append
@@ -271,14 +306,13 @@ def test_transient_errors_are_retried_with_backoff(abid_bucket, moto_endpoint, t
         proxy.server_close()
     assert result.failures == [] and result.complete_bins == 2
     assert result.retries == 4 and len(delays) == 4  # every one of the 4 objects failed once
-    assert all(0 <= d <= 0.01 for d in delays)        # first retry: up to base_s
+    assert all(0 <= d <= 0.01 for d in delays)  # first retry: up to base_s
     assert len(read_abid(tmp_path / "abid", log=None)) == 2
 
 
 def test_retries_give_up_with_the_reason(tmp_path) -> None:
     # nothing listens on this port: connection refused, retried, then reported per file
-    config = DownloadAbidConfig(dest=tmp_path / "abid", ids=["00001"], endpoint_url="http://127.0.0.1:9",
-                                retries=2)
+    config = DownloadAbidConfig(dest=tmp_path / "abid", ids=["00001"], endpoint_url="http://127.0.0.1:9", retries=2)
     downloader = make_downloader(config, lambda _: None, backoff_base_s=0.001)
     result = downloader.download(config.ids)
     assert result.retries == 2 and len(result.failures) == 1

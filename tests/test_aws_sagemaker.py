@@ -86,13 +86,24 @@ class FixedClients(AwsClients):
         return self.fixed[service]
 
 
-JOB_ARGS = ["--image-uri", TRAIN_IMAGE, "--role-arn", ROLE_ARN, "--train-uri", f"s3://{BUCKET}/data/train",
-            "--validation-uri", f"s3://{BUCKET}/data/validation", "--output-uri", f"s3://{BUCKET}/output"]
+JOB_ARGS = [
+    "--image-uri",
+    TRAIN_IMAGE,
+    "--role-arn",
+    ROLE_ARN,
+    "--train-uri",
+    f"s3://{BUCKET}/data/train",
+    "--validation-uri",
+    f"s3://{BUCKET}/data/validation",
+    "--output-uri",
+    f"s3://{BUCKET}/output",
+]
 
 
 # ------------------------------------------------------------------------------------------------
 # S3 channels
 # ------------------------------------------------------------------------------------------------
+
 
 def make_dataset(root: Path) -> None:
     for part, ids in (("train", ["1", "2", "3"]), ("val", ["4"])):
@@ -130,11 +141,23 @@ def test_upload_dataset_channels_and_skip_unchanged(aws, tmp_path) -> None:
 
 def test_upload_explicit_channels_dry_run(aws, tmp_path) -> None:
     make_dataset(tmp_path / "ds")
-    rc, lines = cli(aws, "upload-dataset", "--source", str(tmp_path / "ds"), "--s3-uri", f"s3://{BUCKET}/x",
-                    "--channel", "train=train", "--channel", "test=val", "--dry-run")
+    rc, lines = cli(
+        aws,
+        "upload-dataset",
+        "--source",
+        str(tmp_path / "ds"),
+        "--s3-uri",
+        f"s3://{BUCKET}/x",
+        "--channel",
+        "train=train",
+        "--channel",
+        "test=val",
+        "--dry-run",
+    )
     assert rc == 0, lines
-    assert any(x.startswith("upload_channel: test folder: ") and x.endswith(f"uri: s3://{BUCKET}/x/test/")
-               for x in lines)
+    assert any(
+        x.startswith("upload_channel: test folder: ") and x.endswith(f"uri: s3://{BUCKET}/x/test/") for x in lines
+    )
     assert "upload_dry_run: to_upload: 8 unchanged: 0" in lines
     assert "Contents" not in client("s3", aws).list_objects_v2(Bucket=BUCKET, Prefix="x/")  # nothing sent
 
@@ -155,6 +178,7 @@ def test_multipart_etag_matches_s3(aws, tmp_path) -> None:
 # ------------------------------------------------------------------------------------------------
 # ECR
 # ------------------------------------------------------------------------------------------------
+
 
 def fake_docker(tmp_path: Path) -> tuple[Path, Path]:
     """A docker stand-in that records its arguments and stdin; only the two binsight images exist."""
@@ -188,8 +212,9 @@ def test_push_images_creates_repositories_and_logs_in_via_stdin(aws, tmp_path) -
     assert f"ARGS push {repos['binsight-train']}:v1" in log
     assert f"image_uri: serving {repos['binsight-serve']}:v1" in lines
     # a missing local image is reported before any AWS call
-    rc = main(["push-images", "--docker", str(docker), "--serving-image", "nope:1", "--endpoint-url",
-               "http://127.0.0.1:9"])
+    rc = main(
+        ["push-images", "--docker", str(docker), "--serving-image", "nope:1", "--endpoint-url", "http://127.0.0.1:9"]
+    )
     assert rc == 2
 
 
@@ -197,11 +222,36 @@ def test_push_images_creates_repositories_and_logs_in_via_stdin(aws, tmp_path) -
 # Training and tuning jobs
 # ------------------------------------------------------------------------------------------------
 
+
 def test_training_job_request_described_back(aws) -> None:
-    rc, lines = cli(aws, "train", *JOB_ARGS, "--job-name", "bs-train-1", "--hp", "epochs=12", "--hp", "lr=0.0003",
-                    "--hp", "pretrained=true", "--instance-type", "ml.g5.2xlarge", "--instance-count", "2",
-                    "--volume-size-gb", "50", "--max-runtime-s", "7200", "--spot", "--checkpoint-uri",
-                    f"s3://{BUCKET}/ckpt/bs-train-1", "--max-wait-s", "10800", "--poll-s", "0.01")
+    rc, lines = cli(
+        aws,
+        "train",
+        *JOB_ARGS,
+        "--job-name",
+        "bs-train-1",
+        "--hp",
+        "epochs=12",
+        "--hp",
+        "lr=0.0003",
+        "--hp",
+        "pretrained=true",
+        "--instance-type",
+        "ml.g5.2xlarge",
+        "--instance-count",
+        "2",
+        "--volume-size-gb",
+        "50",
+        "--max-runtime-s",
+        "7200",
+        "--spot",
+        "--checkpoint-uri",
+        f"s3://{BUCKET}/ckpt/bs-train-1",
+        "--max-wait-s",
+        "10800",
+        "--poll-s",
+        "0.01",
+    )
     assert rc == 0, lines
     job = client("sagemaker", aws).describe_training_job(TrainingJobName="bs-train-1")
     assert job["HyperParameters"] == {"epochs": "12", "lr": "0.0003", "pretrained": "true"}
@@ -217,8 +267,13 @@ def test_training_job_request_described_back(aws) -> None:
     assert "job_status: status: Completed" in " ".join(lines)
     assert f"model_artifact: s3://{BUCKET}/output/bs-train-1/output/model.tar.gz" in lines
     # moto replaces MetricDefinitions with its own; ours are checked against the service model
-    config = TrainingJobConfig(image_uri=TRAIN_IMAGE, role_arn=ROLE_ARN, train_uri=f"s3://{BUCKET}/t",
-                               output_uri=f"s3://{BUCKET}/o", job_name="x")
+    config = TrainingJobConfig(
+        image_uri=TRAIN_IMAGE,
+        role_arn=ROLE_ARN,
+        train_uri=f"s3://{BUCKET}/t",
+        output_uri=f"s3://{BUCKET}/o",
+        job_name="x",
+    )
     request = training_job_request(config)
     assert_valid("sagemaker", "CreateTrainingJob", request)
     assert {d["Name"]: d["Regex"] for d in request["AlgorithmSpecification"]["MetricDefinitions"]} == METRIC_REGEXES
@@ -232,47 +287,92 @@ def test_training_wait_streams_logs_and_reports_spot_savings(aws) -> None:
     logs.create_log_stream(logGroupName=group, logStreamName=stream)
     sagemaker = boto3.client("sagemaker", region_name=REGION)
     stub = Stubber(sagemaker)
-    config = TrainingJobConfig(image_uri=TRAIN_IMAGE, role_arn=ROLE_ARN, train_uri=f"s3://{BUCKET}/t",
-                               output_uri=f"s3://{BUCKET}/o", job_name="bs-train-2", spot=True,
-                               checkpoint_uri=f"s3://{BUCKET}/ckpt", poll_s=1)
-    stub.add_response("create_training_job", {"TrainingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:"
-                                                                 "training-job/bs-train-2"},
-                      training_job_request(config))
-    base = {"TrainingJobName": "bs-train-2", "TrainingJobArn": "arn:x", "AlgorithmSpecification":
-            {"TrainingInputMode": "File"}, "ResourceConfig": {"VolumeSizeInGB": 30},
-            "StoppingCondition": {}, "CreationTime": 0, "ModelArtifacts": {"S3ModelArtifacts": "s3://b/o/m.tar.gz"}}
-    states = [("InProgress", "Starting", "Launching requested ML instances"),
-              ("InProgress", "Training", "Training image download completed."),
-              ("InProgress", "Training", "Training image download completed."),
-              ("Completed", "Completed", "Training job completed")]
-    events = [["train_start: architecture: efficientnet_lite0", "epoch: 1 val_acc: 0.3000"],
-              ["epoch: 2 val_acc: 0.3500"], [], ["test_acc: 0.4000 test_rmse: 1.0100"]]
+    config = TrainingJobConfig(
+        image_uri=TRAIN_IMAGE,
+        role_arn=ROLE_ARN,
+        train_uri=f"s3://{BUCKET}/t",
+        output_uri=f"s3://{BUCKET}/o",
+        job_name="bs-train-2",
+        spot=True,
+        checkpoint_uri=f"s3://{BUCKET}/ckpt",
+        poll_s=1,
+    )
+    stub.add_response(
+        "create_training_job",
+        {"TrainingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:training-job/bs-train-2"},
+        training_job_request(config),
+    )
+    base = {
+        "TrainingJobName": "bs-train-2",
+        "TrainingJobArn": "arn:x",
+        "AlgorithmSpecification": {"TrainingInputMode": "File"},
+        "ResourceConfig": {"VolumeSizeInGB": 30},
+        "StoppingCondition": {},
+        "CreationTime": 0,
+        "ModelArtifacts": {"S3ModelArtifacts": "s3://b/o/m.tar.gz"},
+    }
+    states = [
+        ("InProgress", "Starting", "Launching requested ML instances"),
+        ("InProgress", "Training", "Training image download completed."),
+        ("InProgress", "Training", "Training image download completed."),
+        ("Completed", "Completed", "Training job completed"),
+    ]
+    events = [
+        ["train_start: architecture: efficientnet_lite0", "epoch: 1 val_acc: 0.3000"],
+        ["epoch: 2 val_acc: 0.3500"],
+        [],
+        ["test_acc: 0.4000 test_rmse: 1.0100"],
+    ]
 
     def put(messages: list[str]) -> None:
         if messages:
-            logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=[
-                {"timestamp": int(time.time() * 1000) + i, "message": m} for i, m in enumerate(messages)])
+            logs.put_log_events(
+                logGroupName=group,
+                logStreamName=stream,
+                logEvents=[{"timestamp": int(time.time() * 1000) + i, "message": m} for i, m in enumerate(messages)],
+            )
 
     for status, secondary, message in states:
-        extra = {"BillableTimeInSeconds": 240, "TrainingTimeInSeconds": 600, "EnableManagedSpotTraining": True,
-                 "FinalMetricDataList": [{"MetricName": "val_acc", "Value": 0.35, "Timestamp": 0}]} \
-            if status == "Completed" else {}
-        stub.add_response("describe_training_job", {**base, "TrainingJobStatus": status, "SecondaryStatus": secondary,
-                                                    "SecondaryStatusTransitions": [{"Status": secondary,
-                                                                                    "StartTime": 0,
-                                                                                    "StatusMessage": message}],
-                                                    **extra}, {"TrainingJobName": "bs-train-2"})
+        extra = (
+            {
+                "BillableTimeInSeconds": 240,
+                "TrainingTimeInSeconds": 600,
+                "EnableManagedSpotTraining": True,
+                "FinalMetricDataList": [{"MetricName": "val_acc", "Value": 0.35, "Timestamp": 0}],
+            }
+            if status == "Completed"
+            else {}
+        )
+        stub.add_response(
+            "describe_training_job",
+            {
+                **base,
+                "TrainingJobStatus": status,
+                "SecondaryStatus": secondary,
+                "SecondaryStatusTransitions": [{"Status": secondary, "StartTime": 0, "StatusMessage": message}],
+                **extra,
+            },
+            {"TrainingJobName": "bs-train-2"},
+        )
     lines: list[str] = []
     sleeps = iter(events[1:])
     put(events[0])
     with stub:
-        rc = run_training(config, lines.append, FixedClients({"sagemaker": sagemaker, "logs": logs}),
-                          sleep=lambda _: put(next(sleeps)))
+        rc = run_training(
+            config,
+            lines.append,
+            FixedClients({"sagemaker": sagemaker, "logs": logs}),
+            sleep=lambda _: put(next(sleeps)),
+        )
     stub.assert_no_pending_responses()
     assert rc == 0
     log_lines = [x for x in lines if x.startswith(("train_start", "epoch", "test_acc"))]
-    assert log_lines == ["train_start: architecture: efficientnet_lite0", "epoch: 1 val_acc: 0.3000",
-                         "epoch: 2 val_acc: 0.3500", "test_acc: 0.4000 test_rmse: 1.0100"]  # each line once
+    assert log_lines == [
+        "train_start: architecture: efficientnet_lite0",
+        "epoch: 1 val_acc: 0.3000",
+        "epoch: 2 val_acc: 0.3500",
+        "test_acc: 0.4000 test_rmse: 1.0100",
+    ]  # each line once
     statuses = [x for x in lines if x.startswith("job_status:")]
     assert len(statuses) == 3  # changes only: Starting, Training, Completed
     assert "billable_seconds: 240 training_seconds: 600 spot_savings_percent: 60.0" in lines
@@ -281,47 +381,90 @@ def test_training_wait_streams_logs_and_reports_spot_savings(aws) -> None:
 
 def test_failed_job_report() -> None:
     lines: list[str] = []
-    rc = report({"TrainingJobName": "j", "TrainingJobStatus": "Failed", "FailureReason": "AlgorithmError: bad data",
-                 "BillableTimeInSeconds": 30, "TrainingTimeInSeconds": 30}, lines.append)
+    rc = report(
+        {
+            "TrainingJobName": "j",
+            "TrainingJobStatus": "Failed",
+            "FailureReason": "AlgorithmError: bad data",
+            "BillableTimeInSeconds": 30,
+            "TrainingTimeInSeconds": 30,
+        },
+        lines.append,
+    )
     assert rc == 1 and "failure_reason: AlgorithmError: bad data" in lines
     assert "billable_seconds: 30 training_seconds: 30" in lines  # not spot: no savings figure
 
 
 def test_tuning_job_request_described_back(aws) -> None:
-    rc, lines = cli(aws, "tune", *JOB_ARGS, "--tuning-job-name", "bs-tune-1", "--lr-range", "1e-5:1e-2",
-                    "--batch-sizes", "16", "32", "64", "--epochs-range", "5:20", "--architectures",
-                    "efficientnet_lite0", "resnet18", "--max-jobs", "12", "--max-parallel-jobs", "3",
-                    "--hp", "max_count=5", "--poll-s", "0.01")
+    rc, lines = cli(
+        aws,
+        "tune",
+        *JOB_ARGS,
+        "--tuning-job-name",
+        "bs-tune-1",
+        "--lr-range",
+        "1e-5:1e-2",
+        "--batch-sizes",
+        "16",
+        "32",
+        "64",
+        "--epochs-range",
+        "5:20",
+        "--architectures",
+        "efficientnet_lite0",
+        "resnet18",
+        "--max-jobs",
+        "12",
+        "--max-parallel-jobs",
+        "3",
+        "--hp",
+        "max_count=5",
+        "--poll-s",
+        "0.01",
+    )
     assert rc == 0, lines
     job = client("sagemaker", aws).describe_hyper_parameter_tuning_job(HyperParameterTuningJobName="bs-tune-1")
     tuning = job["HyperParameterTuningJobConfig"]
     assert tuning["HyperParameterTuningJobObjective"] == {"Type": "Maximize", "MetricName": "val_acc"}
     assert tuning["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 12, "MaxParallelTrainingJobs": 3}
     ranges = tuning["ParameterRanges"]
-    assert ranges["ContinuousParameterRanges"] == [{"Name": "lr", "MinValue": "1e-05", "MaxValue": "0.01",
-                                                    "ScalingType": "Logarithmic"}]
-    assert ranges["IntegerParameterRanges"] == [{"Name": "epochs", "MinValue": "5", "MaxValue": "20",
-                                                 "ScalingType": "Linear"}]
+    assert ranges["ContinuousParameterRanges"] == [
+        {"Name": "lr", "MinValue": "1e-05", "MaxValue": "0.01", "ScalingType": "Logarithmic"}
+    ]
+    assert ranges["IntegerParameterRanges"] == [
+        {"Name": "epochs", "MinValue": "5", "MaxValue": "20", "ScalingType": "Linear"}
+    ]
     assert {r["Name"]: r["Values"] for r in ranges["CategoricalParameterRanges"]} == {
-        "batch_size": ["16", "32", "64"], "architecture": ["efficientnet_lite0", "resnet18"]}
+        "batch_size": ["16", "32", "64"],
+        "architecture": ["efficientnet_lite0", "resnet18"],
+    }
     definition = job["TrainingJobDefinition"]
     assert definition["StaticHyperParameters"] == {"max_count": "5"}
     assert definition["AlgorithmSpecification"]["TrainingImage"] == TRAIN_IMAGE
     assert "val_acc" in {d["Name"] for d in definition["AlgorithmSpecification"]["MetricDefinitions"]}
     assert any(x.startswith("best_training_job: ") for x in lines)
     assert any(x.startswith("best_hyperparameter: ") for x in lines)
-    config = TuningJobConfig(image_uri=TRAIN_IMAGE, role_arn=ROLE_ARN, train_uri=f"s3://{BUCKET}/t",
-                             output_uri=f"s3://{BUCKET}/o", batch_size_range="8:64", spot=True,
-                             checkpoint_uri=f"s3://{BUCKET}/c", early_stopping="Auto")
+    config = TuningJobConfig(
+        image_uri=TRAIN_IMAGE,
+        role_arn=ROLE_ARN,
+        train_uri=f"s3://{BUCKET}/t",
+        output_uri=f"s3://{BUCKET}/o",
+        batch_size_range="8:64",
+        spot=True,
+        checkpoint_uri=f"s3://{BUCKET}/c",
+        early_stopping="Auto",
+    )
     request = tuning_job_request(config)
     assert_valid("sagemaker", "CreateHyperParameterTuningJob", request)
-    assert request["HyperParameterTuningJobConfig"]["ParameterRanges"]["IntegerParameterRanges"][0]["Name"] == \
-        "batch_size"
+    assert (
+        request["HyperParameterTuningJobConfig"]["ParameterRanges"]["IntegerParameterRanges"][0]["Name"] == "batch_size"
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # Model package, endpoint, invoke, batch transform
 # ------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -330,8 +473,11 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("model")
     labels = ["0", "1", "2", "3"]
-    save_artifact(root, build_model("efficientnet_lite0", len(labels), pretrained=False),
-                  metadata_for("efficientnet_lite0", labels, input_size=32))
+    save_artifact(
+        root,
+        build_model("efficientnet_lite0", len(labels), pretrained=False),
+        metadata_for("efficientnet_lite0", labels, input_size=32),
+    )
     (root / "split_manifest.json").write_text("{}")
     (root / ".hidden.json").write_text("{}")
     return root
@@ -339,8 +485,16 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_package_model_layout_and_validation(aws, model_dir, tmp_path) -> None:
     out = tmp_path / "pkg" / "model.tar.gz"
-    rc, lines = cli(aws, "package-model", "--model-dir", str(model_dir), "--output", str(out), "--upload-uri",
-                    f"s3://{BUCKET}/models/v1/")
+    rc, lines = cli(
+        aws,
+        "package-model",
+        "--model-dir",
+        str(model_dir),
+        "--output",
+        str(out),
+        "--upload-uri",
+        f"s3://{BUCKET}/models/v1/",
+    )
     assert rc == 0, lines
     with tarfile.open(out) as tar:
         assert tar.getnames() == ["model.json", "model.pth", "split_manifest.json"]  # at the root, no folder
@@ -359,8 +513,21 @@ def test_package_model_layout_and_validation(aws, model_dir, tmp_path) -> None:
 
 def test_deploy_invoke_delete(aws, model_dir, tmp_path) -> None:
     args = ["--image-uri", SERVE_IMAGE, "--role-arn", ROLE_ARN, "--endpoint-name", "bs-ep", "--poll-s", "0.01"]
-    rc, lines = cli(aws, "deploy", *args, "--model-dir", str(model_dir), "--upload-uri", f"s3://{BUCKET}/models",
-                    "--instance-type", "ml.c5.xlarge", "--env", "MAX_BATCH_SIZE=8", "--model-name", "bs-model-1")
+    rc, lines = cli(
+        aws,
+        "deploy",
+        *args,
+        "--model-dir",
+        str(model_dir),
+        "--upload-uri",
+        f"s3://{BUCKET}/models",
+        "--instance-type",
+        "ml.c5.xlarge",
+        "--env",
+        "MAX_BATCH_SIZE=8",
+        "--model-name",
+        "bs-model-1",
+    )
     assert rc == 0, lines
     sm = client("sagemaker", aws)
     model = sm.describe_model(ModelName="bs-model-1")
@@ -371,28 +538,50 @@ def test_deploy_invoke_delete(aws, model_dir, tmp_path) -> None:
     ep = sm.describe_endpoint(EndpointName="bs-ep")
     assert ep["EndpointStatus"] == "InService"
     variant = sm.describe_endpoint_config(EndpointConfigName=ep["EndpointConfigName"])["ProductionVariants"][0]
-    assert (variant["ModelName"], variant["InstanceType"], variant["InitialInstanceCount"]) == \
-        ("bs-model-1", "ml.c5.xlarge", 1)
+    assert (variant["ModelName"], variant["InstanceType"], variant["InitialInstanceCount"]) == (
+        "bs-model-1",
+        "ml.c5.xlarge",
+        1,
+    )
     assert any(x.startswith("endpoint_ready: bs-ep") for x in lines)
     # --mode create on an existing endpoint stops before creating anything
     before = len(sm.list_models()["Models"])
-    rc = main(["deploy", *args, "--mode", "create", "--model-data", model["PrimaryContainer"]["ModelDataUrl"],
-               "--endpoint-url", aws])
+    rc = main(
+        [
+            "deploy",
+            *args,
+            "--mode",
+            "create",
+            "--model-data",
+            model["PrimaryContainer"]["ModelDataUrl"],
+            "--endpoint-url",
+            aws,
+        ]
+    )
     assert rc == 2 and len(sm.list_models()["Models"]) == before
 
     # invoke: moto's server cannot take a binary body, so the Stubber checks our request against the
     # service model (endpoint, image bytes, content types) and answers as the serving app does
-    prediction = {"predictions": [{"count": 3, "label": "3", "confidence": 0.7021, "expected_count": 3.19,
-                                   "probabilities": {"3": 0.7021}}]}
+    prediction = {
+        "predictions": [
+            {"count": 3, "label": "3", "confidence": 0.7021, "expected_count": 3.19, "probabilities": {"3": 0.7021}}
+        ]
+    }
     photo = tmp_path / "bin.jpg"
     photo.write_bytes(jpeg_bytes(3))
     runtime = boto3.client("sagemaker-runtime", region_name=REGION)
     answer = json.dumps(prediction).encode()
     with Stubber(runtime) as stub:
-        stub.add_response("invoke_endpoint", {"Body": StreamingBody(io.BytesIO(answer), len(answer)),
-                                              "ContentType": "application/json"},
-                          {"EndpointName": "bs-ep", "Body": photo.read_bytes(), "ContentType": "image/jpeg",
-                           "Accept": "application/json"})
+        stub.add_response(
+            "invoke_endpoint",
+            {"Body": StreamingBody(io.BytesIO(answer), len(answer)), "ContentType": "application/json"},
+            {
+                "EndpointName": "bs-ep",
+                "Body": photo.read_bytes(),
+                "ContentType": "image/jpeg",
+                "Accept": "application/json",
+            },
+        )
         lines = []
         config = InvokeConfig(endpoint_name="bs-ep", images=[photo])
         assert endpoint_ops.run_invoke(config, lines.append, FixedClients({"sagemaker-runtime": runtime})) == 0
@@ -411,34 +600,72 @@ def test_deploy_invoke_delete(aws, model_dir, tmp_path) -> None:
 def test_invoke_output_parsing() -> None:
     assert endpoint_ops.parse_prediction(b'{"count": 2, "label": "2"}') == {"count": 2, "label": "2"}
     assert endpoint_ops.parse_prediction(b'{"count": 1}\n{"count": 5}\n')["count"] == 1
-    assert endpoint_ops.format_prediction(endpoint_ops.parse_prediction(b'{"predictions": [{"error": "bad"}]}')) == \
-        "error: bad"
+    assert (
+        endpoint_ops.format_prediction(endpoint_ops.parse_prediction(b'{"predictions": [{"error": "bad"}]}'))
+        == "error: bad"
+    )
     assert "unexpected answer" in endpoint_ops.parse_prediction(b"<html>")["error"]
     assert endpoint_ops.content_type_for(Path("a.PNG"), None) == "image/png"
 
 
 def deploy_config(**kw: Any) -> DeployConfig:
-    return DeployConfig(image_uri=SERVE_IMAGE, role_arn=ROLE_ARN, endpoint_name="bs-ep",
-                        model_data=f"s3://{BUCKET}/m/model.tar.gz", poll_s=1, **kw)
+    return DeployConfig(
+        image_uri=SERVE_IMAGE,
+        role_arn=ROLE_ARN,
+        endpoint_name="bs-ep",
+        model_data=f"s3://{BUCKET}/m/model.tar.gz",
+        poll_s=1,
+        **kw,
+    )
 
 
 def stub_update(stub: Stubber, final_config: str, failure: str | None = None) -> None:
     """The calls of an update, in order, each checked against our request; UpdateEndpoint is not in moto."""
     arn = "arn:aws:sagemaker:us-east-1:123456789012:endpoint/bs-ep"
-    described = {"EndpointName": "bs-ep", "EndpointArn": arn, "EndpointConfigName": "bs-ep-old",
-                 "EndpointStatus": "InService", "CreationTime": 0, "LastModifiedTime": 0}
+    described = {
+        "EndpointName": "bs-ep",
+        "EndpointArn": arn,
+        "EndpointConfigName": "bs-ep-old",
+        "EndpointStatus": "InService",
+        "CreationTime": 0,
+        "LastModifiedTime": 0,
+    }
     stub.add_response("describe_endpoint", described, {"EndpointName": "bs-ep"})
-    stub.add_response("create_model", {"ModelArn": "arn:aws:sagemaker:us-east-1:123456789012:model/bs-model-2"}, {
-        "ModelName": "bs-model-2", "ExecutionRoleArn": ROLE_ARN, "Tags": ANY,
-        "PrimaryContainer": {"Image": SERVE_IMAGE, "ModelDataUrl": f"s3://{BUCKET}/m/model.tar.gz",
-                             "Mode": "SingleModel"}})
+    stub.add_response(
+        "create_model",
+        {"ModelArn": "arn:aws:sagemaker:us-east-1:123456789012:model/bs-model-2"},
+        {
+            "ModelName": "bs-model-2",
+            "ExecutionRoleArn": ROLE_ARN,
+            "Tags": ANY,
+            "PrimaryContainer": {
+                "Image": SERVE_IMAGE,
+                "ModelDataUrl": f"s3://{BUCKET}/m/model.tar.gz",
+                "Mode": "SingleModel",
+            },
+        },
+    )
     config_arn = "arn:aws:sagemaker:us-east-1:123456789012:endpoint-config/bs-model-2"
-    stub.add_response("create_endpoint_config", {"EndpointConfigArn": config_arn}, {
-        "EndpointConfigName": "bs-model-2", "Tags": ANY,
-        "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "bs-model-2", "InitialInstanceCount": 2,
-                                "InstanceType": "ml.m5.xlarge", "InitialVariantWeight": 1.0}]})
-    stub.add_response("update_endpoint", {"EndpointArn": arn},
-                      {"EndpointName": "bs-ep", "EndpointConfigName": "bs-model-2"})
+    stub.add_response(
+        "create_endpoint_config",
+        {"EndpointConfigArn": config_arn},
+        {
+            "EndpointConfigName": "bs-model-2",
+            "Tags": ANY,
+            "ProductionVariants": [
+                {
+                    "VariantName": "AllTraffic",
+                    "ModelName": "bs-model-2",
+                    "InitialInstanceCount": 2,
+                    "InstanceType": "ml.m5.xlarge",
+                    "InitialVariantWeight": 1.0,
+                }
+            ],
+        },
+    )
+    stub.add_response(
+        "update_endpoint", {"EndpointArn": arn}, {"EndpointName": "bs-ep", "EndpointConfigName": "bs-model-2"}
+    )
     stub.add_response("describe_endpoint", {**described, "EndpointStatus": "Updating"}, {"EndpointName": "bs-ep"})
     done = {**described, "EndpointConfigName": final_config}
     if failure:
@@ -457,8 +684,9 @@ def test_deploy_update_with_stubber(aws, rolled_back) -> None:
     lines: list[str] = []
     config = deploy_config(model_name="bs-model-2", instance_type="ml.m5.xlarge", instance_count=2)
     with stub:
-        rc = endpoint_ops.run_deploy(config, lines.append, FixedClients({"sagemaker": sagemaker, "s3": s3}),
-                                     sleep=lambda _: None)
+        rc = endpoint_ops.run_deploy(
+            config, lines.append, FixedClients({"sagemaker": sagemaker, "s3": s3}), sleep=lambda _: None
+        )
     stub.assert_no_pending_responses()
     assert "endpoint: bs-ep action: update previous_config: bs-ep-old" in lines
     if rolled_back:
@@ -470,16 +698,41 @@ def test_deploy_update_with_stubber(aws, rolled_back) -> None:
 def test_deploy_from_training_job(aws) -> None:
     rc, _ = cli(aws, "train", *JOB_ARGS, "--job-name", "bs-train-3", "--no-wait")
     assert rc == 0
-    rc, lines = cli(aws, "deploy", "--image-uri", SERVE_IMAGE, "--role-arn", ROLE_ARN, "--endpoint-name", "bs-ep3",
-                    "--training-job", "bs-train-3", "--model-name", "bs-model-3", "--poll-s", "0.01")
+    rc, lines = cli(
+        aws,
+        "deploy",
+        "--image-uri",
+        SERVE_IMAGE,
+        "--role-arn",
+        ROLE_ARN,
+        "--endpoint-name",
+        "bs-ep3",
+        "--training-job",
+        "bs-train-3",
+        "--model-name",
+        "bs-model-3",
+        "--poll-s",
+        "0.01",
+    )
     assert rc == 0, lines
     model = client("sagemaker", aws).describe_model(ModelName="bs-model-3")
     assert model["PrimaryContainer"]["ModelDataUrl"] == f"s3://{BUCKET}/output/bs-train-3/output/model.tar.gz"
 
 
 def test_deploy_missing_model_data_is_clear(aws) -> None:
-    rc = main(["deploy", "--image-uri", SERVE_IMAGE, "--role-arn", ROLE_ARN, "--model-data",
-               f"s3://{BUCKET}/nope/model.tar.gz", "--endpoint-url", aws])
+    rc = main(
+        [
+            "deploy",
+            "--image-uri",
+            SERVE_IMAGE,
+            "--role-arn",
+            ROLE_ARN,
+            "--model-data",
+            f"s3://{BUCKET}/nope/model.tar.gz",
+            "--endpoint-url",
+            aws,
+        ]
+    )
     assert rc == 2
     assert client("sagemaker", aws).list_models()["Models"] == []
 
@@ -488,22 +741,58 @@ def test_batch_transform_request_described_back(aws) -> None:
     s3 = client("s3", aws)
     for i in range(3):
         s3.put_object(Bucket=BUCKET, Key=f"photos/{i}.jpg", Body=jpeg_bytes(i))
-    rc, lines = cli(aws, "batch-transform", "--model-name", "bs-model-1", "--input-uri", f"s3://{BUCKET}/photos/",
-                    "--output-uri", f"s3://{BUCKET}/counts/", "--job-name", "bs-transform-1", "--instance-count",
-                    "2", "--max-concurrent-transforms", "4", "--poll-s", "0.01")
+    rc, lines = cli(
+        aws,
+        "batch-transform",
+        "--model-name",
+        "bs-model-1",
+        "--input-uri",
+        f"s3://{BUCKET}/photos/",
+        "--output-uri",
+        f"s3://{BUCKET}/counts/",
+        "--job-name",
+        "bs-transform-1",
+        "--instance-count",
+        "2",
+        "--max-concurrent-transforms",
+        "4",
+        "--poll-s",
+        "0.01",
+    )
     assert rc == 0, lines
     assert any(x.startswith("transform_job: bs-transform-1") and "photos: 3" in x for x in lines)
     job = client("sagemaker", aws).describe_transform_job(TransformJobName="bs-transform-1")
-    assert job["TransformInput"] == {"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix",
-                                                                     "S3Uri": f"s3://{BUCKET}/photos/"}},
-                                     "ContentType": "application/x-image", "SplitType": "None",
-                                     "CompressionType": "None"}
-    assert job["TransformOutput"] == {"S3OutputPath": f"s3://{BUCKET}/counts/", "Accept": "application/jsonlines",
-                                      "AssembleWith": "Line"}
+    assert job["TransformInput"] == {
+        "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": f"s3://{BUCKET}/photos/"}},
+        "ContentType": "application/x-image",
+        "SplitType": "None",
+        "CompressionType": "None",
+    }
+    assert job["TransformOutput"] == {
+        "S3OutputPath": f"s3://{BUCKET}/counts/",
+        "Accept": "application/jsonlines",
+        "AssembleWith": "Line",
+    }
     assert job["BatchStrategy"] == "SingleRecord" and job["MaxConcurrentTransforms"] == 4
     assert job["TransformResources"] == {"InstanceType": "ml.m5.large", "InstanceCount": 2}
-    assert_valid("sagemaker", "CreateTransformJob", transform_request(BatchTransformConfig(
-        model_name="m", input_uri=f"s3://{BUCKET}/p", output_uri=f"s3://{BUCKET}/o")))
-    rc = main(["batch-transform", "--model-name", "m", "--input-uri", f"s3://{BUCKET}/empty/", "--output-uri",
-               f"s3://{BUCKET}/o/", "--endpoint-url", aws])
+    assert_valid(
+        "sagemaker",
+        "CreateTransformJob",
+        transform_request(
+            BatchTransformConfig(model_name="m", input_uri=f"s3://{BUCKET}/p", output_uri=f"s3://{BUCKET}/o")
+        ),
+    )
+    rc = main(
+        [
+            "batch-transform",
+            "--model-name",
+            "m",
+            "--input-uri",
+            f"s3://{BUCKET}/empty/",
+            "--output-uri",
+            f"s3://{BUCKET}/o/",
+            "--endpoint-url",
+            aws,
+        ]
+    )
     assert rc == 2  # nothing to transform: said before a job is made

@@ -62,8 +62,12 @@ def server(predictor: Predictor):
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("photos")
-    files = {"bin-three.jpg": bin_photo(3), "bin-five.jpg": bin_photo(5), "bin-unsure.jpg": bin_photo(2.5),
-             "notes.txt": b"shopping list: tape, boxes"}
+    files = {
+        "bin-three.jpg": bin_photo(3),
+        "bin-five.jpg": bin_photo(5),
+        "bin-unsure.jpg": bin_photo(2.5),
+        "notes.txt": b"shopping list: tape, boxes",
+    }
     for name, data in files.items():
         (folder / name).write_bytes(data)
     return {name: folder / name for name in files}
@@ -89,8 +93,12 @@ def page(browser: Browser):
     assert browser.network.blocked[before:] == [], "requests that would have left the host"
     assert set(violations) <= EXPECTED_CSP_VIOLATIONS, "requests refused by the Content-Security-Policy"
     # chromium also logs each CSP refusal (checked above) and each HTTP error answer (some tests ask for them)
-    errors = [e for e in opened.console_errors if "violates the following Content Security Policy" not in e
-              and not e.startswith("Failed to load resource: the server responded with a status of")]
+    errors = [
+        e
+        for e in opened.console_errors
+        if "violates the following Content Security Policy" not in e
+        and not e.startswith("Failed to load resource: the server responded with a status of")
+    ]
     assert errors == [], "errors in the browser console"
 
 
@@ -103,6 +111,7 @@ def api_predict(url: str, paths: list[Path], expected: int | None = None) -> dic
 
 
 # ------------------------------------------------------------------------------- Swagger UI
+
 
 def open_operation(page, url: str, operation: str):
     page.goto(f"{url}/docs")
@@ -138,7 +147,9 @@ def test_swagger_ui_uploads_photos_to_predict(page, server: ServerThread, photos
     block.get_by_role("button", name="Execute").click()
     page.wait_for_function(
         "s => document.querySelector(s + ' .live-responses-table .microlight')?.textContent.includes('bin-five')",
-        arg=PREDICT, timeout=TIMEOUT_MS)
+        arg=PREDICT,
+        timeout=TIMEOUT_MS,
+    )
     three, five = response_body(block)["body"]["results"]
     assert (three["count"], three["needs_manual_check"], three["matches_expected"]) == (3, False, True)
     assert (five["filename"], five["count"], five["needs_manual_check"]) == ("bin-five.jpg", 5, True)
@@ -146,8 +157,11 @@ def test_swagger_ui_uploads_photos_to_predict(page, server: ServerThread, photos
     # the README's picture: the form with both photos picked, down to the server's answer
     top, bottom = block.evaluate("""b => [b.getBoundingClientRect().top + window.scrollY,
         b.querySelector('.live-responses-table').getBoundingClientRect().bottom + window.scrollY]""")
-    save_screenshot(page.screenshot(full_page=True, clip={"x": 0, "y": top, "width": 1280, "height": bottom - top}),
-                    "docs.png", tmp_path)
+    save_screenshot(
+        page.screenshot(full_page=True, clip={"x": 0, "y": top, "width": 1280, "height": bottom - top}),
+        "docs.png",
+        tmp_path,
+    )
 
 
 def test_swagger_ui_sends_a_raw_image_to_invocations(page, server: ServerThread, photos) -> None:
@@ -167,15 +181,20 @@ def test_swagger_ui_and_redoc_load_only_from_the_server(page, browser: Browser, 
     page.locator(PREDICT).wait_for(timeout=TIMEOUT_MS)
     page.goto(f"{server.url}/redoc")
     page.get_by_role("heading", name="Upload bin photos, optionally check an expected quantity").wait_for(
-        timeout=TIMEOUT_MS)
+        timeout=TIMEOUT_MS
+    )
     assert csp_violations(page) == ["img-src https://cdn.redoc.ly/redoc/logo-mini.svg"]  # refused, see above
     requested = browser.network.requested[before:]
-    assert {f"{server.url}/docs/assets/swagger-ui-bundle.js", f"{server.url}/docs/assets/redoc.standalone.js",
-            f"{server.url}/openapi.json"} <= set(requested)
+    assert {
+        f"{server.url}/docs/assets/swagger-ui-bundle.js",
+        f"{server.url}/docs/assets/redoc.standalone.js",
+        f"{server.url}/openapi.json",
+    } <= set(requested)
     assert all(url.startswith(server.url) for url in requested), requested
 
 
 # ------------------------------------------------------------------------------- the page
+
 
 def wait_for_results(page, count: int) -> list:
     page.locator("#results article.result").nth(count - 1).wait_for(timeout=TIMEOUT_MS)
@@ -230,18 +249,25 @@ def test_page_counts_several_photos_and_flags_them(page, server: ServerThread, p
 def test_page_takes_dropped_photos(page, server: ServerThread, photos) -> None:
     page.goto(server.url + "/")
     data = list(photos["bin-five.jpg"].read_bytes())
-    page.evaluate("""(bytes) => {
+    page.evaluate(
+        """(bytes) => {
         const transfer = new DataTransfer();
         transfer.items.add(new File([new Uint8Array(bytes)], "dropped.jpg", {type: "image/jpeg"}));
         const zone = document.getElementById("drop-zone");
         zone.dispatchEvent(new DragEvent("dragover", {dataTransfer: transfer, bubbles: true, cancelable: true}));
         zone.dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
-    }""", data)
+    }""",
+        data,
+    )
     assert page.inner_text("#chosen") == "1 photo chosen: dropped.jpg"
     page.click("#count-button")
     (card,) = wait_for_results(page, 1)
-    assert card_text(card) == {"filename": "dropped.jpg", "count": "5 objects", "flag": "No manual check needed",
-                               "reasons": []}
+    assert card_text(card) == {
+        "filename": "dropped.jpg",
+        "count": "5 objects",
+        "flag": "No manual check needed",
+        "reasons": [],
+    }
 
 
 def test_page_with_the_keyboard_on_a_phone_screen(page, server: ServerThread, photos) -> None:

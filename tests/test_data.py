@@ -38,6 +38,7 @@ def _items(labels: list[int], prefix: str = "b") -> list[LabelledBin]:
 
 # ---------------------------------------------------------------------------- layouts
 
+
 def test_abid_ids_are_strings_and_skips_are_counted(tmp_path: Path) -> None:
     _abid_bin(tmp_path, "00010", {"EXPECTED_QUANTITY": 3, "BIN_FCSKU_DATA": {}})
     _abid_bin(tmp_path, "10", {"EXPECTED_QUANTITY": 7})
@@ -47,7 +48,7 @@ def test_abid_ids_are_strings_and_skips_are_counted(tmp_path: Path) -> None:
     _abid_bin(tmp_path, "neg", {"EXPECTED_QUANTITY": -1})
     _abid_bin(tmp_path, "float", {"EXPECTED_QUANTITY": 2.5})
     _abid_bin(tmp_path, "boolean", {"EXPECTED_QUANTITY": True})
-    _jpeg(tmp_path / "bin-images" / "orphan.jpg")                      # image without metadata
+    _jpeg(tmp_path / "bin-images" / "orphan.jpg")  # image without metadata
     (tmp_path / "metadata" / "lonely.json").write_text('{"EXPECTED_QUANTITY": 1}')  # metadata without image
     (tmp_path / "bin-images" / "notes.txt").write_text("ignored")
 
@@ -74,8 +75,11 @@ def test_count_folders_layout(tmp_path: Path, subdir) -> None:
     (base / "misc").mkdir()
     records, report = scan_count_folders(tmp_path)
     prefix = f"{subdir}/" if subdir else ""
-    assert [(r.id, r.count) for r in records] == [(f"{prefix}0/a.jpg", 0), (f"{prefix}3/b.JPEG", 3),
-                                                   (f"{prefix}3/c.png", 3)]
+    assert [(r.id, r.count) for r in records] == [
+        (f"{prefix}0/a.jpg", 0),
+        (f"{prefix}3/b.JPEG", 3),
+        (f"{prefix}3/c.png", 3),
+    ]
     assert report.layout == "count_folders" and scan_records(tmp_path)[0] == records
 
 
@@ -106,6 +110,7 @@ def test_discover_errors_are_clear(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- labels
+
 
 def test_label_policy_drop_and_overflow() -> None:
     records = [BinRecord(str(i), Path(f"{i}.jpg"), c) for i, c in enumerate([0, 1, 5, 6, 9, 2])]
@@ -139,7 +144,7 @@ def test_class_counts_weights_and_sampler() -> None:
     assert float((torch.tensor(counts[:3], dtype=torch.float) * w[:3]).sum()) == pytest.approx(10.0)
     sqrt_w = class_weights(counts, power=0.5)
     assert float((torch.tensor(counts[:3], dtype=torch.float) * sqrt_w[:3]).sum()) == pytest.approx(10.0)
-    assert sqrt_w[2] / sqrt_w[0] == pytest.approx(6 ** 0.5)
+    assert sqrt_w[2] / sqrt_w[0] == pytest.approx(6**0.5)
     with pytest.raises(ValueError):
         class_counts(items, 2)
 
@@ -151,6 +156,7 @@ def test_class_counts_weights_and_sampler() -> None:
 
 
 # ---------------------------------------------------------------------------- split
+
 
 def test_split_is_reproducible_and_stratified() -> None:
     labels = [0] * 3 + [1] * 10 + [2] * 40 + [3] * 2 + [4] * 1
@@ -212,6 +218,7 @@ def test_manifest_round_trip_and_reapply(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- images and Dataset
+
 
 def test_check_images_counts_bad_and_enforces_threshold(tmp_path: Path) -> None:
     records = make_synthetic_abid(tmp_path, 20, size=48, seed=1)

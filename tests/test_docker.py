@@ -26,8 +26,16 @@ COMPOSE_FILES = ("-f", str(REPO_ROOT / "docker-compose.yml"), "-f", str(REPO_ROO
 SERVE_IMAGE = "binsight-serve:test"
 TRAIN_IMAGE = "binsight-train:test"
 #: SageMaker passes every hyperparameter as a string.
-TINY_HYPERPARAMETERS = {"architecture": "efficientnet_lite0", "pretrained": "false", "input_size": "64",
-                        "epochs": "1", "batch_size": "8", "max_count": "2", "num_workers": "0", "seed": "0"}
+TINY_HYPERPARAMETERS = {
+    "architecture": "efficientnet_lite0",
+    "pretrained": "false",
+    "input_size": "64",
+    "epochs": "1",
+    "batch_size": "8",
+    "max_count": "2",
+    "num_workers": "0",
+    "seed": "0",
+}
 SAGEMAKER_LABEL = "com.amazonaws.sagemaker.capabilities.accept-bind-to-port"
 
 
@@ -63,8 +71,17 @@ def images(docker: Docker) -> str:
     """Builds both images through the compose file; returns the torch source used."""
     source = torch_source_for_builds()
     started = time.monotonic()
-    docker.run("compose", *COMPOSE_FILES, "--profile", "train", "build", "serve", "train", timeout=1800,
-               extra_env=compose_env(BINSIGHT_TORCH_SOURCE=source, BINSIGHT_TRAIN_TORCH_SOURCE=source))
+    docker.run(
+        "compose",
+        *COMPOSE_FILES,
+        "--profile",
+        "train",
+        "build",
+        "serve",
+        "train",
+        timeout=1800,
+        extra_env=compose_env(BINSIGHT_TORCH_SOURCE=source, BINSIGHT_TRAIN_TORCH_SOURCE=source),
+    )
     print(f"docker_build_s: {time.monotonic() - started:.1f} torch_source: {source}")
     # Each rebuild leaves the previous images untagged; drop binsight's (their layers stay cached).
     for title in ("binsight-serve", "binsight-train"):
@@ -79,8 +96,9 @@ def _inspect(docker: Docker, image: str) -> dict:
     return json.loads(docker.run("image", "inspect", image).stdout)[0]["Config"]
 
 
-def _http(url: str, data: bytes | None = None, headers: dict[str, str] | None = None,
-          timeout: float = 30) -> tuple[int, dict]:
+def _http(
+    url: str, data: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 30
+) -> tuple[int, dict]:
     request = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data else "GET")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -106,8 +124,10 @@ def _wait_for_ping(url: str, docker: Docker, container: str, limit_s: float = 18
             break
         time.sleep(1)
     logs = docker.run("logs", container, check=False)
-    raise AssertionError(f"{container} never answered /ping with 200 (last: {status} {body}); logs:\n"
-                         f"{(logs.stdout + logs.stderr).decode(errors='replace')[-4000:]}")
+    raise AssertionError(
+        f"{container} never answered /ping with 200 (last: {status} {body}); logs:\n"
+        f"{(logs.stdout + logs.stderr).decode(errors='replace')[-4000:]}"
+    )
 
 
 def _predict_jpeg(url: str, jpeg: bytes) -> dict:
@@ -142,12 +162,14 @@ def jpeg(opt_ml: Path) -> bytes:
 def trained(docker: Docker, images: str, opt_ml: Path) -> Path:
     """``docker run TRAIN_IMAGE train`` on the /opt/ml tree, without any network; returns the model dir."""
     started = time.monotonic()
-    proc = docker.run("run", "--rm", "--network", "none", "-v", f"{opt_ml}:/opt/ml", TRAIN_IMAGE, "train",
-                      timeout=600, check=False)
+    proc = docker.run(
+        "run", "--rm", "--network", "none", "-v", f"{opt_ml}:/opt/ml", TRAIN_IMAGE, "train", timeout=600, check=False
+    )
     output = (proc.stdout + proc.stderr).decode(errors="replace")
     failure = opt_ml / "output" / "failure"
-    assert proc.returncode == 0, (f"train exited {proc.returncode}; failure: "
-                                  f"{failure.read_text() if failure.exists() else '-'}\n{output[-4000:]}")
+    assert proc.returncode == 0, (
+        f"train exited {proc.returncode}; failure: {failure.read_text() if failure.exists() else '-'}\n{output[-4000:]}"
+    )
     print(f"docker_train_s: {time.monotonic() - started:.1f}")
     return opt_ml / "model"
 
@@ -160,8 +182,9 @@ def test_serve_image_is_sagemaker_ready_and_runs_as_non_root(docker: Docker, ima
     assert config["Cmd"] == ["serve"]
     assert "healthcheck.py" in " ".join(config["Healthcheck"]["Test"])
     # No training code, tests or torchvision in the serving image; `train` explains itself.
-    probe = ("import importlib.util as u, sys; "
-             "sys.exit(any(u.find_spec(m) for m in ('training', 'torchvision', 'tests')))")
+    probe = (
+        "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) for m in ('training', 'torchvision', 'tests')))"
+    )
     absent = docker.run("run", "--rm", "--network", "none", SERVE_IMAGE, "python", "-c", probe, check=False)
     assert absent.returncode == 0, "the serving image must carry no training code, tests or torchvision"
     wrong = docker.run("run", "--rm", "--network", "none", SERVE_IMAGE, "train", check=False)
@@ -188,18 +211,30 @@ def test_train_failure_reason_lands_in_output_failure(docker: Docker, images: st
     root = workdir / "opt_ml_bad"
     (root / "input" / "config").mkdir(parents=True)
     (root / "input" / "config" / "hyperparameters.json").write_text(json.dumps({"epochz": "1"}))
-    proc = docker.run("run", "--rm", "--network", "none", "-v", f"{root}:/opt/ml", TRAIN_IMAGE, "train",
-                      timeout=300, check=False)
+    proc = docker.run(
+        "run", "--rm", "--network", "none", "-v", f"{root}:/opt/ml", TRAIN_IMAGE, "train", timeout=300, check=False
+    )
     assert proc.returncode != 0
     assert "epochz" in (root / "output" / "failure").read_text()
 
 
-def test_serve_image_serves_the_trained_model_and_stops_on_sigterm(docker: Docker, trained: Path,
-                                                                   jpeg: bytes) -> None:
+def test_serve_image_serves_the_trained_model_and_stops_on_sigterm(docker: Docker, trained: Path, jpeg: bytes) -> None:
     port = free_port()
     name = f"binsight-test-serve-{os.getpid()}"
-    docker.run("run", "-d", "--name", name, "--network", "host", "-e", f"SAGEMAKER_BIND_TO_PORT={port}",
-               "-v", f"{trained}:/opt/ml/model:ro", SERVE_IMAGE, "serve")
+    docker.run(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        "host",
+        "-e",
+        f"SAGEMAKER_BIND_TO_PORT={port}",
+        "-v",
+        f"{trained}:/opt/ml/model:ro",
+        SERVE_IMAGE,
+        "serve",
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         started = time.monotonic()
@@ -220,13 +255,13 @@ def test_serve_image_serves_the_trained_model_and_stops_on_sigterm(docker: Docke
         docker.run("rm", "-f", name, check=False)
 
 
-def test_serve_image_without_a_mounted_model_uses_the_built_in_one(docker: Docker, images: str,
-                                                                   jpeg: bytes) -> None:
+def test_serve_image_without_a_mounted_model_uses_the_built_in_one(docker: Docker, images: str, jpeg: bytes) -> None:
     """Nothing in /opt/ml/model: the package's default model serves; without one, /ping says why (503)."""
     port = free_port()
     name = f"binsight-test-default-{os.getpid()}"
-    docker.run("run", "-d", "--name", name, "--network", "host", "-e", f"SAGEMAKER_BIND_TO_PORT={port}",
-               SERVE_IMAGE, "serve")
+    docker.run(
+        "run", "-d", "--name", name, "--network", "host", "-e", f"SAGEMAKER_BIND_TO_PORT={port}", SERVE_IMAGE, "serve"
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         if (REPO_ROOT / "service" / "default_model" / "model.json").is_file():
@@ -241,8 +276,9 @@ def test_serve_image_without_a_mounted_model_uses_the_built_in_one(docker: Docke
         docker.run("rm", "-f", name, check=False)
 
 
-def test_compose_trains_then_serves_the_new_model(docker: Docker, images: str, opt_ml: Path,
-                                                  workdir: Path, jpeg: bytes) -> None:
+def test_compose_trains_then_serves_the_new_model(
+    docker: Docker, images: str, opt_ml: Path, workdir: Path, jpeg: bytes
+) -> None:
     """`docker compose run train` (data, config, model, checkpoint folders; a BINSIGHT_ variable wins
     over hyperparameters.json), then `docker compose up -d --wait` serves that model; `down -v`."""
     root = workdir / "compose"
@@ -253,13 +289,28 @@ def test_compose_trains_then_serves_the_new_model(docker: Docker, images: str, o
     (folders["config"] / "hyperparameters.json").write_text(json.dumps({**TINY_HYPERPARAMETERS, "epochs": "3"}))
     port = free_port()
     project = ("-p", f"binsight-test-{os.getpid()}")
-    env = compose_env(BINSIGHT_PORT=str(port), DATA_HOST_DIR=str(opt_ml / "input" / "data" / "train"),
-                      MODEL_HOST_DIR=str(folders["model"]), CHECKPOINT_HOST_DIR=str(folders["checkpoints"]),
-                      CONFIG_HOST_DIR=str(folders["config"]), BINSIGHT_EPOCHS="1")
+    env = compose_env(
+        BINSIGHT_PORT=str(port),
+        DATA_HOST_DIR=str(opt_ml / "input" / "data" / "train"),
+        MODEL_HOST_DIR=str(folders["model"]),
+        CHECKPOINT_HOST_DIR=str(folders["checkpoints"]),
+        CONFIG_HOST_DIR=str(folders["config"]),
+        BINSIGHT_EPOCHS="1",
+    )
     try:
         started = time.monotonic()
-        docker.run("compose", *COMPOSE_FILES, *project, "--profile", "train", "run", "--rm", "train",
-                   timeout=600, extra_env=env)
+        docker.run(
+            "compose",
+            *COMPOSE_FILES,
+            *project,
+            "--profile",
+            "train",
+            "run",
+            "--rm",
+            "train",
+            timeout=600,
+            extra_env=env,
+        )
         print(f"docker_compose_train_s: {time.monotonic() - started:.1f}")
         trained = json.loads((folders["model"] / "model.json").read_text())
         assert trained["input_size"] == 64  # from ./config/hyperparameters.json
@@ -267,13 +318,34 @@ def test_compose_trains_then_serves_the_new_model(docker: Docker, images: str, o
         assert any(folders["checkpoints"].iterdir())
 
         started = time.monotonic()
-        docker.run("compose", *COMPOSE_FILES, *project, "up", "-d", "--wait", "--wait-timeout", "180", "serve",
-                   timeout=300, extra_env=env)
+        docker.run(
+            "compose",
+            *COMPOSE_FILES,
+            *project,
+            "up",
+            "-d",
+            "--wait",
+            "--wait-timeout",
+            "180",
+            "serve",
+            timeout=300,
+            extra_env=env,
+        )
         print(f"docker_compose_up_s: {time.monotonic() - started:.1f}")
         url = f"http://127.0.0.1:{port}"
         status, info = _http(url + "/model")
         assert status == 200 and info["metadata"]["created_at"] == trained["created_at"]
         assert _predict_jpeg(url, jpeg)["label"] in ("0", "1", "2")
     finally:
-        docker.run("compose", *COMPOSE_FILES, *project, "--profile", "train", "down", "-v", timeout=120,
-                   extra_env=env, check=False)
+        docker.run(
+            "compose",
+            *COMPOSE_FILES,
+            *project,
+            "--profile",
+            "train",
+            "down",
+            "-v",
+            timeout=120,
+            extra_env=env,
+            check=False,
+        )

@@ -54,8 +54,12 @@ def test_entrypoint_execs_any_other_command_and_wants_one(fake_bin: Path) -> Non
 
 
 def _requirements(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REQUIREMENTS), "--pyproject", str(REPO_ROOT / "pyproject.toml"), *args],
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, str(REQUIREMENTS), "--pyproject", str(REPO_ROOT / "pyproject.toml"), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def test_requirements_export_follows_pyproject() -> None:
@@ -65,7 +69,8 @@ def test_requirements_export_follows_pyproject() -> None:
     assert base.stdout.splitlines() == [r for r in project["dependencies"] if not r.startswith("torch")]
     train = _requirements("--extra", "train", "--exclude", "Torch", "--exclude", "torchvision").stdout.splitlines()
     assert set(project["optional-dependencies"]["train"]) - set(train) == {
-        r for r in project["optional-dependencies"]["train"] if r.startswith("torchvision")}
+        r for r in project["optional-dependencies"]["train"] if r.startswith("torchvision")
+    }
     unknown = _requirements("--extra", "gpu")
     assert unknown.returncode == 2 and "unknown extras ['gpu']" in unknown.stderr
 
@@ -76,7 +81,8 @@ def test_compose_passes_every_hyperparameter_variable_to_train() -> None:
     expected = {ENV_PREFIX + name.upper() for name in FIELD_NAMES}
     assert passed == expected, (
         f"docker-compose.yml train.environment is out of step with training.config.TrainConfig: "
-        f"add {sorted(expected - passed)}, remove {sorted(passed - expected)}")
+        f"add {sorted(expected - passed)}, remove {sorted(passed - expected)}"
+    )
 
 
 def test_artifact_files_are_readable_by_the_non_root_server(tmp_path: Path) -> None:

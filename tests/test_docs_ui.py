@@ -57,6 +57,7 @@ def local_references(html: str) -> list[str]:
 
 # ------------------------------------------------------------------------------- /docs and /redoc
 
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("path", ["/docs", "/redoc"])
 async def test_docs_pages_load_everything_from_the_server(client, path: str) -> None:
@@ -99,6 +100,7 @@ async def test_swagger_ui_is_version_5_and_reads_openapi_3_1(client) -> None:
 
 # ------------------------------------------------------------------------------- the OpenAPI fixes
 
+
 def test_predict_photos_are_binary_array_items(openapi: dict) -> None:
     body = openapi["paths"]["/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     form = openapi["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]
@@ -120,20 +122,35 @@ def test_invocations_take_a_raw_image_body(openapi: dict) -> None:
 def test_mark_binary_uploads_finds_every_file_field() -> None:
     upload = {"type": "string", "contentMediaType": "application/octet-stream"}
     document = {
-        "paths": {"/a": {"post": {"requestBody": {"content": {"multipart/form-data": {
-            "schema": {"$ref": "#/components/schemas/Form"}}}}}},
-                  "/b": {"get": {"responses": {"200": {"content": {"application/json": {"schema": dict(upload)}}}}}}},
-        "components": {"schemas": {"Form": {"type": "object", "properties": {
-            "one": dict(upload),
-            "maybe": {"anyOf": [dict(upload), {"type": "null"}]},
-            "many": {"type": "array", "items": dict(upload)},
-            "name": {"type": "string"},
-        }}}},
+        "paths": {
+            "/a": {
+                "post": {
+                    "requestBody": {
+                        "content": {"multipart/form-data": {"schema": {"$ref": "#/components/schemas/Form"}}}
+                    }
+                }
+            },
+            "/b": {"get": {"responses": {"200": {"content": {"application/json": {"schema": dict(upload)}}}}}},
+        },
+        "components": {
+            "schemas": {
+                "Form": {
+                    "type": "object",
+                    "properties": {
+                        "one": dict(upload),
+                        "maybe": {"anyOf": [dict(upload), {"type": "null"}]},
+                        "many": {"type": "array", "items": dict(upload)},
+                        "name": {"type": "string"},
+                    },
+                }
+            }
+        },
     }
     assert mark_binary_uploads(document) == 3
     props = document["components"]["schemas"]["Form"]["properties"]
-    assert props["one"]["format"] == props["maybe"]["anyOf"][0]["format"] == props["many"]["items"]["format"] == \
-        "binary"
+    assert (
+        props["one"]["format"] == props["maybe"]["anyOf"][0]["format"] == props["many"]["items"]["format"] == "binary"
+    )
     assert "format" not in props["name"]
     assert "format" not in document["paths"]["/b"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert mark_binary_uploads(document) == 0  # already marked
@@ -159,33 +176,47 @@ EXAMPLE_REQUESTS = {
     ("/predict", "400", "unreadable"): dict(files=[("files", ("notes.txt", b"shopping list", "text/plain"))]),
     ("/predict", "413", "too_large"): dict(files=[("files", ("big.jpg", BIG, "image/jpeg"))]),
     ("/predict", "422", "no_files"): dict(data={"expected_quantity": "3"}),
-    ("/predict", "422", "bad_quantity"): dict(files=[("files", ("a.jpg", jpeg(), "image/jpeg"))],
-                                              data={"expected_quantity": "three"}),
+    ("/predict", "422", "bad_quantity"): dict(
+        files=[("files", ("a.jpg", jpeg(), "image/jpeg"))], data={"expected_quantity": "three"}
+    ),
     ("/invocations", "400", "not_an_image"): dict(content=b"hello", headers={"content-type": "image/jpeg"}),
-    ("/invocations", "400", "truncated"): dict(content=jpeg(size=(320, 240))[:1500],
-                                               headers={"content-type": "image/jpeg"}),
+    ("/invocations", "400", "truncated"): dict(
+        content=jpeg(size=(320, 240))[:1500], headers={"content-type": "image/jpeg"}
+    ),
     ("/invocations", "400", "bad_json"): dict(content=b"{bad", headers={"content-type": "application/json"}),
-    ("/invocations", "400", "bad_base64"): dict(content=b'{"instances": [{"b64": "!!!"}]}',
-                                                headers={"content-type": "application/json"}),
-    ("/invocations", "406", "not_acceptable"): dict(content=jpeg(), headers={"content-type": "image/jpeg",
-                                                                             "accept": "text/csv"}),
+    ("/invocations", "400", "bad_base64"): dict(
+        content=b'{"instances": [{"b64": "!!!"}]}', headers={"content-type": "application/json"}
+    ),
+    ("/invocations", "406", "not_acceptable"): dict(
+        content=jpeg(), headers={"content-type": "image/jpeg", "accept": "text/csv"}
+    ),
     ("/invocations", "413", "too_large"): dict(content=BIG, headers={"content-type": "image/jpeg"}),
     ("/invocations", "415", "unsupported"): dict(content=b"hello", headers={"content-type": "text/plain"}),
 }
-NOT_READY_PATHS = {"/ping": "get", "/invocations": "post", "/predict": "post", "/model": "get",
-                   "/execution-parameters": "get"}
+NOT_READY_PATHS = {
+    "/ping": "get",
+    "/invocations": "post",
+    "/predict": "post",
+    "/model": "get",
+    "/execution-parameters": "get",
+}
 
 
 def documented_examples(openapi: dict) -> dict[tuple[str, str, str], dict]:
-    return {(path, status, name): example["value"]
-            for path, operations in openapi["paths"].items() for operation in operations.values()
-            for status, response in operation["responses"].items() if int(status) >= 400
-            for name, example in response["content"]["application/json"]["examples"].items()}
+    return {
+        (path, status, name): example["value"]
+        for path, operations in openapi["paths"].items()
+        for operation in operations.values()
+        for status, response in operation["responses"].items()
+        if int(status) >= 400
+        for name, example in response["content"]["application/json"]["examples"].items()
+    }
 
 
 def test_every_documented_example_is_checked(openapi: dict) -> None:
-    checked = set(EXAMPLE_REQUESTS) | {(path, "503", state) for path in NOT_READY_PATHS for state in
-                                       ("loading", "failed")}
+    checked = set(EXAMPLE_REQUESTS) | {
+        (path, "503", state) for path in NOT_READY_PATHS for state in ("loading", "failed")
+    }
     assert set(documented_examples(openapi)) == checked
 
 
@@ -214,8 +245,10 @@ async def test_documented_not_ready_examples_are_what_the_server_sends(openapi: 
     raw = {"content": jpeg(), "headers": {"content-type": "image/jpeg"}}
     empty_model_dir = tmp_path / "model"
     empty_model_dir.mkdir()
-    for state, app in (("loading", create_app(default_settings(), loader=blocked)),
-                       ("failed", create_app(default_settings(empty_model_dir)))):
+    for state, app in (
+        ("loading", create_app(default_settings(), loader=blocked)),
+        ("failed", create_app(default_settings(empty_model_dir))),
+    ):
         async with client_for(app) as client:
             if state == "failed":
                 assert (await wait_settled(client, timeout=30)).json()["status"] == "failed"
@@ -224,14 +257,17 @@ async def test_documented_not_ready_examples_are_what_the_server_sends(openapi: 
                 response = await client.request(method.upper(), path, **kwargs)
                 body = response.json()
                 if state == "failed":
-                    body = {k: v.replace(str(empty_model_dir), "/opt/ml/model") if isinstance(v, str) else v
-                            for k, v in body.items()}
+                    body = {
+                        k: v.replace(str(empty_model_dir), "/opt/ml/model") if isinstance(v, str) else v
+                        for k, v in body.items()
+                    }
                 assert response.status_code == 503, (state, path)
                 assert _numbers_hidden(body) == _numbers_hidden(examples[path, "503", state]), (state, path)
         release.set()
 
 
 # ------------------------------------------------------------------------------- the page for people
+
 
 @pytest.mark.anyio
 async def test_page_is_served_at_the_root_with_its_assets(client) -> None:
@@ -254,13 +290,15 @@ def test_static_files_are_package_data_and_their_package_a_dependency() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     patterns = pyproject["tool"]["setuptools"]["package-data"]["service"]
     packaged = {path for pattern in patterns for path in (ROOT / "service").glob(pattern) if path.is_file()}
-    static = {path for path in (ROOT / "service" / "static").rglob("*") if path.is_file()
-              and "__pycache__" not in path.parts}
+    static = {
+        path for path in (ROOT / "service" / "static").rglob("*") if path.is_file() and "__pycache__" not in path.parts
+    }
     assert static and static <= packaged, sorted(str(p) for p in static - packaged)
     assert any(re.match(r"fastapi-offline\b", dep) for dep in pyproject["project"]["dependencies"])
 
 
 # ------------------------------------------------------------------------------- documented answers
+
 
 def test_documented_answers_add_up(openapi: dict) -> None:
     """The example answers obey the rules real answers do (probabilities sum to 1, the count is the most

@@ -34,17 +34,33 @@ def setup(tmp_path_factory) -> dict:
     items, dropped = apply_label_policy(scan_records(data)[0], LabelPolicy(max_count=3))
     split = stratified_split(items, 0.2, 0.3, seed=1)
     write_split_manifest(model_dir / "split.json", split, extra={"labels": LABELS})
-    history = [{"epoch": e, "train_loss": 1.5 / e, "val_loss": 1.6 / e, "val_acc": 0.2 * e, "val_rmse": 1.0 / e,
-                "lr": 0.001} for e in range(1, 4)]
+    history = [
+        {"epoch": e, "train_loss": 1.5 / e, "val_loss": 1.6 / e, "val_acc": 0.2 * e, "val_rmse": 1.0 / e, "lr": 0.001}
+        for e in range(1, 4)
+    ]
     (model_dir / "history.json").write_text(json.dumps(history))
     return {"data": data, "model_dir": model_dir, "items": items, "split": split, "dropped": dropped}
 
 
 def test_cli_end_to_end_writes_json_and_plots(setup, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
-    rc = main(["--model-dir", str(setup["model_dir"]), "--data-dir", str(setup["data"]),
-               "--split-manifest", str(setup["model_dir"] / "split.json"), "--part", "test",
-               "--output-dir", str(out), "--batch-size", "4", "--tta-flip"])
+    rc = main(
+        [
+            "--model-dir",
+            str(setup["model_dir"]),
+            "--data-dir",
+            str(setup["data"]),
+            "--split-manifest",
+            str(setup["model_dir"] / "split.json"),
+            "--part",
+            "test",
+            "--output-dir",
+            str(out),
+            "--batch-size",
+            "4",
+            "--tta-flip",
+        ]
+    )
     assert rc == 0
     lines = capsys.readouterr().out.splitlines()
     result = json.loads((out / "metrics.json").read_text())
@@ -69,9 +85,14 @@ def test_cli_end_to_end_writes_json_and_plots(setup, tmp_path: Path, capsys) -> 
 
 
 def test_all_bins_without_manifest_and_env_config(setup, tmp_path: Path) -> None:
-    config = parse_config(["--data-dir", str(setup["data"]), "--output-dir", str(tmp_path)],
-                          environ={"BINSIGHT_EVAL_MODEL_DIR": str(setup["model_dir"]),
-                                   "BINSIGHT_EVAL_BATCH_SIZE": "7", "BINSIGHT_EVAL_LIMIT": "10"})
+    config = parse_config(
+        ["--data-dir", str(setup["data"]), "--output-dir", str(tmp_path)],
+        environ={
+            "BINSIGHT_EVAL_MODEL_DIR": str(setup["model_dir"]),
+            "BINSIGHT_EVAL_BATCH_SIZE": "7",
+            "BINSIGHT_EVAL_LIMIT": "10",
+        },
+    )
     assert config.batch_size == 7 and config.limit == 10 and config.model_dir == setup["model_dir"]
     lines: list[str] = []
     result = run(config, log=lines.append)
@@ -125,8 +146,18 @@ def test_errors_are_clear(setup, tmp_path: Path, capsys) -> None:
 
     other = tmp_path / "other"
     make_synthetic_abid(other, 6, max_count=3, size=48, first_id=500)
-    rc = main(["--model-dir", str(setup["model_dir"]), "--data-dir", str(other),
-               "--split-manifest", str(setup["model_dir"] / "split.json"), "--output-dir", str(tmp_path / "o")])
+    rc = main(
+        [
+            "--model-dir",
+            str(setup["model_dir"]),
+            "--data-dir",
+            str(other),
+            "--split-manifest",
+            str(setup["model_dir"] / "split.json"),
+            "--output-dir",
+            str(tmp_path / "o"),
+        ]
+    )
     assert rc == 1 and "not in the data" in capsys.readouterr().err
 
     with pytest.raises(SystemExit) as exc:
@@ -161,13 +192,32 @@ def test_overflow_model_also_reports_the_counting_task(setup, tmp_path: Path, ca
     """With a "3+" class the ABID task (bins holding 0..2, answered among 0..2) is reported beside the rest."""
     labels = ["0", "1", "2", "3+"]
     model_dir = tmp_path / "overflow-model"
-    save_artifact(model_dir, build_model("resnet18", 4, pretrained=False, dropout=0.0),
-                  metadata_for("resnet18", labels, input_size=32, dropout=0.0))
-    assert main(["--model-dir", str(model_dir), "--data-dir", str(setup["data"]), "--output-dir",
-                 str(tmp_path / "out"), "--batch-size", "8"]) == 0
+    save_artifact(
+        model_dir,
+        build_model("resnet18", 4, pretrained=False, dropout=0.0),
+        metadata_for("resnet18", labels, input_size=32, dropout=0.0),
+    )
+    assert (
+        main(
+            [
+                "--model-dir",
+                str(model_dir),
+                "--data-dir",
+                str(setup["data"]),
+                "--output-dir",
+                str(tmp_path / "out"),
+                "--batch-size",
+                "8",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]
-    in_range = sum(1 for item in apply_label_policy(scan_records(setup["data"])[0],
-                                                    LabelPolicy(max_count=2, overflow=True))[0] if item.label < 3)
+    in_range = sum(
+        1
+        for item in apply_label_policy(scan_records(setup["data"])[0], LabelPolicy(max_count=2, overflow=True))[0]
+        if item.label < 3
+    )
     task = metrics["counts_0_2"]
     assert metrics["n"] == 30 and task["n"] == in_range < 30
     assert task["class_names"] == ["0", "1", "2"] and len(task["confusion_matrix"]) == 3
@@ -176,6 +226,10 @@ def test_overflow_model_also_reports_the_counting_task(setup, tmp_path: Path, ca
     assert any(line.startswith("eval_counts_0_2_accuracy: ") for line in lines)
 
     # Without an overflow class there is nothing to restrict (the setup's own model).
-    plain = evaluate_model(load_artifact(setup["model_dir"]).model, load_artifact(setup["model_dir"]).metadata,
-                           setup["items"][:6], batch_size=6)
+    plain = evaluate_model(
+        load_artifact(setup["model_dir"]).model,
+        load_artifact(setup["model_dir"]).metadata,
+        setup["items"][:6],
+        batch_size=6,
+    )
     assert not any(key.startswith("counts_0_") for key in plain)

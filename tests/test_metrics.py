@@ -21,10 +21,7 @@ PREDS = [0, 1, 1, 1, 3, 3, 2, 0]
 
 
 def test_confusion_matrix_rows_are_true_classes() -> None:
-    expected = [[1, 1, 0, 0],
-                [0, 2, 0, 0],
-                [0, 0, 0, 1],
-                [1, 0, 1, 1]]
+    expected = [[1, 1, 0, 0], [0, 2, 0, 0], [0, 0, 0, 1], [1, 0, 1, 1]]
     assert confusion_matrix(PREDS, LABELS, 4).tolist() == expected
     assert confusion_matrix(torch.tensor(PREDS), torch.tensor(LABELS), 4).tolist() == expected
     with pytest.raises(ValueError, match="within 0..3"):
@@ -78,23 +75,34 @@ def test_bad_inputs_and_formatting() -> None:
     with pytest.raises(ValueError, match="class names"):
         compute_metrics([0], [0], class_values=[0, 1], class_names=["0"])
     m = compute_metrics(PREDS, LABELS, class_values=[0, 1, 2, 3])
-    assert set(scalar_metrics(m, "test_")) == {"test_n", "test_accuracy", "test_rmse", "test_mae",
-                                               "test_off_by_one_accuracy", "test_macro_precision",
-                                               "test_macro_recall", "test_macro_f1"}
+    assert set(scalar_metrics(m, "test_")) == {
+        "test_n",
+        "test_accuracy",
+        "test_rmse",
+        "test_mae",
+        "test_off_by_one_accuracy",
+        "test_macro_precision",
+        "test_macro_recall",
+        "test_macro_f1",
+    }
     lines = format_metrics(m, "val_").splitlines()
     assert "val_n: 8" in lines and "val_accuracy: 0.5000" in lines and "val_rmse: 1.2247" in lines
 
 
 def test_counts_task_drops_overflow_bins_and_answers_among_counts() -> None:
     names, values = ["0", "1", "2+"], [0, 1, 2]
-    probs = torch.tensor([[0.5, 0.1, 0.4],    # true 0 -> 0
-                          [0.2, 0.3, 0.5],    # true 1: "2+" wins overall, 1 among the counts
-                          [0.6, 0.3, 0.1],    # true 1 -> 0
-                          [0.1, 0.2, 0.7]])   # true 2+: not part of the task
+    probs = torch.tensor(
+        [
+            [0.5, 0.1, 0.4],  # true 0 -> 0
+            [0.2, 0.3, 0.5],  # true 1: "2+" wins overall, 1 among the counts
+            [0.6, 0.3, 0.1],  # true 1 -> 0
+            [0.1, 0.2, 0.7],
+        ]
+    )  # true 2+: not part of the task
     labels = torch.tensor([0, 1, 1, 2])
     task = counts_task_metrics(probs, labels, values, names)
     assert task["n"] == 3 and task["class_names"] == ["0", "1"]
     assert task["accuracy"] == pytest.approx(2 / 3)
     assert task["confusion_matrix"] == [[1, 0], [1, 1]]
-    assert counts_task_metrics(probs, labels, [0, 1, 2], ["0", "1", "2"]) is None     # no overflow class
-    assert counts_task_metrics(probs[3:], labels[3:], values, names) is None          # only overflow bins
+    assert counts_task_metrics(probs, labels, [0, 1, 2], ["0", "1", "2"]) is None  # no overflow class
+    assert counts_task_metrics(probs[3:], labels[3:], values, names) is None  # only overflow bins

@@ -50,9 +50,12 @@ def test_one_line_per_problem_naming_the_option_the_variable_and_the_value() -> 
     with pytest.raises(ValidationError) as exc:
         Options.model_validate({"count": "0"})
     assert error_lines(exc.value, env_prefix="X_", values={"count": "0"}) == [
-        "--count: Input should be greater than or equal to 1, got '0'", "--name: required (or set X_NAME)"]
+        "--count: Input should be greater than or equal to 1, got '0'",
+        "--name: required (or set X_NAME)",
+    ]
     with pytest.raises(ValidationError) as exc:
         Options.model_validate({"name": "n", "low": 5, "high": 1})
     assert error_lines(exc.value) == ["low must not exceed high"]
     assert error_lines(exc.value, lambda field: f"option {field or '(combination)'}") == [
-        "option (combination): low must not exceed high"]
+        "option (combination): low must not exceed high"
+    ]

@@ -70,14 +70,20 @@ def tuning_service_hyperparameters(request: dict[str, Any]) -> dict[str, str]:
 
 def _tiny_tuning_request(**ranges: Any) -> dict[str, Any]:
     static = {k: v for k, v in TINY.items() if k not in ("lr", "batch_size", "epochs")}
-    config = TuningJobConfig(image_uri="123456789012.dkr.ecr.eu-west-1.amazonaws.com/binsight-train:latest",
-                             role_arn="arn:aws:iam::123456789012:role/sm", train_uri="s3://bucket/data/train",
-                             validation_uri="s3://bucket/data/validation", output_uri="s3://bucket/output",
-                             hyperparameters=static, **ranges)
+    config = TuningJobConfig(
+        image_uri="123456789012.dkr.ecr.eu-west-1.amazonaws.com/binsight-train:latest",
+        role_arn="arn:aws:iam::123456789012:role/sm",
+        train_uri="s3://bucket/data/train",
+        validation_uri="s3://bucket/data/validation",
+        output_uri="s3://bucket/output",
+        hyperparameters=static,
+        **ranges,
+    )
     return tuning_job_request(config)
 
 
 # ------------------------------------------------------------------------------- hyperparameters
+
 
 def test_a_tuning_job_of_binsight_aws_tune_gives_a_valid_config() -> None:
     request = _tiny_tuning_request(lr_range="1e-3:1e-2", batch_sizes=[4, 8], epochs_range="1:2")
@@ -95,8 +101,12 @@ def test_every_key_the_sdk_adds_is_ignored_and_a_misspelt_key_still_fails() -> N
     values = {**TINY, **SDK_FRAMEWORK_KEYS, **{key: "x" for key in SDK_KEYS}, TUNING_OBJECTIVE_KEY: '"val_acc"'}
     assert build_config([("hyperparameters.json", values)]) == tiny_config()
     assert all(is_platform_key(key) for key in (*SDK_KEYS, TUNING_OBJECTIVE_KEY))
-    for key, hint in (("epocs", "did you mean 'epochs'"), ("_lr", "did you mean 'lr'"),
-                      ("_tuning_objective", ""), ("tuning_objective_metric", "")):
+    for key, hint in (
+        ("epocs", "did you mean 'epochs'"),
+        ("_lr", "did you mean 'lr'"),
+        ("_tuning_objective", ""),
+        ("tuning_objective_metric", ""),
+    ):
         with pytest.raises(ConfigError, match=rf"unknown hyperparameter '{key}' .*{re.escape(hint)}"):
             build_config([("hyperparameters.json", {**values, key: "2"})])
 
@@ -121,18 +131,23 @@ def test_platform_keys_are_logged_and_the_objective_is_checked() -> None:
 
 
 def test_job_lines_read_the_opt_ml_tree(tmp_path: Path) -> None:
-    root = make_opt_ml(tmp_path / "opt_ml", {**TINY, TUNING_OBJECTIVE_KEY: "val_acc", "val_fraction": "0",
-                                             "sagemaker_region": '"eu-west-1"'}, n_bins=4)
+    root = make_opt_ml(
+        tmp_path / "opt_ml",
+        {**TINY, TUNING_OBJECTIVE_KEY: "val_acc", "val_fraction": "0", "sagemaker_region": '"eu-west-1"'},
+        n_bins=4,
+    )
     paths = resolve_paths(environ={"BINSIGHT_OPT_ML": str(root)})
     config = load_config(environ={}, hyperparameters_file=paths.hyperparameters)
     lines = job_lines(config, paths, environ={"TRAINING_JOB_NAME": "bs-tune-001-abc"})
-    assert lines[:2] == ["training_job_name: bs-tune-001-abc",
-                         "hyperparameters_ignored: _tuning_objective_metric, sagemaker_region (added by SageMaker "
-                         "or its SDK)"]
+    assert lines[:2] == [
+        "training_job_name: bs-tune-001-abc",
+        "hyperparameters_ignored: _tuning_objective_metric, sagemaker_region (added by SageMaker or its SDK)",
+    ]
     assert lines[2] == "tuning_objective: val_acc printed: no" and "no validation data" in lines[3]
 
 
 # ------------------------------------------------------------------------------- inputdataconfig.json
+
 
 def _input_config(tmp_path: Path, channels: dict[str, dict[str, str]]) -> dict[str, ChannelConfig]:
     path = tmp_path / "inputdataconfig.json"
@@ -141,16 +156,25 @@ def _input_config(tmp_path: Path, channels: dict[str, dict[str, str]]) -> dict[s
 
 
 def test_file_and_fastfile_channels_are_read(tmp_path: Path) -> None:
-    channels = _input_config(tmp_path, {
-        "train": {"TrainingInputMode": "FastFile", "S3DistributionType": "FullyReplicated",
-                  "RecordWrapperType": "None", "ContentType": "application/x-image"},
-        "validation": {"TrainingInputMode": "File"},  # what the SDK's local mode writes
-        "extra": {"TrainingInputMode": "File"}})
+    channels = _input_config(
+        tmp_path,
+        {
+            "train": {
+                "TrainingInputMode": "FastFile",
+                "S3DistributionType": "FullyReplicated",
+                "RecordWrapperType": "None",
+                "ContentType": "application/x-image",
+            },
+            "validation": {"TrainingInputMode": "File"},  # what the SDK's local mode writes
+            "extra": {"TrainingInputMode": "File"},
+        },
+    )
     lines = check_channels(channels, num_hosts=2)
-    assert lines == ["channel: train input_mode: FastFile content_type: application/x-image distribution: "
-                     "FullyReplicated",
-                     "channel: validation input_mode: File content_type: none distribution: FullyReplicated",
-                     "channel_ignored: extra (train reads train, validation, test)"]
+    assert lines == [
+        "channel: train input_mode: FastFile content_type: application/x-image distribution: FullyReplicated",
+        "channel: validation input_mode: File content_type: none distribution: FullyReplicated",
+        "channel_ignored: extra (train reads train, validation, test)",
+    ]
     assert read_input_data_config(tmp_path / "absent.json") == {} and check_channels({}) == []
 
 
@@ -161,11 +185,14 @@ def test_unexpected_content_type_is_a_warning(tmp_path: Path) -> None:
     assert len(check_channels(jpeg)) == 1
 
 
-@pytest.mark.parametrize("entry, hosts, message", [
-    ({"TrainingInputMode": "Pipe"}, 1, "input mode 'Pipe'.*use File or FastFile"),
-    ({"TrainingInputMode": "File", "RecordWrapperType": "RecordIO"}, 1, "RecordWrapperType 'RecordIO'"),
-    ({"TrainingInputMode": "File", "S3DistributionType": "ShardedByS3Key"}, 2, "ShardedByS3Key on 2 hosts"),
-])
+@pytest.mark.parametrize(
+    "entry, hosts, message",
+    [
+        ({"TrainingInputMode": "Pipe"}, 1, "input mode 'Pipe'.*use File or FastFile"),
+        ({"TrainingInputMode": "File", "RecordWrapperType": "RecordIO"}, 1, "RecordWrapperType 'RecordIO'"),
+        ({"TrainingInputMode": "File", "S3DistributionType": "ShardedByS3Key"}, 2, "ShardedByS3Key on 2 hosts"),
+    ],
+)
 def test_unreadable_channels_are_refused(tmp_path: Path, entry: dict, hosts: int, message: str) -> None:
     with pytest.raises(InputModeError, match=message) as info:
         check_channels(_input_config(tmp_path, {"train": entry}), num_hosts=hosts)
@@ -185,9 +212,9 @@ def test_sharded_on_one_host_and_a_missing_train_channel(tmp_path: Path) -> None
 
 # ------------------------------------------------------------------------------- end to end
 
+
 def _run(root: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(train_command(), env=subprocess_env(root, **env), capture_output=True, text=True,
-                          timeout=240)
+    return subprocess.run(train_command(), env=subprocess_env(root, **env), capture_output=True, text=True, timeout=240)
 
 
 def test_a_tuning_job_training_run_completes(tmp_path: Path) -> None:
@@ -196,18 +223,33 @@ def test_a_tuning_job_training_run_completes(tmp_path: Path) -> None:
     request = _tiny_tuning_request(lr_range="1e-3:1e-2", batch_sizes=[8], epochs_range="1:2")
     hyperparameters = {**tuning_service_hyperparameters(request), **SDK_FRAMEWORK_KEYS}
     root = make_opt_ml(tmp_path / "opt_ml", hyperparameters, n_bins=30, validation_bins=8)
-    (root / "input/config/inputdataconfig.json").write_text(json.dumps({
-        "train": {"TrainingInputMode": "FastFile", "S3DistributionType": "FullyReplicated",
-                  "RecordWrapperType": "None"},
-        "validation": {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated",
-                       "RecordWrapperType": "None"}}))
+    (root / "input/config/inputdataconfig.json").write_text(
+        json.dumps(
+            {
+                "train": {
+                    "TrainingInputMode": "FastFile",
+                    "S3DistributionType": "FullyReplicated",
+                    "RecordWrapperType": "None",
+                },
+                "validation": {
+                    "TrainingInputMode": "File",
+                    "S3DistributionType": "FullyReplicated",
+                    "RecordWrapperType": "None",
+                },
+            }
+        )
+    )
     proc = _run(root, TRAINING_JOB_NAME="bs-tune-001-4f2a", TRAINING_JOB_ARN="arn:aws:sagemaker:eu-west-1:1:x")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert not (root / "output/failure").exists() and (root / "model/model.json").is_file()
     out = proc.stdout
     assert "training_job_name: bs-tune-001-4f2a" in out
-    assert re.search(r"^hyperparameters_ignored: _tuning_objective_metric, sagemaker_container_log_level, .*"
-                     r"sagemaker_submit_directory \(added by SageMaker or its SDK\)$", out, re.M), out[:3000]
+    assert re.search(
+        r"^hyperparameters_ignored: _tuning_objective_metric, sagemaker_container_log_level, .*"
+        r"sagemaker_submit_directory \(added by SageMaker or its SDK\)$",
+        out,
+        re.M,
+    ), out[:3000]
     assert "tuning_objective: val_acc printed: yes" in out and "warning:" not in out
     assert "channel: train input_mode: FastFile" in out
     objective = [float(v) for v in re.findall(METRIC_REGEXES["val_acc"], out)]

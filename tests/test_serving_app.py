@@ -38,8 +38,13 @@ def predictor(artifact: Path) -> Predictor:
 
 
 def settings_for(model_dir: Path | None, **overrides) -> ServeSettings:
-    location = ModelLocation(path=model_dir, source="MODEL_DIR") if model_dir else ModelLocation(
-        path=None, tried=("MODEL_DIR (not set)", "SM_MODEL_DIR (not set)", "/opt/ml/model (no model.json)"))
+    location = (
+        ModelLocation(path=model_dir, source="MODEL_DIR")
+        if model_dir
+        else ModelLocation(
+            path=None, tried=("MODEL_DIR (not set)", "SM_MODEL_DIR (not set)", "/opt/ml/model (no model.json)")
+        )
+    )
     return ServeSettings(model=location, max_payload_mb=PAYLOAD_MB, **overrides)
 
 
@@ -59,24 +64,31 @@ def _post(client, body: bytes, content_type: str | None, accept: str | None = No
 
 
 def _is_prediction(item: dict) -> bool:
-    return set(item) == {"count", "label", "confidence", "probabilities", "expected_count"} \
+    return (
+        set(item) == {"count", "label", "confidence", "probabilities", "expected_count"}
         and list(item["probabilities"]) == LABELS
+    )
 
 
 # ------------------------------------------------------------------------------- content types
 
+
 @pytest.mark.anyio
-@pytest.mark.parametrize("content_type, data", [
-    ("image/jpeg", jpeg()),
-    ("image/png", image_bytes("RGB", fmt="PNG")),
-    ("application/x-image", jpeg(4)),
-    ("image/jpeg", image_bytes("CMYK", fmt="JPEG")),
-    ("image/png", image_bytes("I;16", fmt="PNG")),
-    ("image/png", image_bytes("RGBA", fmt="PNG")),
-    ("image/png", image_bytes("P", fmt="PNG")),
-    ("image/png", image_bytes("L", fmt="PNG")),
-    ("image/png", image_bytes("LA", fmt="PNG")),
-], ids=["jpeg", "png", "x-image", "cmyk", "png16", "rgba", "palette", "grey", "grey-alpha"])
+@pytest.mark.parametrize(
+    "content_type, data",
+    [
+        ("image/jpeg", jpeg()),
+        ("image/png", image_bytes("RGB", fmt="PNG")),
+        ("application/x-image", jpeg(4)),
+        ("image/jpeg", image_bytes("CMYK", fmt="JPEG")),
+        ("image/png", image_bytes("I;16", fmt="PNG")),
+        ("image/png", image_bytes("RGBA", fmt="PNG")),
+        ("image/png", image_bytes("P", fmt="PNG")),
+        ("image/png", image_bytes("L", fmt="PNG")),
+        ("image/png", image_bytes("LA", fmt="PNG")),
+    ],
+    ids=["jpeg", "png", "x-image", "cmyk", "png16", "rgba", "palette", "grey", "grey-alpha"],
+)
 async def test_raw_image_gives_one_prediction(client, content_type: str, data: bytes) -> None:
     response = await _post(client, data, content_type)
     assert response.status_code == 200, response.text
@@ -90,17 +102,21 @@ HEIC = (Path(__file__).parent / "fixtures" / "bin-96x72.heic").read_bytes()  # m
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("content_type, data", [
-    ("image/webp", image_bytes(fmt="WEBP")),
-    ("image/jpeg", image_bytes(fmt="WEBP")),  # the bytes decide the format, not the label
-    ("image/heic", HEIC),
-    ("image/gif", image_bytes("P", fmt="GIF")),
-    ("image/avif", image_bytes(fmt="AVIF")),
-    ("image/tiff", image_bytes(fmt="TIFF")),
-    ("application/octet-stream", jpeg()),  # the SageMaker SDK's IdentitySerializer default
-    ("binary/octet-stream", HEIC),
-    (None, jpeg()),
-], ids=["webp", "webp-as-jpeg", "heic", "gif", "avif", "tiff", "octet-stream", "s3-octet-stream", "no-type"])
+@pytest.mark.parametrize(
+    "content_type, data",
+    [
+        ("image/webp", image_bytes(fmt="WEBP")),
+        ("image/jpeg", image_bytes(fmt="WEBP")),  # the bytes decide the format, not the label
+        ("image/heic", HEIC),
+        ("image/gif", image_bytes("P", fmt="GIF")),
+        ("image/avif", image_bytes(fmt="AVIF")),
+        ("image/tiff", image_bytes(fmt="TIFF")),
+        ("application/octet-stream", jpeg()),  # the SageMaker SDK's IdentitySerializer default
+        ("binary/octet-stream", HEIC),
+        (None, jpeg()),
+    ],
+    ids=["webp", "webp-as-jpeg", "heic", "gif", "avif", "tiff", "octet-stream", "s3-octet-stream", "no-type"],
+)
 async def test_every_format_the_decoder_reads(client, content_type, data: bytes) -> None:
     response = await _post(client, data, content_type)
     assert response.status_code == 200, response.text
@@ -124,8 +140,12 @@ async def test_octet_stream_batches_are_read_from_their_bytes(client) -> None:
 async def test_sagemaker_headers_are_accepted(client) -> None:
     """InvokeEndpoint's CustomAttributes, InferenceId and friends arrive as X-Amzn-SageMaker-* headers:
     binsight reads none of them, and a request carrying them is answered as any other."""
-    headers = {"Content-Type": "image/jpeg", "X-Amzn-SageMaker-Custom-Attributes": "trace_id=abc,expected=3",
-               "X-Amzn-SageMaker-Inference-Id": "req-1", "X-Amzn-SageMaker-Target-Variant": "AllTraffic"}
+    headers = {
+        "Content-Type": "image/jpeg",
+        "X-Amzn-SageMaker-Custom-Attributes": "trace_id=abc,expected=3",
+        "X-Amzn-SageMaker-Inference-Id": "req-1",
+        "X-Amzn-SageMaker-Target-Variant": "AllTraffic",
+    }
     response = await client.post("/invocations", content=jpeg(), headers=headers)
     assert response.status_code == 200 and _is_prediction(response.json()["predictions"][0])
     assert not any(k.lower().startswith("x-amzn-sagemaker") for k in response.headers)
@@ -155,8 +175,9 @@ async def test_json_batch_and_jsonlines_agree(client) -> None:
 
 @pytest.mark.anyio
 async def test_batch_with_some_bad_images_answers_the_rest(client) -> None:
-    body = json.dumps({"instances": [{"b64": b64(jpeg())}, {"b64": b64(b"text, not an image")},
-                                     {"b64": b64(jpeg()[:300])}]}).encode()
+    body = json.dumps(
+        {"instances": [{"b64": b64(jpeg())}, {"b64": b64(b"text, not an image")}, {"b64": b64(jpeg()[:300])}]}
+    ).encode()
     response = await _post(client, body, "application/json")
     assert response.status_code == 200
     first, second, third = response.json()["predictions"]
@@ -194,17 +215,20 @@ async def test_batch_where_nothing_can_be_read_is_400(client) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("content_type, body, status, message", [
-    ("text/plain", b"hello", 415, "not supported"),
-    ("image/svg+xml", jpeg(), 415, "not supported"),
-    ("application/postscript", jpeg(), 415, "application/octet-stream (read from its bytes)"),
-    ("application/octet-stream", b"\x00\x01 not an image", 400, "not a recognised image format"),
-    ("application/json", b"{bad json", 400, "not valid JSON"),
-    ("application/json", b'{"instances": [{"b64": "!!!"}]}', 400, "not valid base64"),
-    ("application/json", b'{"instances": []}', 400, "non-empty"),
-    ("application/json", b"", 400, "empty body"),
-    ("application/jsonlines", b'{"b64": "YQ=="}\nnot json', 400, "line 2"),
-])
+@pytest.mark.parametrize(
+    "content_type, body, status, message",
+    [
+        ("text/plain", b"hello", 415, "not supported"),
+        ("image/svg+xml", jpeg(), 415, "not supported"),
+        ("application/postscript", jpeg(), 415, "application/octet-stream (read from its bytes)"),
+        ("application/octet-stream", b"\x00\x01 not an image", 400, "not a recognised image format"),
+        ("application/json", b"{bad json", 400, "not valid JSON"),
+        ("application/json", b'{"instances": [{"b64": "!!!"}]}', 400, "not valid base64"),
+        ("application/json", b'{"instances": []}', 400, "non-empty"),
+        ("application/json", b"", 400, "empty body"),
+        ("application/jsonlines", b'{"b64": "YQ=="}\nnot json', 400, "line 2"),
+    ],
+)
 async def test_bad_requests(client, content_type, body: bytes, status: int, message: str) -> None:
     response = await _post(client, body, content_type)
     assert response.status_code == status, response.text
@@ -248,11 +272,14 @@ async def test_oversize_body_without_content_length_is_413(artifact: Path, predi
 
 # ------------------------------------------------------------------------------- /predict
 
+
 @pytest.mark.anyio
 async def test_predict_upload_with_expected_quantity(client) -> None:
-    files = [("files", ("bin-1.jpg", jpeg(1), "image/jpeg")), ("files", ("bin-2.png", image_bytes(fmt="PNG"),
-                                                                           "image/png")),
-             ("files", ("notes.txt", b"not a photo", "text/plain"))]
+    files = [
+        ("files", ("bin-1.jpg", jpeg(1), "image/jpeg")),
+        ("files", ("bin-2.png", image_bytes(fmt="PNG"), "image/png")),
+        ("files", ("notes.txt", b"not a photo", "text/plain")),
+    ]
     response = await client.post("/predict", files=files, data={"expected_quantity": "3"})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -270,9 +297,12 @@ async def test_predict_upload_with_expected_quantity(client) -> None:
 
 @pytest.mark.anyio
 async def test_predict_reads_what_invocations_reads(client) -> None:
-    files = [("files", ("a.webp", image_bytes(fmt="WEBP"), "image/webp")), ("files", ("b.heic", HEIC, "image/heic")),
-             ("files", ("c.bin", jpeg(), "application/octet-stream")),
-             ("files", ("notes.txt", b"shopping list", "text/plain"))]
+    files = [
+        ("files", ("a.webp", image_bytes(fmt="WEBP"), "image/webp")),
+        ("files", ("b.heic", HEIC, "image/heic")),
+        ("files", ("c.bin", jpeg(), "application/octet-stream")),
+        ("files", ("notes.txt", b"shopping list", "text/plain")),
+    ]
     response = await client.post("/predict", files=files)
     assert response.status_code == 200, response.text
     first, second, third, fourth = response.json()["results"]
@@ -296,15 +326,18 @@ async def test_predict_bad_input(client) -> None:
     assert none_readable.status_code == 400 and "a.jpg" in none_readable.json()["error"]
     no_files = await client.post("/predict", data={"expected_quantity": "2"})
     assert no_files.status_code == 422 and "files" in no_files.json()["error"]
-    negative = await client.post("/predict", files={"files": ("a.jpg", jpeg(), "image/jpeg")},
-                                 data={"expected_quantity": "-1"})
+    negative = await client.post(
+        "/predict", files={"files": ("a.jpg", jpeg(), "image/jpeg")}, data={"expected_quantity": "-1"}
+    )
     assert negative.status_code == 422 and "expected_quantity" in negative.json()["error"]
-    words = await client.post("/predict", files={"files": ("a.jpg", jpeg(), "image/jpeg")},
-                              data={"expected_quantity": "three"})
+    words = await client.post(
+        "/predict", files={"files": ("a.jpg", jpeg(), "image/jpeg")}, data={"expected_quantity": "three"}
+    )
     assert words.status_code == 422
 
 
 # ------------------------------------------------------------------------------- /model, /docs, /
+
 
 @pytest.mark.anyio
 async def test_model_metadata(client, artifact: Path) -> None:
@@ -325,14 +358,20 @@ async def test_docs_explain_the_api(client) -> None:
     schema = (await client.get("/openapi.json")).json()
     assert {"/ping", "/invocations", "/predict", "/model"} <= set(schema["paths"])
     invocation_types = set(schema["paths"]["/invocations"]["post"]["requestBody"]["content"])
-    assert {"image/jpeg", "image/png", "application/x-image", "application/json", "application/jsonlines"} \
-        <= invocation_types
+    assert {
+        "image/jpeg",
+        "image/png",
+        "application/x-image",
+        "application/json",
+        "application/jsonlines",
+    } <= invocation_types
     upload = schema["paths"]["/predict"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in upload
     assert schema["components"]["schemas"]["PredictionOut"]["properties"]["count"]["examples"] == [3]
 
 
 # ------------------------------------------------------------------------------- /ping states
+
 
 @pytest.mark.anyio
 async def test_ping_is_503_while_loading_then_200(artifact: Path, predictor: Predictor) -> None:
@@ -357,8 +396,9 @@ async def test_ping_is_503_while_loading_then_200(artifact: Path, predictor: Pre
 @pytest.mark.anyio
 async def test_ping_is_503_after_a_load_failure(tmp_path: Path) -> None:
     model_dir = make_artifact(tmp_path / "broken")
-    (model_dir / "model.json").write_text(json.dumps({"architecture": "resnet9000", "labels": ["0", "1"],
-                                                      "mean": [0, 0, 0], "std": [1, 1, 1]}))
+    (model_dir / "model.json").write_text(
+        json.dumps({"architecture": "resnet9000", "labels": ["0", "1"], "mean": [0, 0, 0], "std": [1, 1, 1]})
+    )
     async with client_for(create_app(settings_for(model_dir))) as client:
         response = await wait_settled(client, timeout=30)
         assert response.status_code == 503

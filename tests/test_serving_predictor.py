@@ -40,9 +40,15 @@ def anyio_backend() -> str:
 
 # ------------------------------------------------------------------------------- predictor
 
+
 def test_same_pixels_as_the_shared_preprocessing(predictor: Predictor) -> None:
-    for data in (jpeg(1), image_bytes("CMYK", fmt="JPEG"), image_bytes("RGBA", fmt="PNG"),
-                 image_bytes("I;16", fmt="PNG"), image_bytes("P", fmt="PNG")):
+    for data in (
+        jpeg(1),
+        image_bytes("CMYK", fmt="JPEG"),
+        image_bytes("RGBA", fmt="PNG"),
+        image_bytes("I;16", fmt="PNG"),
+        image_bytes("P", fmt="PNG"),
+    ):
         ours = predictor.batch_tensor([predictor.prepare(data)])[0]
         reference = preprocess_bytes(data, predictor.metadata.preprocess_spec())
         assert torch.allclose(ours, reference, atol=1e-5)
@@ -57,8 +63,9 @@ def test_prediction_fields_are_consistent(predictor: Predictor) -> None:
     assert result.confidence == result.probabilities[result.label]
     assert result.count == int(result.label.rstrip("+"))
     values = predictor.metadata.class_values
-    assert math.isclose(result.expected_count, sum(p * v for p, v in zip(result.probabilities.values(), values)),
-                        abs_tol=1e-3)
+    assert math.isclose(
+        result.expected_count, sum(p * v for p, v in zip(result.probabilities.values(), values)), abs_tol=1e-3
+    )
 
 
 def test_overflow_class_counts_as_its_lower_bound() -> None:
@@ -76,8 +83,9 @@ def test_batches_run_in_chunks_of_max_batch_size() -> None:
 
 def test_unreadable_images_fail_one_by_one(predictor: Predictor) -> None:
     good = jpeg(3)
-    results = predictor.predict_bytes([good, b"", b"hello", good[: len(good) // 2], png_claiming(50000, 50000),
-                                       png_claiming(8000, 6000), good])
+    results = predictor.predict_bytes(
+        [good, b"", b"hello", good[: len(good) // 2], png_claiming(50000, 50000), png_claiming(8000, 6000), good]
+    )
     kinds = [type(r).__name__ for r in results]
     assert kinds == ["Prediction"] + ["ImageFailure"] * 5 + ["Prediction"]
     assert "empty" in results[1].error
@@ -107,6 +115,7 @@ def test_broken_artifact_fails_to_load_with_the_contracts_message(tmp_path: Path
 
 
 # ------------------------------------------------------------------------------- engine
+
 
 @pytest.mark.anyio
 async def test_engine_batches_concurrent_requests_and_keeps_order(predictor: Predictor) -> None:
@@ -160,6 +169,7 @@ async def test_engine_reports_a_failing_model_and_keeps_running() -> None:
 
 # ------------------------------------------------------------------------------- manual check
 
+
 def test_expected_label() -> None:
     assert expected_label(LABELS, 3) == "3"
     assert expected_label(LABELS, 6) == "6+" and expected_label(LABELS, 40) == "6+"
@@ -168,8 +178,13 @@ def test_expected_label() -> None:
 
 def _prediction(probabilities: dict[str, float]) -> Prediction:
     label = max(probabilities, key=probabilities.get)
-    return Prediction(count=int(label.rstrip("+")), label=label, confidence=probabilities[label],
-                      probabilities=probabilities, expected_count=0.0)
+    return Prediction(
+        count=int(label.rstrip("+")),
+        label=label,
+        confidence=probabilities[label],
+        probabilities=probabilities,
+        expected_count=0.0,
+    )
 
 
 def test_manual_check_flags() -> None:
@@ -185,7 +200,9 @@ def test_manual_check_flags() -> None:
     assert flagged.needs_manual_check and "confidence 0.40" in flagged.manual_check_reasons[0]
     assert flagged.probability_expected is None and flagged.matches_expected is None
     beyond = assess(confident, labels, None, 9, 0.5, 0.5)
-    assert beyond.probability_expected == 0.0 and beyond.needs_manual_check and "beyond" in beyond.manual_check_reasons[0]
+    assert (
+        beyond.probability_expected == 0.0 and beyond.needs_manual_check and "beyond" in beyond.manual_check_reasons[0]
+    )
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))

@@ -51,8 +51,9 @@ async def _hammer(url: str, total: int, concurrency: int) -> list[int]:
 
         async def one(i: int) -> int:
             async with gate:
-                response = await client.post("/invocations", content=images[i % len(images)],
-                                             headers={"Content-Type": "image/jpeg"})
+                response = await client.post(
+                    "/invocations", content=images[i % len(images)], headers={"Content-Type": "image/jpeg"}
+                )
                 if response.status_code == 200:
                     assert len(response.json()["predictions"]) == 1
                 return response.status_code
@@ -67,19 +68,26 @@ def test_serve_subprocess_answers_survives_load_and_stops_cleanly(artifact: Path
         ping = httpx.get(f"{server.url}/ping", timeout=5)
         assert ping.status_code == 200 and ping.json()["status"] == "ready"
 
-        single = httpx.post(f"{server.url}/invocations", content=jpeg(), timeout=30,
-                            headers={"Content-Type": "image/jpeg"})
+        single = httpx.post(
+            f"{server.url}/invocations", content=jpeg(), timeout=30, headers={"Content-Type": "image/jpeg"}
+        )
         assert single.status_code == 200 and single.json()["predictions"][0]["label"]
-        batch = httpx.post(f"{server.url}/invocations", timeout=30, headers={"Content-Type": "application/json"},
-                           content=json.dumps({"instances": [{"b64": b64(jpeg(i))} for i in range(3)]}))
+        batch = httpx.post(
+            f"{server.url}/invocations",
+            timeout=30,
+            headers={"Content-Type": "application/json"},
+            content=json.dumps({"instances": [{"b64": b64(jpeg(i))} for i in range(3)]}),
+        )
         assert batch.status_code == 200 and len(batch.json()["predictions"]) == 3
 
         # a chunked body (no Content-Length) above the 6 MiB default is cut off with 413
         def chunks():
             for _ in range(8):
                 yield b"\0" * 2**20
-        oversize = httpx.post(f"{server.url}/invocations", content=chunks(), timeout=30,
-                              headers={"Content-Type": "image/jpeg"})
+
+        oversize = httpx.post(
+            f"{server.url}/invocations", content=chunks(), timeout=30, headers={"Content-Type": "image/jpeg"}
+        )
         assert oversize.status_code == 413
 
         statuses = asyncio.run(_hammer(server.url, total=200, concurrency=16))
@@ -90,22 +98,22 @@ def test_serve_subprocess_answers_survives_load_and_stops_cleanly(artifact: Path
     assert code == 0, log
     lines = [line for line in log.splitlines() if line.strip()]
     pattern = re.compile(r"^time: \S+ level: [A-Z]+ logger: \S+ message: ")
-    assert all(pattern.match(line) for line in lines), "\n".join(l for l in lines if not pattern.match(l))
+    assert all(pattern.match(line) for line in lines), "\n".join(x for x in lines if not pattern.match(x))
     assert "path: /invocations status: 200" in log and "path: /ping status: 200" not in log
     assert "model ready" in log and "serve stopped" in log
 
 
 def test_serve_with_two_workers(artifact: Path, tmp_path: Path) -> None:
-    server = ServeProcess(artifact, tmp_path / "serve.log", extra_env={"SAGEMAKER_MODEL_SERVER_WORKERS": "2"},
-                          args=())
+    server = ServeProcess(artifact, tmp_path / "serve.log", extra_env={"SAGEMAKER_MODEL_SERVER_WORKERS": "2"}, args=())
     try:
         server.wait_ready(timeout=120)
         deadline = time.monotonic() + 120
         while server.log().count("model ready") < 2 and time.monotonic() < deadline:
             time.sleep(0.2)  # /ping answered by one worker; the other may still be loading its copy
         for _ in range(4):
-            response = httpx.post(f"{server.url}/invocations", content=jpeg(), timeout=30,
-                                  headers={"Content-Type": "image/jpeg"})
+            response = httpx.post(
+                f"{server.url}/invocations", content=jpeg(), timeout=30, headers={"Content-Type": "image/jpeg"}
+            )
             assert response.status_code == 200
     finally:
         code = server.stop()

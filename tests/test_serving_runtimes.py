@@ -45,6 +45,7 @@ def anyio_backend() -> str:
 
 # ------------------------------------------------------------------------------- selection and parity
 
+
 def test_onnxruntime_answers_as_torch_does_within_tolerance(artifact: Path, cache: Path) -> None:
     torch_predictor = load(artifact, cache, runtime="torch")
     ort_predictor = load(artifact, cache, runtime="onnxruntime")
@@ -67,8 +68,7 @@ def test_auto_picks_onnxruntime_and_torch_stays_torch(artifact: Path, cache: Pat
     assert isinstance(plain.model, torch.nn.Module) and not isinstance(plain.model, runtimes.OnnxRuntimeModule)
 
 
-def test_without_onnxruntime_auto_serves_torch_and_onnxruntime_fails(artifact: Path, cache: Path,
-                                                                      monkeypatch) -> None:
+def test_without_onnxruntime_auto_serves_torch_and_onnxruntime_fails(artifact: Path, cache: Path, monkeypatch) -> None:
     monkeypatch.setattr(runtimes, "onnxruntime_version", lambda: None)
     auto = load(artifact, cache, runtime="auto")
     assert auto.runtime.name == "torch" and "not installed" in auto.runtime.fallback_reason
@@ -106,6 +106,7 @@ def test_parity_check_limits() -> None:
 
 # ------------------------------------------------------------------------------- cache
 
+
 def test_graph_is_cached_by_the_weights_hash(tmp_path: Path, cache: Path) -> None:
     first = load(make_artifact(tmp_path / "a", seed=0), cache, runtime="onnxruntime").runtime
     again = load(tmp_path / "a", cache, runtime="onnxruntime").runtime
@@ -115,7 +116,8 @@ def test_graph_is_cached_by_the_weights_hash(tmp_path: Path, cache: Path) -> Non
     assert other.cache == "miss" and other.graph != first.graph
     assert file_sha256(tmp_path / "a" / "model.pth")[:12] in first.graph
     assert sorted(p.name for p in (cache / "onnx").glob("*.onnx")) == sorted(
-        Path(g).name for g in (first.graph, other.graph))
+        Path(g).name for g in (first.graph, other.graph)
+    )
 
 
 def test_an_unreadable_cache_entry_is_exported_again(tmp_path: Path, cache: Path) -> None:
@@ -127,8 +129,7 @@ def test_an_unreadable_cache_entry_is_exported_again(tmp_path: Path, cache: Path
     assert graph.stat().st_size > 100_000
 
 
-def test_without_a_writable_cache_the_graph_is_exported_to_memory(artifact: Path, tmp_path: Path,
-                                                                   monkeypatch) -> None:
+def test_without_a_writable_cache_the_graph_is_exported_to_memory(artifact: Path, tmp_path: Path, monkeypatch) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
@@ -146,13 +147,18 @@ def test_without_a_writable_cache_the_graph_is_exported_to_memory(artifact: Path
 
 def test_cache_dir_order(tmp_path: Path) -> None:
     assert resolve_cache_dir(tmp_path / "x", environ={}).path == tmp_path / "x" / "onnx"
-    assert resolve_cache_dir(None, environ={"XDG_CACHE_HOME": str(tmp_path / "xdg")}).path == \
-        tmp_path / "xdg" / "binsight" / "onnx"
-    assert resolve_cache_dir(None, environ={"HOME": str(tmp_path / "home")}).path == \
-        tmp_path / "home" / ".cache" / "binsight" / "onnx"
+    assert (
+        resolve_cache_dir(None, environ={"XDG_CACHE_HOME": str(tmp_path / "xdg")}).path
+        == tmp_path / "xdg" / "binsight" / "onnx"
+    )
+    assert (
+        resolve_cache_dir(None, environ={"HOME": str(tmp_path / "home")}).path
+        == tmp_path / "home" / ".cache" / "binsight" / "onnx"
+    )
 
 
 # ------------------------------------------------------------------------------- /model
+
 
 @pytest.mark.anyio
 async def test_model_route_reports_the_runtime(artifact: Path, cache: Path) -> None:
@@ -184,6 +190,7 @@ async def test_settings_choose_the_runtime_at_load(artifact: Path, cache: Path) 
 
 # ------------------------------------------------------------------------------- int8
 
+
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory) -> tuple[Path, dict]:
     """A tiny model and synthetic ABID bins with a split manifest, through ``python -m training.quantize``."""
@@ -194,11 +201,14 @@ def quantized(tmp_path_factory) -> tuple[Path, dict]:
     records = make_synthetic_abid(root / "data", n_bins=36, size=96, seed=3)
     model_dir = make_artifact(root / "model", seed=2)
     ids = [r.id for r in records]
-    (model_dir / "split.json").write_text(json.dumps({"seed": 0, "parts": {
-        "train": ids[:20], "val": ids[20:24], "test": ids[24:]}}))
+    (model_dir / "split.json").write_text(
+        json.dumps({"seed": 0, "parts": {"train": ids[:20], "val": ids[20:24], "test": ids[24:]}})
+    )
     lines: list[str] = []
-    record = run(QuantizeConfig(model_dir=model_dir, data_dir=root / "data", calibration_images=12, batch_size=6,
-                                threads=1), log=lines.append)
+    record = run(
+        QuantizeConfig(model_dir=model_dir, data_dir=root / "data", calibration_images=12, batch_size=6, threads=1),
+        log=lines.append,
+    )
     assert any(line.startswith("quantize_accuracy_change_points:") for line in lines)
     return model_dir, record
 
@@ -212,7 +222,8 @@ def test_quantize_writes_the_graph_and_its_accuracy_change(quantized) -> None:
     evaluation = stored["evaluation"]
     assert evaluation["part"] == "test" and evaluation["n"] == 12
     assert evaluation["accuracy_change_points"] == pytest.approx(
-        (evaluation["int8"]["accuracy"] - evaluation["fp32"]["accuracy"]) * 100, abs=0.01)
+        (evaluation["int8"]["accuracy"] - evaluation["fp32"]["accuracy"]) * 100, abs=0.01
+    )
     assert 0 <= evaluation["same_prediction_share"] <= 1
     assert json.loads((model_dir / "model.json").read_text())["labels"] == LABELS  # the rest is untouched
 
@@ -223,7 +234,10 @@ def test_int8_serves_only_when_asked(quantized, cache: Path) -> None:
     assert default.runtime.precision == "fp32" and default.runtime.graph != str(model_dir / INT8_GRAPH_FILE)
     int8 = load(model_dir, cache, runtime="auto", precision="int8")
     assert (int8.runtime.name, int8.runtime.precision, int8.runtime.graph) == (
-        "onnxruntime", "int8", str(model_dir / INT8_GRAPH_FILE))
+        "onnxruntime",
+        "int8",
+        str(model_dir / INT8_GRAPH_FILE),
+    )
     assert int8.runtime.parity_max_abs_diff <= INT8_TOLERANCE
     assert isinstance(int8.predict_bytes([jpeg()])[0], Prediction)
     with pytest.raises(ValueError, match="int8 runs on ONNX Runtime"):

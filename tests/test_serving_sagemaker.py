@@ -42,13 +42,17 @@ def settings_for(artifact: Path, **overrides) -> ServeSettings:
 
 # ------------------------------------------------------------------------------- /execution-parameters
 
+
 def test_recommendation_follows_the_measured_throughput() -> None:
     batching_pays = [Throughput(1, 10.0), Throughput(2, 19.0), Throughput(4, 35.0), Throughput(8, 38.0)]  # 4: 92%
     out = recommend(batching_pays, workers=2, max_payload_mb=6.0)
     assert out.model_dump() == {"MaxConcurrentTransforms": 8, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 6}
     flat = [Throughput(1, 10.0), Throughput(2, 10.2)]
     assert recommend(flat, workers=3, max_payload_mb=2.5).model_dump() == {
-        "MaxConcurrentTransforms": 3, "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 2}
+        "MaxConcurrentTransforms": 3,
+        "BatchStrategy": "SINGLE_RECORD",
+        "MaxPayloadInMB": 2,
+    }
     huge = recommend([Throughput(64, 1.0)], workers=64, max_payload_mb=500)
     assert (huge.MaxConcurrentTransforms, huge.MaxPayloadInMB) == (100, 100)  # SageMaker's upper bounds
     assert recommend(flat, workers=1, max_payload_mb=0.5).MaxPayloadInMB == 1
@@ -85,16 +89,19 @@ async def test_execution_parameters_route(artifact: Path, predictor: Predictor, 
         assert 2 <= body["MaxConcurrentTransforms"] <= 2 * predictor.max_batch_size
         assert (body["BatchStrategy"] == "MULTI_RECORD") == (body["MaxConcurrentTransforms"] > 2)
         assert (await client.get("/execution-parameters")).json() == body  # cached: measured once (the log)
-        assert (await client.post("/invocations", content=jpeg(), headers={"Content-Type": "image/jpeg"})
-                ).status_code == 200
+        assert (
+            await client.post("/invocations", content=jpeg(), headers={"Content-Type": "image/jpeg"})
+        ).status_code == 200
     assert sum("execution_parameters: max_concurrent_transforms:" in r.getMessage() for r in caplog.records) == 1
 
 
 # ------------------------------------------------------------------------------- SAGEMAKER_MODEL_SERVER_TIMEOUT
 
+
 @pytest.mark.anyio
-async def test_inference_past_the_model_server_timeout_is_504(artifact: Path, predictor: Predictor,
-                                                               monkeypatch) -> None:
+async def test_inference_past_the_model_server_timeout_is_504(
+    artifact: Path, predictor: Predictor, monkeypatch
+) -> None:
     slow = predictor.forward
 
     def forward(images):
@@ -108,8 +115,10 @@ async def test_inference_past_the_model_server_timeout_is_504(artifact: Path, pr
         monkeypatch.setattr(predictor, "forward", forward)
         late = await client.post("/invocations", content=jpeg(), headers={"Content-Type": "image/jpeg"})
         assert late.status_code == 504
-        assert late.json()["error"] == ("inference of 1 image(s) took longer than SAGEMAKER_MODEL_SERVER_TIMEOUT=0.3 "
-                                        "s; send fewer images per request")
+        assert late.json()["error"] == (
+            "inference of 1 image(s) took longer than SAGEMAKER_MODEL_SERVER_TIMEOUT=0.3 "
+            "s; send fewer images per request"
+        )
         upload = await client.post("/predict", files={"files": ("a.jpg", jpeg(), "image/jpeg")})
         assert upload.status_code == 504
         monkeypatch.setattr(predictor, "forward", slow)
@@ -128,6 +137,7 @@ def test_model_server_timeout_setting() -> None:
 
 # ------------------------------------------------------------------------------- SAGEMAKER_SAFE_PORT_RANGE
 
+
 def test_safe_port_range_is_read_and_checked() -> None:
     settings = ServeSettings.from_env({"SAGEMAKER_SAFE_PORT_RANGE": "9000-9999", "SAGEMAKER_BIND_TO_PORT": "8081"})
     assert settings.safe_port_range == PortRange(9000, 9999) and str(settings.safe_port_range) == "9000-9999"
@@ -142,6 +152,7 @@ def test_safe_port_range_is_read_and_checked() -> None:
 
 # ------------------------------------------------------------------------------- what batch transform sends
 
+
 @pytest.mark.anyio
 async def test_what_batch_transform_sends(artifact: Path, predictor: Predictor) -> None:
     """SplitType None: each S3 object is one request body, with the job's ContentType (or none at all);
@@ -150,8 +161,9 @@ async def test_what_batch_transform_sends(artifact: Path, predictor: Predictor) 
     records = [f'{{"b64": "{b64(jpeg(i))}"}}' for i in range(3)]
     async with client_for(create_app(settings_for(artifact), predictor)) as client:
         for content_type in ("application/x-image", None):
-            whole_object = await client.post("/invocations", content=jpeg(), headers=(
-                {"Content-Type": content_type} if content_type else {}))
+            whole_object = await client.post(
+                "/invocations", content=jpeg(), headers=({"Content-Type": content_type} if content_type else {})
+            )
             assert whole_object.status_code == 200 and len(whole_object.json()["predictions"]) == 1
         lines = {"Content-Type": "application/jsonlines", "Accept": "application/jsonlines"}
         single = await client.post("/invocations", content=records[0].encode(), headers=lines)

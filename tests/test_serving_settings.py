@@ -24,23 +24,39 @@ def test_defaults_follow_sagemaker(tmp_path: Path) -> None:
 
 
 def test_environment_is_read() -> None:
-    settings = ServeSettings.from_env({
-        "SM_MODEL_DIR": "/models/x", "SAGEMAKER_BIND_TO_PORT": "9000", "SAGEMAKER_MODEL_SERVER_WORKERS": "3",
-        "SAGEMAKER_MAX_PAYLOAD_IN_MB": "0.5", "BINSIGHT_MAX_BATCH_SIZE": "4", "BINSIGHT_TORCH_THREADS": "2",
-        "BINSIGHT_MANUAL_CHECK_CONFIDENCE": "0.7", "BINSIGHT_LOG_LEVEL": "DEBUG", "BINSIGHT_ACCESS_LOG": "false",
-    })
+    settings = ServeSettings.from_env(
+        {
+            "SM_MODEL_DIR": "/models/x",
+            "SAGEMAKER_BIND_TO_PORT": "9000",
+            "SAGEMAKER_MODEL_SERVER_WORKERS": "3",
+            "SAGEMAKER_MAX_PAYLOAD_IN_MB": "0.5",
+            "BINSIGHT_MAX_BATCH_SIZE": "4",
+            "BINSIGHT_TORCH_THREADS": "2",
+            "BINSIGHT_MANUAL_CHECK_CONFIDENCE": "0.7",
+            "BINSIGHT_LOG_LEVEL": "DEBUG",
+            "BINSIGHT_ACCESS_LOG": "false",
+        }
+    )
     assert settings.model.path == Path("/models/x") and settings.model.source == "SM_MODEL_DIR"
     assert (settings.port, settings.workers, settings.max_batch_size, settings.torch_threads) == (9000, 3, 4, 2)
     assert settings.max_payload_bytes == 512 * 1024
     assert settings.manual_check_confidence == 0.7 and settings.log_level == "debug" and not settings.access_log
 
 
-@pytest.mark.parametrize("var, value", [
-    ("SAGEMAKER_BIND_TO_PORT", "http"), ("SAGEMAKER_BIND_TO_PORT", "70000"),
-    ("SAGEMAKER_MODEL_SERVER_WORKERS", "0"), ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "-1"),
-    ("BINSIGHT_MANUAL_CHECK_CONFIDENCE", "2"), ("BINSIGHT_LOG_LEVEL", "loud"), ("BINSIGHT_RUNTIME", "tensorrt"),
-    ("BINSIGHT_PRECISION", "fp16"), ("BINSIGHT_ORT_THREADS", "-1"),
-])
+@pytest.mark.parametrize(
+    "var, value",
+    [
+        ("SAGEMAKER_BIND_TO_PORT", "http"),
+        ("SAGEMAKER_BIND_TO_PORT", "70000"),
+        ("SAGEMAKER_MODEL_SERVER_WORKERS", "0"),
+        ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "-1"),
+        ("BINSIGHT_MANUAL_CHECK_CONFIDENCE", "2"),
+        ("BINSIGHT_LOG_LEVEL", "loud"),
+        ("BINSIGHT_RUNTIME", "tensorrt"),
+        ("BINSIGHT_PRECISION", "fp16"),
+        ("BINSIGHT_ORT_THREADS", "-1"),
+    ],
+)
 def test_bad_values_name_the_variable(var: str, value: str) -> None:
     with pytest.raises(SettingsError, match=var):
         ServeSettings.from_env({var: value})
@@ -63,8 +79,13 @@ def test_no_model_anywhere_names_every_place_tried(tmp_path: Path) -> None:
     found = resolve_model_dir({}, tmp_path / "opt-ml-model", tmp_path / "default_model")
     assert found.path is None
     message = found.not_found_message()
-    for place in ("MODEL_DIR (not set)", "SM_MODEL_DIR (not set)", str(tmp_path / "opt-ml-model"),
-                  str(tmp_path / "default_model"), "Set MODEL_DIR"):
+    for place in (
+        "MODEL_DIR (not set)",
+        "SM_MODEL_DIR (not set)",
+        str(tmp_path / "opt-ml-model"),
+        str(tmp_path / "default_model"),
+        "Set MODEL_DIR",
+    ):
         assert place in message
 
 
@@ -76,10 +97,20 @@ def test_default_model_dir_is_package_data() -> None:
 
 def test_runtime_settings() -> None:
     assert (ServeSettings.from_env({}).runtime, ServeSettings.from_env({}).precision) == ("auto", "fp32")
-    settings = ServeSettings.from_env({"BINSIGHT_RUNTIME": " ONNXRuntime ", "BINSIGHT_PRECISION": "INT8",
-                                       "BINSIGHT_CACHE_DIR": "/var/cache/x", "BINSIGHT_ORT_THREADS": "3"})
+    settings = ServeSettings.from_env(
+        {
+            "BINSIGHT_RUNTIME": " ONNXRuntime ",
+            "BINSIGHT_PRECISION": "INT8",
+            "BINSIGHT_CACHE_DIR": "/var/cache/x",
+            "BINSIGHT_ORT_THREADS": "3",
+        }
+    )
     assert (settings.runtime, settings.precision, settings.cache_dir, settings.ort_threads) == (
-        "onnxruntime", "int8", Path("/var/cache/x"), 3)
+        "onnxruntime",
+        "int8",
+        Path("/var/cache/x"),
+        3,
+    )
     with pytest.raises(SettingsError, match="BINSIGHT_PRECISION=int8 runs on ONNX Runtime; set BINSIGHT_RUNTIME"):
         ServeSettings.from_env({"BINSIGHT_RUNTIME": "torch", "BINSIGHT_PRECISION": "int8"})
 
@@ -90,6 +121,7 @@ def test_threads_default_to_each_workers_share_of_the_cpus(monkeypatch) -> None:
     assert (one.cpus_per_worker, one.runtime_threads, one.decode_workers) == (4, 3, 4)
     two = ServeSettings.from_env({"SAGEMAKER_MODEL_SERVER_WORKERS": "2"})
     assert (two.cpus_per_worker, two.runtime_threads, two.decode_workers) == (2, 1, 2)
-    many = ServeSettings.from_env({"SAGEMAKER_MODEL_SERVER_WORKERS": "8", "BINSIGHT_ORT_THREADS": "3",
-                                   "BINSIGHT_DECODE_THREADS": "5"})
+    many = ServeSettings.from_env(
+        {"SAGEMAKER_MODEL_SERVER_WORKERS": "8", "BINSIGHT_ORT_THREADS": "3", "BINSIGHT_DECODE_THREADS": "5"}
+    )
     assert (many.cpus_per_worker, many.runtime_threads, many.decode_workers) == (1, 3, 5)

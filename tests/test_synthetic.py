@@ -115,10 +115,20 @@ def test_a_tiny_cnn_learns_the_counts_quickly(tmp_path: Path) -> None:
         x_train, y_train = tensors(split.train)
         x_test, y_test = tensors(split.test)
         model = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 6),
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(32, 6),
         )
         optimiser = torch.optim.AdamW(model.parameters(), lr=1e-2)
         start, accuracy, off_by_one = time.monotonic(), 0.0, 0.0
@@ -126,7 +136,7 @@ def test_a_tiny_cnn_learns_the_counts_quickly(tmp_path: Path) -> None:
             model.train()
             order = torch.randperm(len(y_train))
             for i in range(0, len(order), 24):
-                idx = order[i:i + 24]
+                idx = order[i : i + 24]
                 loss = nn.functional.cross_entropy(model(x_train[idx]), y_train[idx])
                 optimiser.zero_grad()
                 loss.backward()

@@ -25,16 +25,28 @@ def _hp_file(tmp_path: Path, values: dict) -> Path:
 
 
 def test_sagemaker_string_values_are_typed(tmp_path: Path) -> None:
-    path = _hp_file(tmp_path, {"epochs": "3", "lr": "0.001", "pretrained": "false", "overflow": "True",
-                               "input_size": "96", "limit": "none", "optimizer": "sgd", "warmup_epochs": "0.5",
-                               "sagemaker_program": "ignored", "sagemaker_region": "\"eu-west-1\""})
+    path = _hp_file(
+        tmp_path,
+        {
+            "epochs": "3",
+            "lr": "0.001",
+            "pretrained": "false",
+            "overflow": "True",
+            "input_size": "96",
+            "limit": "none",
+            "optimizer": "sgd",
+            "warmup_epochs": "0.5",
+            "sagemaker_program": "ignored",
+            "sagemaker_region": '"eu-west-1"',
+        },
+    )
     config = load_config(environ={}, hyperparameters_file=path)
     assert (config.epochs, config.lr, config.pretrained, config.overflow) == (3, 0.001, False, True)
     assert (config.input_size, config.limit, config.optimizer, config.warmup_epochs) == (96, None, "sgd", 0.5)
 
 
 def test_json_encoded_values_from_framework_sdks_are_accepted(tmp_path: Path) -> None:
-    config = load_config(environ={}, hyperparameters_file=_hp_file(tmp_path, {"optimizer": "\"sgd\"", "epochs": "4"}))
+    config = load_config(environ={}, hyperparameters_file=_hp_file(tmp_path, {"optimizer": '"sgd"', "epochs": "4"}))
     assert config.optimizer == "sgd" and config.epochs == 4
 
 
@@ -62,14 +74,17 @@ def test_unknown_key_names_key_source_and_suggestion(tmp_path: Path) -> None:
         build_config([("command line", {"epocs": "2"})])
 
 
-@pytest.mark.parametrize(("key", "value", "fragment"), [
-    ("lr", "fast", "valid number"),
-    ("epochs", "0", "greater than or equal to 1"),
-    ("pretrained", "maybe", "valid boolean"),
-    ("optimizer", "adam", "'adamw' or 'sgd'"),
-    ("architecture", "resnet9000", "unknown architecture 'resnet9000'"),
-    ("label_smoothing", "1.5", "less than 1"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "fragment"),
+    [
+        ("lr", "fast", "valid number"),
+        ("epochs", "0", "greater than or equal to 1"),
+        ("pretrained", "maybe", "valid boolean"),
+        ("optimizer", "adam", "'adamw' or 'sgd'"),
+        ("architecture", "resnet9000", "unknown architecture 'resnet9000'"),
+        ("label_smoothing", "1.5", "less than 1"),
+    ],
+)
 def test_bad_value_names_key_value_and_reason(tmp_path: Path, key: str, value: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(environ={}, hyperparameters_file=_hp_file(tmp_path, {key: value}))
@@ -118,9 +133,16 @@ def test_paths_default_under_root_and_optional_channels(tmp_path: Path) -> None:
 
 
 def test_paths_precedence_cli_binsight_sm(tmp_path: Path) -> None:
-    env = {"BINSIGHT_OPT_ML": str(tmp_path), "SM_MODEL_DIR": "/sm/model", "SM_CHANNEL_TRAIN": "/sm/train",
-           "BINSIGHT_DATA_DIR": "/own/train", "SM_CHANNEL_VALIDATION": "/sm/val", "SM_OUTPUT_DATA_DIR": "/sm/out",
-           "SM_INPUT_CONFIG_DIR": "/sm/config", "SM_OUTPUT_DIR": "/sm/output"}
+    env = {
+        "BINSIGHT_OPT_ML": str(tmp_path),
+        "SM_MODEL_DIR": "/sm/model",
+        "SM_CHANNEL_TRAIN": "/sm/train",
+        "BINSIGHT_DATA_DIR": "/own/train",
+        "SM_CHANNEL_VALIDATION": "/sm/val",
+        "SM_OUTPUT_DATA_DIR": "/sm/out",
+        "SM_INPUT_CONFIG_DIR": "/sm/config",
+        "SM_OUTPUT_DIR": "/sm/output",
+    }
     paths = resolve_paths({"model_dir": "/cli/model", "checkpoint_dir": None}, environ=env)
     assert paths.model_dir == Path("/cli/model")
     assert paths.train == Path("/own/train") and paths.validation == Path("/sm/val")
@@ -132,8 +154,9 @@ def test_paths_precedence_cli_binsight_sm(tmp_path: Path) -> None:
 def test_resource_config(tmp_path: Path) -> None:
     assert read_resource_config(tmp_path / "absent.json").num_hosts == 1
     path = tmp_path / "resourceconfig.json"
-    path.write_text(json.dumps({"current_host": "algo-2", "hosts": ["algo-1", "algo-2"],
-                                "network_interface_name": "eth0"}))
+    path.write_text(
+        json.dumps({"current_host": "algo-2", "hosts": ["algo-1", "algo-2"], "network_interface_name": "eth0"})
+    )
     rc = read_resource_config(path)
     assert (rc.num_hosts, rc.node_rank, rc.master_host) == (2, 1, "algo-1")
     path.write_text(json.dumps({"current_host": "algo-3", "hosts": ["algo-1"]}))

@@ -28,8 +28,11 @@ from training_support import (
 )
 
 # What a SageMaker estimator's metric_definitions would use.
-EPOCH_LINE = re.compile(r"^epoch: (\d+) train_loss: ([\d.]+) train_acc: ([\d.]+) val_loss: ([\d.]+) "
-                        r"val_acc: ([\d.]+) val_rmse: ([\d.]+) .*lr: \S+ epoch_time_s: [\d.]+$", re.M)
+EPOCH_LINE = re.compile(
+    r"^epoch: (\d+) train_loss: ([\d.]+) train_acc: ([\d.]+) val_loss: ([\d.]+) "
+    r"val_acc: ([\d.]+) val_rmse: ([\d.]+) .*lr: \S+ epoch_time_s: [\d.]+$",
+    re.M,
+)
 TEST_LINE = re.compile(r"^test_acc: ([\d.]+) test_rmse: ([\d.]+) ", re.M)
 
 
@@ -39,9 +42,13 @@ def _run(cmd: list[str], env: dict[str, str], timeout: float = 240) -> subproces
 
 def test_sagemaker_training_contract(tmp_path: Path) -> None:
     """hyperparameters.json (strings) + train and validation channels in, artifact + metrics out."""
-    root = make_opt_ml(tmp_path / "opt_ml", {**TINY, "overflow": "true", "epochs": "2", "tta_flip": "true",
-                                             "log_every_steps": "2"},
-                       n_bins=40, overflow_extra=1, validation_bins=10)
+    root = make_opt_ml(
+        tmp_path / "opt_ml",
+        {**TINY, "overflow": "true", "epochs": "2", "tta_flip": "true", "log_every_steps": "2"},
+        n_bins=40,
+        overflow_extra=1,
+        validation_bins=10,
+    )
     proc = _run(train_command(), subprocess_env(root))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert not (root / "output/failure").exists()

@@ -35,13 +35,22 @@ def _one_thread():
 # Learning
 # --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_learns_synthetic_counts_far_above_chance(tmp_path: Path) -> None:
     """4 classes (chance 25%): the full pipeline (augmentation, schedule, best epoch, test eval) learns."""
     data = tmp_path / "data"
     make_synthetic_abid(data, 300, max_count=3, size=64, seed=1)
-    config = tiny_config(architecture="resnet18", input_size=48, epochs=6, batch_size=16, augment_strength=0.5,
-                         test_fraction=0.2, val_fraction=0.1, seed=0)
+    config = tiny_config(
+        architecture="resnet18",
+        input_size=48,
+        epochs=6,
+        batch_size=16,
+        augment_strength=0.5,
+        test_fraction=0.2,
+        val_fraction=0.1,
+        seed=0,
+    )
     result = run_training(config, local_paths(tmp_path, data), log=lambda line: None)
     assert result.status == "completed" and result.test_metrics is not None
     test = result.test_metrics
@@ -54,6 +63,7 @@ def test_learns_synthetic_counts_far_above_chance(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 # Resume
 # --------------------------------------------------------------------------------------------
+
 
 def _final_weights(model_dir: Path) -> dict[str, torch.Tensor]:
     return load_artifact(model_dir).model.state_dict()
@@ -103,12 +113,28 @@ def test_stop_midway_then_resume_matches_uninterrupted_run(tmp_path: Path) -> No
         run_training(tiny_config(epochs=3, lr=0.01), paths, log=lambda line: None)
 
 
-@pytest.mark.parametrize("options", [
-    {"class_weighting": "balanced_sampler", "loss": "ordinal", "optimizer": "sgd", "freeze": "all_but_last_stage",
-     "schedule": "constant", "val_fraction": 0, "test_fraction": 0},
-    {"class_weighting": "inverse", "freeze": "backbone", "label_smoothing": 0, "grad_clip": 0, "warmup_epochs": 0,
-     "select_metric": "val_rmse"},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {
+            "class_weighting": "balanced_sampler",
+            "loss": "ordinal",
+            "optimizer": "sgd",
+            "freeze": "all_but_last_stage",
+            "schedule": "constant",
+            "val_fraction": 0,
+            "test_fraction": 0,
+        },
+        {
+            "class_weighting": "inverse",
+            "freeze": "backbone",
+            "label_smoothing": 0,
+            "grad_clip": 0,
+            "warmup_epochs": 0,
+            "select_metric": "val_rmse",
+        },
+    ],
+)
 def test_other_recipes_run(tmp_path: Path, options: dict) -> None:
     data = tmp_path / "data"
     make_synthetic_abid(data, 24, max_count=3, size=40, seed=2)
@@ -128,6 +154,7 @@ def test_other_recipes_run(tmp_path: Path, options: dict) -> None:
 # --------------------------------------------------------------------------------------------
 # Bad input through the entry point (failure file + exit status)
 # --------------------------------------------------------------------------------------------
+
 
 def _run_main(root: Path, *args: str) -> tuple[int, str]:
     code = main(["train", "--opt-ml", str(root), *args])
@@ -183,10 +210,11 @@ def test_stale_failure_file_is_cleared_by_a_new_run(tmp_path: Path) -> None:
 # Unreadable images
 # --------------------------------------------------------------------------------------------
 
+
 def test_corrupt_images_are_skipped_and_counted(tmp_path: Path) -> None:
     data = tmp_path / "data"
     records = make_synthetic_abid(data, 40, max_count=3, size=40, seed=5)
-    (text_path, _), = corrupt_some(data / "bin-images", 1, seed=1, kinds=("text",))
+    ((text_path, _),) = corrupt_some(data / "bin-images", 1, seed=1, kinds=("text",))
     truncated = next(r.image_path for r in records if r.image_path != text_path)
     truncated.write_bytes(truncated.read_bytes()[: len(truncated.read_bytes()) * 4 // 5])  # header intact
     lines: list[str] = []
@@ -218,6 +246,7 @@ def test_too_many_unreadable_images_fail_the_run(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 # Pieces
 # --------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("architecture", ["resnet18", "efficientnet_lite0"])
 def test_freeze_policies_and_parameter_groups(architecture: str) -> None:

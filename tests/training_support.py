@@ -29,19 +29,36 @@ TINY: dict[str, str] = {
 }
 
 
-def make_opt_ml(root: Path, hyperparameters: dict[str, str] | None = None, n_bins: int = 40, size: int = 40,
-                max_count: int = 3, overflow_extra: int = 0, validation_bins: int = 0, seed: int = 0) -> Path:
+def make_opt_ml(
+    root: Path,
+    hyperparameters: dict[str, str] | None = None,
+    n_bins: int = 40,
+    size: int = 40,
+    max_count: int = 3,
+    overflow_extra: int = 0,
+    validation_bins: int = 0,
+    seed: int = 0,
+) -> Path:
     """A SageMaker training tree under ``root``: channels, hyperparameters.json, resourceconfig.json."""
-    make_synthetic_abid(root / "input/data/train", n_bins, max_count=max_count, size=size, seed=seed,
-                        overflow_extra=overflow_extra)
+    make_synthetic_abid(
+        root / "input/data/train", n_bins, max_count=max_count, size=size, seed=seed, overflow_extra=overflow_extra
+    )
     if validation_bins:
-        make_synthetic_abid(root / "input/data/validation", validation_bins, max_count=max_count, size=size,
-                            seed=seed + 1, overflow_extra=overflow_extra, first_id=50_001)
+        make_synthetic_abid(
+            root / "input/data/validation",
+            validation_bins,
+            max_count=max_count,
+            size=size,
+            seed=seed + 1,
+            overflow_extra=overflow_extra,
+            first_id=50_001,
+        )
     config = root / "input/config"
     config.mkdir(parents=True, exist_ok=True)
     (config / "hyperparameters.json").write_text(json.dumps(hyperparameters if hyperparameters is not None else TINY))
-    (config / "resourceconfig.json").write_text(json.dumps({"current_host": "algo-1", "hosts": ["algo-1"],
-                                                            "network_interface_name": "eth0"}))
+    (config / "resourceconfig.json").write_text(
+        json.dumps({"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"})
+    )
     return root
 
 

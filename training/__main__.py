@@ -79,12 +79,21 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="train", allow_abbrev=False, description=__doc__.split("\n\n")[0],
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(
+        prog="train",
+        allow_abbrev=False,
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     paths = parser.add_argument_group("paths (each also settable in the environment: the variables named, first wins)")
     for flag, dest in PATH_OPTIONS.items():
-        paths.add_argument(flag, dest=f"path_{dest}", default=None, metavar="PATH",
-                           help=f"{PATH_HELP[dest]} [env {', '.join(path_variables(dest))}]")
+        paths.add_argument(
+            flag,
+            dest=f"path_{dest}",
+            default=None,
+            metavar="PATH",
+            help=f"{PATH_HELP[dest]} [env {', '.join(path_variables(dest))}]",
+        )
     hps = parser.add_argument_group("hyperparameters (also BINSIGHT_<NAME> or hyperparameters.json; CLI wins)")
     add_options(hps, TrainConfig, ENV_PREFIX, dest_prefix="hp_", as_strings=True, unset="auto")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved paths and config, then exit")
@@ -128,8 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             clear_failure(paths.failure_file)
         config = load_config(cli=cli_values(args, TrainConfig, "hp_"), hyperparameters_file=paths.hyperparameters)
         if args.dry_run:
-            print(json.dumps({"paths": {k: str(v) for k, v in asdict(paths).items()},
-                              "config": config.model_dump(mode="json")}, indent=2))
+            print(
+                json.dumps(
+                    {"paths": {k: str(v) for k, v in asdict(paths).items()}, "config": config.model_dump(mode="json")},
+                    indent=2,
+                )
+            )
             return 0
         if is_main:
             for line in paths.as_log_lines():
@@ -141,8 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if plan.world_size > 1:
                 code, interrupted = launch(plan, argv, print_line)
                 if code != 0 and not interrupted and not paths.failure_file.exists():
-                    write_failure(paths.failure_file, f"distributed training failed: torchrun exited with {code}; "
-                                                      "see the log of each rank")
+                    write_failure(
+                        paths.failure_file,
+                        f"distributed training failed: torchrun exited with {code}; see the log of each rank",
+                    )
                 return EXIT_INTERRUPTED if interrupted and code != 0 else code
         from training.loop import run_training  # only a real run needs the loop and its imports
 

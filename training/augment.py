@@ -27,15 +27,15 @@ Transform = Callable[[Image.Image], torch.Tensor]
 class AugmentParams:
     """Magnitudes of each augmentation; :func:`augment_params` derives them from one ``strength``."""
 
-    crop_scale: tuple[float, float] = (0.8, 1.0)     # fraction of the image area kept
-    max_aspect_change: float = 1.15                   # crop aspect ratio within [1/x, x] of the photo's
-    hflip: float = 0.5                                # probabilities
+    crop_scale: tuple[float, float] = (0.8, 1.0)  # fraction of the image area kept
+    max_aspect_change: float = 1.15  # crop aspect ratio within [1/x, x] of the photo's
+    hflip: float = 0.5  # probabilities
     vflip: float = 0.5
-    max_rotation: float = 10.0                        # degrees, uniform in [-x, x]
-    brightness: float = 0.25                          # factors uniform in [1-x, 1+x]
+    max_rotation: float = 10.0  # degrees, uniform in [-x, x]
+    brightness: float = 0.25  # factors uniform in [1-x, 1+x]
     contrast: float = 0.25
     saturation: float = 0.25
-    hue: float = 0.03                                 # hue shift uniform in [-x, x] (of a full turn)
+    hue: float = 0.03  # hue shift uniform in [-x, x] (of a full turn)
 
     def __post_init__(self) -> None:
         lo, hi = self.crop_scale
@@ -44,8 +44,9 @@ class AugmentParams:
         if self.max_aspect_change < 1:
             raise ValueError(f"max_aspect_change must be >= 1, got {self.max_aspect_change}")
         if not 0 <= self.max_rotation <= 10:
-            raise ValueError(f"max_rotation must be within 0..10 degrees (items must stay in view), got "
-                             f"{self.max_rotation}")
+            raise ValueError(
+                f"max_rotation must be within 0..10 degrees (items must stay in view), got {self.max_rotation}"
+            )
         if not 0 <= self.hue <= 0.5:
             raise ValueError(f"hue must be within 0..0.5, got {self.hue}")
 
@@ -56,8 +57,17 @@ def augment_params(strength: float = 1.0) -> AugmentParams:
         raise ValueError(f"augmentation strength must be within 0..2, got {strength}")
     base = AugmentParams()
     if strength == 0:
-        return AugmentParams(crop_scale=(1.0, 1.0), max_aspect_change=1.0, hflip=0.0, vflip=0.0, max_rotation=0.0,
-                             brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)
+        return AugmentParams(
+            crop_scale=(1.0, 1.0),
+            max_aspect_change=1.0,
+            hflip=0.0,
+            vflip=0.0,
+            max_rotation=0.0,
+            brightness=0.0,
+            contrast=0.0,
+            saturation=0.0,
+            hue=0.0,
+        )
     return replace(
         base,
         crop_scale=(max(0.6, 1 - (1 - base.crop_scale[0]) * strength), 1.0),
@@ -80,8 +90,9 @@ def _chance(p: float, generator: torch.Generator | None) -> bool:
     return p > 0 and torch.rand((), generator=generator).item() < p
 
 
-def random_area_crop(image: Image.Image, scale: tuple[float, float], max_aspect_change: float,
-                     generator: torch.Generator | None = None) -> Image.Image:
+def random_area_crop(
+    image: Image.Image, scale: tuple[float, float], max_aspect_change: float, generator: torch.Generator | None = None
+) -> Image.Image:
     """Crop keeping ``scale`` of the area with the aspect ratio changed by at most ``max_aspect_change``."""
     width, height = image.size
     area = _uniform(*scale, generator)
@@ -143,8 +154,9 @@ class TrainTransform:
     flips, rotation (filled with the image's mean colour, so no black corners), colour jitter, normalise.
     """
 
-    def __init__(self, spec: PreprocessSpec, params: AugmentParams | None = None,
-                 generator: torch.Generator | None = None):
+    def __init__(
+        self, spec: PreprocessSpec, params: AugmentParams | None = None, generator: torch.Generator | None = None
+    ):
         self.spec = spec
         self.params = params or AugmentParams()
         self.generator = generator
@@ -171,8 +183,9 @@ class TrainTransform:
         return f"TrainTransform(spec={self.spec}, params={self.params})"
 
 
-def train_transform(spec: PreprocessSpec, strength: float = 1.0, generator: torch.Generator | None = None,
-                    **overrides) -> Transform:
+def train_transform(
+    spec: PreprocessSpec, strength: float = 1.0, generator: torch.Generator | None = None, **overrides
+) -> Transform:
     """Train-time transform; ``strength`` scales every augmentation (0 = eval), ``overrides`` set single ones."""
     params = replace(augment_params(strength), **overrides) if overrides else augment_params(strength)
     return TrainTransform(spec, params, generator)

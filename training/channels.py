@@ -34,18 +34,26 @@ class PreparedData:
     train_class_counts: list[int] = field(default_factory=list)
 
 
-def _load_channel(name: str, root: Path, policy: LabelPolicy, config: TrainConfig,
-                  log: Log) -> tuple[list[LabelledBin], dict[str, Any]]:
+def _load_channel(
+    name: str, root: Path, policy: LabelPolicy, config: TrainConfig, log: Log
+) -> tuple[list[LabelledBin], dict[str, Any]]:
     log(f"channel: {name} dir: {root}")
     records, report = scan_records(root)
     report.log(log)
     items, dropped = apply_label_policy(records, policy)
     log(f"channel: {name} labelled: {len(items)} dropped_above_max_count: {dropped}")
-    info: dict[str, Any] = {"dir": str(root), "layout": report.layout, "records": len(records),
-                            "skipped_files": report.skipped, "dropped_above_max_count": dropped}
+    info: dict[str, Any] = {
+        "dir": str(root),
+        "layout": report.layout,
+        "records": len(records),
+        "skipped_files": report.skipped,
+        "dropped_above_max_count": dropped,
+    }
     if not items:
-        raise DataError(f"the {name} channel ({root}) has no bins with a count in 0..{policy.max_count} "
-                        f"({dropped} dropped above max_count; set overflow to true to keep them)")
+        raise DataError(
+            f"the {name} channel ({root}) has no bins with a count in 0..{policy.max_count} "
+            f"({dropped} dropped above max_count; set overflow to true to keep them)"
+        )
     if config.limit is not None and len(items) > config.limit:
         items = sorted(random.Random(f"limit:{config.seed}").sample(items, config.limit), key=lambda i: i.id)
         info["limited_to"] = config.limit
@@ -68,7 +76,8 @@ def prepare_data(config: TrainConfig, paths: RunPaths, log: Log) -> PreparedData
     for name, root in (("val", paths.validation), ("test", paths.test)):
         if root is not None:
             extra_parts[name], channels[name] = _load_channel(
-                "validation" if name == "val" else name, root, policy, config, log)
+                "validation" if name == "val" else name, root, policy, config, log
+            )
     split = stratified_split(
         train_items,
         val_fraction=0.0 if "val" in extra_parts else config.val_fraction,
@@ -79,8 +88,7 @@ def prepare_data(config: TrainConfig, paths: RunPaths, log: Log) -> PreparedData
         setattr(split, name, sorted(items, key=lambda item: item.id))
     if not split.train:
         raise DataError(f"no bins left for training in {paths.train}")
-    overlap = {p: len({i.id for i in split.train} & {i.id for i in part})
-               for p, part in extra_parts.items()}
+    overlap = {p: len({i.id for i in split.train} & {i.id for i in part}) for p, part in extra_parts.items()}
     for name, n in overlap.items():
         if n:
             log(f"warning: {n} ids of the {name} channel are also in the train channel")
@@ -91,11 +99,20 @@ def prepare_data(config: TrainConfig, paths: RunPaths, log: Log) -> PreparedData
         "channels": channels,
         "labels": policy.labels,
         "label_policy": {"max_count": policy.max_count, "overflow": policy.overflow},
-        "split": {"seed": config.seed, "sizes": split.sizes(), "class_counts": counts,
-                  "val_source": "validation channel" if "val" in extra_parts else f"{config.val_fraction} of train",
-                  "test_source": "test channel" if "test" in extra_parts else f"{config.test_fraction} of train"},
+        "split": {
+            "seed": config.seed,
+            "sizes": split.sizes(),
+            "class_counts": counts,
+            "val_source": "validation channel" if "val" in extra_parts else f"{config.val_fraction} of train",
+            "test_source": "test channel" if "test" in extra_parts else f"{config.test_fraction} of train",
+        },
         "dropped_above_max_count": sum(c["dropped_above_max_count"] for c in channels.values()),
         "bad_images": sum(c["bad_images"] for c in channels.values()),
     }
-    return PreparedData(policy=policy, split=split, provenance=provenance, fingerprint=split_fingerprint(split),
-                        train_class_counts=counts["train"])
+    return PreparedData(
+        policy=policy,
+        split=split,
+        provenance=provenance,
+        fingerprint=split_fingerprint(split),
+        train_class_counts=counts["train"],
+    )

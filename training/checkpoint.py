@@ -37,20 +37,25 @@ class CheckpointError(ValueError):
 class Progress:
     """Where a run stands. ``step_in_epoch`` > 0 means epoch ``epoch + 1`` was stopped part-way."""
 
-    epoch: int = 0                      # completed epochs
-    step_in_epoch: int = 0              # optimiser steps done in the current, incomplete epoch
+    epoch: int = 0  # completed epochs
+    step_in_epoch: int = 0  # optimiser steps done in the current, incomplete epoch
     global_step: int = 0
     best_metric: float | None = None
     best_epoch: int | None = None
     history: list[dict[str, float]] = field(default_factory=list)
-    skipped_ids: list[str] = field(default_factory=list)   # images that failed to load
+    skipped_ids: list[str] = field(default_factory=list)  # images that failed to load
     partial: dict[str, float] = field(default_factory=dict)  # running train sums of the stopped epoch
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
-            "best_metric": self.best_metric, "best_epoch": self.best_epoch, "history": self.history,
-            "skipped_ids": self.skipped_ids, "partial": self.partial,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+            "skipped_ids": self.skipped_ids,
+            "partial": self.partial,
         }
 
     @classmethod
@@ -85,9 +90,19 @@ def _cpu(state: Any) -> Any:
     return state
 
 
-def save_checkpoint(path: Path, *, config: TrainConfig, data_fingerprint: str, world_size: int, progress: Progress,
-                    model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    scaler: torch.amp.GradScaler, best_state: dict[str, torch.Tensor] | None) -> None:
+def save_checkpoint(
+    path: Path,
+    *,
+    config: TrainConfig,
+    data_fingerprint: str,
+    world_size: int,
+    progress: Progress,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+    best_state: dict[str, torch.Tensor] | None,
+) -> None:
     payload = {
         "format": CHECKPOINT_FORMAT,
         "config": config.model_dump(mode="json"),
@@ -105,8 +120,9 @@ def save_checkpoint(path: Path, *, config: TrainConfig, data_fingerprint: str, w
     atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
-def load_checkpoint(path: Path, config: TrainConfig, data_fingerprint: str,
-                    world_size: int = 1) -> dict[str, Any] | None:
+def load_checkpoint(
+    path: Path, config: TrainConfig, data_fingerprint: str, world_size: int = 1
+) -> dict[str, Any] | None:
     """The checkpoint at ``path`` if there is one and it belongs to this run; ``None`` when absent."""
     if not path.exists():
         return None
@@ -115,24 +131,30 @@ def load_checkpoint(path: Path, config: TrainConfig, data_fingerprint: str,
     except Exception as exc:  # truncated file, refused globals, not a torch file
         raise CheckpointError(
             f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-            "delete it to start the run over") from None
+            "delete it to start the run over"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a binsight checkpoint of format {CHECKPOINT_FORMAT}; "
-                              "delete it or use another checkpoint directory")
+        raise CheckpointError(
+            f"{path} is not a binsight checkpoint of format {CHECKPOINT_FORMAT}; "
+            "delete it or use another checkpoint directory"
+        )
     if payload.get("recipe_hash") != config.recipe_hash():
         diff = config.recipe_diff(payload.get("config") or {})
         raise CheckpointError(
             f"checkpoint {path} was made with a different configuration ({'; '.join(diff) or 'unknown'}); "
-            "resume with the same hyperparameters, or use another (empty) checkpoint directory to start over")
+            "resume with the same hyperparameters, or use another (empty) checkpoint directory to start over"
+        )
     if payload.get("data_fingerprint") != data_fingerprint:
         raise CheckpointError(
             f"checkpoint {path} was made on different data (the split's ids or labels differ); "
-            "resume with the same data, or use another (empty) checkpoint directory to start over")
+            "resume with the same data, or use another (empty) checkpoint directory to start over"
+        )
     if payload.get("world_size") != world_size:
         raise CheckpointError(
             f"checkpoint {path} was made by {payload.get('world_size')} processes, this run has {world_size} "
             "(the batches of an epoch differ); resume with the same number of processes or start over "
-            "in another checkpoint directory")
+            "in another checkpoint directory"
+        )
     return payload
 
 
@@ -192,4 +214,3 @@ def iterate_until_stopped(iterable: Iterator[Any], stop: GracefulStop) -> Iterat
                 return
             raise
         yield item
-

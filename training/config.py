@@ -73,7 +73,8 @@ class TrainConfig(BaseModel):
     amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"
     channels_last: bool = Field(True, description="channels_last memory format on CUDA.")
     select_metric: Literal["val_acc", "val_rmse", "val_loss"] = Field(
-        "val_acc", description="Which validation figure picks the best epoch.")
+        "val_acc", description="Which validation figure picks the best epoch."
+    )
     # Data
     augment_strength: float = Field(1.0, ge=0, le=2, description="0 = none, 1 = default, 2 = strong.")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Ignored when a validation channel is given.")
@@ -87,11 +88,16 @@ class TrainConfig(BaseModel):
     threads: int | None = Field(None, ge=1, le=512, description="CPU threads per process (torch); default torch's.")
     nproc_per_node: int | None = Field(None, ge=1, le=64, description="Processes per host; default: GPUs or 1.")
     tta_flip: bool = Field(False, description="Average with the horizontally flipped image at test time.")
-    log_every_steps: int = Field(50, ge=0, description="Without a terminal, a step_progress line every this many "
-                                 "steps (loss, lr, img/s, eta); 0: none. On a terminal: a progress bar.")
+    log_every_steps: int = Field(
+        50,
+        ge=0,
+        description="Without a terminal, a step_progress line every this many "
+        "steps (loss, lr, img/s, eta); 0: none. On a terminal: a progress bar.",
+    )
 
-    @field_validator("input_size", "eval_batch_size", "limit", "num_workers", "nproc_per_node", "threads",
-                     mode="before")
+    @field_validator(
+        "input_size", "eval_batch_size", "limit", "num_workers", "nproc_per_node", "threads", mode="before"
+    )
     @classmethod
     def _none_words(cls, value: Any) -> Any:
         if isinstance(value, str) and value.strip().lower() in _NONE_WORDS:
@@ -110,8 +116,9 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> "TrainConfig":
         if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError(f"val_fraction + test_fraction must be below 1 (got {self.val_fraction} + "
-                             f"{self.test_fraction})")
+            raise ValueError(
+                f"val_fraction + test_fraction must be below 1 (got {self.val_fraction} + {self.test_fraction})"
+            )
         return self
 
     # ----------------------------------------------------------------------------------------
@@ -131,8 +138,11 @@ class TrainConfig(BaseModel):
     def recipe_diff(self, other: Mapping[str, Any]) -> list[str]:
         """``key: ours vs theirs`` for every learning-relevant field that differs from ``other`` (a dump)."""
         ours = self.model_dump(mode="json")
-        return [f"{k}: {other.get(k)!r} -> {ours[k]!r}" for k in sorted(ours)
-                if k not in RUNTIME_FIELDS and ours[k] != other.get(k)]
+        return [
+            f"{k}: {other.get(k)!r} -> {ours[k]!r}"
+            for k in sorted(ours)
+            if k not in RUNTIME_FIELDS and ours[k] != other.get(k)
+        ]
 
 
 FIELD_NAMES = tuple(TrainConfig.model_fields)
@@ -202,14 +212,18 @@ def build_config(sources: list[tuple[str, Mapping[str, Any]]]) -> TrainConfig:
     try:
         return TrainConfig(**merged)
     except ValidationError as exc:
+
         def where(name: str | None) -> str:
             return f"hyperparameter {origin.get(name, repr(name)) if name else '(combination)'}"
 
         raise ConfigError("; ".join(error_lines(exc, where, values=merged))) from None
 
 
-def load_config(cli: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
-                hyperparameters_file: str | os.PathLike | None = None) -> TrainConfig:
+def load_config(
+    cli: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    hyperparameters_file: str | os.PathLike | None = None,
+) -> TrainConfig:
     """The run's config from ``hyperparameters.json``, ``BINSIGHT_*`` environment and CLI values."""
     environ = os.environ if environ is None else environ
     sources: list[tuple[str, Mapping[str, Any]]] = []

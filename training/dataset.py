@@ -40,8 +40,13 @@ def check_image(path: Path, full_decode: bool = False) -> str | None:
         return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else 'unreadable'}"
 
 
-def check_images(items: Sequence[T], max_bad_fraction: float = 0.01, log: Log | None = print_line,
-                 full_decode: bool = False, log_limit: int = 20) -> tuple[list[T], list[tuple[str, str]]]:
+def check_images(
+    items: Sequence[T],
+    max_bad_fraction: float = 0.01,
+    log: Log | None = print_line,
+    full_decode: bool = False,
+    log_limit: int = 20,
+) -> tuple[list[T], list[tuple[str, str]]]:
     """Split items into readable ones and ``(id, reason)`` for the bad ones; fail above the threshold.
 
     The default check opens the header and runs PIL's ``verify`` (fast: no pixel decoding), which

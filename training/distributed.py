@@ -65,10 +65,10 @@ def init_distributed(config: TrainConfig, environ: Mapping[str, str] | None = No
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=PROCESS_GROUP_TIMEOUT,
-                                device_id=device if device.type == "cuda" else None)
-    return DistContext(rank=rank, world_size=world, local_rank=local_rank, local_world_size=local_world,
-                       device=device)
+        dist.init_process_group(
+            backend=backend, timeout=PROCESS_GROUP_TIMEOUT, device_id=device if device.type == "cuda" else None
+        )
+    return DistContext(rank=rank, world_size=world, local_rank=local_rank, local_world_size=local_world, device=device)
 
 
 def shutdown_distributed() -> None:
@@ -86,6 +86,7 @@ def all_reduce(tensor: torch.Tensor, ctx: DistContext, op: str = "sum") -> torch
 # --------------------------------------------------------------------------------------------
 # The launcher
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class LaunchPlan:
@@ -108,8 +109,13 @@ def plan_launch(config: TrainConfig, resources: ResourceConfig, environ: Mapping
         cuda = config.device != "cpu" and torch.cuda.is_available()
         nproc = torch.cuda.device_count() if cuda else 1
     port = int(environ.get("BINSIGHT_MASTER_PORT", DEFAULT_MASTER_PORT))
-    return LaunchPlan(nnodes=resources.num_hosts, nproc_per_node=max(1, nproc), node_rank=resources.node_rank,
-                      master_addr=resources.master_host, master_port=port)
+    return LaunchPlan(
+        nnodes=resources.num_hosts,
+        nproc_per_node=max(1, nproc),
+        node_rank=resources.node_rank,
+        master_addr=resources.master_host,
+        master_port=port,
+    )
 
 
 def torchrun_command(plan: LaunchPlan, argv: Sequence[str]) -> list[str]:
@@ -118,8 +124,12 @@ def torchrun_command(plan: LaunchPlan, argv: Sequence[str]) -> list[str]:
     if plan.nnodes == 1:
         cmd.append("--standalone")
     else:
-        cmd += [f"--nnodes={plan.nnodes}", f"--node-rank={plan.node_rank}",
-                f"--master-addr={plan.master_addr}", f"--master-port={plan.master_port}"]
+        cmd += [
+            f"--nnodes={plan.nnodes}",
+            f"--node-rank={plan.node_rank}",
+            f"--master-addr={plan.master_addr}",
+            f"--master-port={plan.master_port}",
+        ]
     return cmd + ["-m", "training", *argv]
 
 
@@ -129,8 +139,10 @@ def launch(plan: LaunchPlan, argv: Sequence[str], log: Callable[[str], None]) ->
     Returns ``(exit code, interrupted)``.
     """
     cmd = torchrun_command(plan, argv)
-    log(f"distributed_launch: nnodes: {plan.nnodes} nproc_per_node: {plan.nproc_per_node} "
-        f"node_rank: {plan.node_rank} world_size: {plan.world_size}")
+    log(
+        f"distributed_launch: nnodes: {plan.nnodes} nproc_per_node: {plan.nproc_per_node} "
+        f"node_rank: {plan.node_rank} world_size: {plan.world_size}"
+    )
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // plan.nproc_per_node)))
     proc = subprocess.Popen(cmd, env=env)

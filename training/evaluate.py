@@ -57,7 +57,8 @@ class EvaluateConfig(BaseModel):
     split_manifest: Path | None = Field(None, description="Split manifest; evaluate only the ids of --part.")
     part: Literal["train", "val", "test"] = Field("test", description="Part of the split manifest to evaluate.")
     output_dir: Path | None = Field(
-        None, description="Where metrics.json and plots go (default <model-dir>/evaluation).")
+        None, description="Where metrics.json and plots go (default <model-dir>/evaluation)."
+    )
     tta_flip: bool = Field(False, description="Average the predictions of the image and its horizontal mirror.")
     batch_size: int = Field(64, ge=1, le=4096)
     limit: int | None = Field(None, ge=1, description="Evaluate a seeded random subset of this many bins.")
@@ -76,14 +77,21 @@ class EvaluateConfig(BaseModel):
 def label_policy_for(metadata: ModelMetadata) -> LabelPolicy:
     """The label policy an artifact was trained with, read back from its labels."""
     values = metadata.class_values
-    return LabelPolicy(max_count=int(values[-2] if metadata.has_overflow_class else values[-1]),
-                       overflow=metadata.has_overflow_class)
+    return LabelPolicy(
+        max_count=int(values[-2] if metadata.has_overflow_class else values[-1]), overflow=metadata.has_overflow_class
+    )
 
 
 @torch.inference_mode()
-def predict_items(model: nn.Module, metadata: ModelMetadata, items: Sequence[LabelledBin], batch_size: int = 64,
-                  tta_flip: bool = False, num_workers: int = 0,
-                  device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str], list[Any]]:
+def predict_items(
+    model: nn.Module,
+    metadata: ModelMetadata,
+    items: Sequence[LabelledBin],
+    batch_size: int = 64,
+    tta_flip: bool = False,
+    num_workers: int = 0,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, list[str], list[Any]]:
     """Class probabilities for the readable items: ``(probs [n, K], labels [n], ids, skipped)``.
 
     Uses serving's preprocessing; unreadable images are skipped (returned as ``BadSample``).
@@ -91,8 +99,9 @@ def predict_items(model: nn.Module, metadata: ModelMetadata, items: Sequence[Lab
     if device is None:
         device = next(model.parameters()).device
     dataset = _IndexedDataset(BinDataset(items, eval_transform(metadata.preprocess_spec())))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=_collate_indexed)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate_indexed
+    )
     was_training = model.training
     model.eval()
     probs, labels, ids, skipped = [], [], [], []
@@ -139,9 +148,16 @@ def counts_task_key(labels: Sequence[str]) -> str:
     return f"counts_0_{len(labels) - 2}"
 
 
-def evaluate_model(model: nn.Module, metadata: ModelMetadata, items: Sequence[LabelledBin], batch_size: int = 64,
-                   tta_flip: bool = False, num_workers: int = 0, device: torch.device | str | None = None,
-                   return_predictions: bool = False) -> dict[str, Any]:
+def evaluate_model(
+    model: nn.Module,
+    metadata: ModelMetadata,
+    items: Sequence[LabelledBin],
+    batch_size: int = 64,
+    tta_flip: bool = False,
+    num_workers: int = 0,
+    device: torch.device | str | None = None,
+    return_predictions: bool = False,
+) -> dict[str, Any]:
     """Metrics of ``model`` on ``items`` (labels already per ``metadata.labels``) with eval == serving.
 
     With an overflow class, ``counts_0_N`` holds the ABID challenge's task (:func:`counts_task_metrics`).
@@ -166,8 +182,12 @@ def evaluate_model(model: nn.Module, metadata: ModelMetadata, items: Sequence[La
         metrics[counts_task_key(metadata.labels)] = counts_task
     if return_predictions:
         metrics["predictions"] = [
-            {"id": i, "label": metadata.labels[int(t)], "predicted": metadata.labels[int(p)],
-             "probability": round(float(probs[k, p]), 6)}
+            {
+                "id": i,
+                "label": metadata.labels[int(t)],
+                "predicted": metadata.labels[int(p)],
+                "probability": round(float(probs[k, p]), 6),
+            }
             for k, (i, t, p) in enumerate(zip(ids, labels.tolist(), predicted.tolist()))
         ]
     return metrics
@@ -176,6 +196,7 @@ def evaluate_model(model: nn.Module, metadata: ModelMetadata, items: Sequence[La
 # --------------------------------------------------------------------------------------------
 # Plots
 # --------------------------------------------------------------------------------------------
+
 
 def _pyplot():
     import matplotlib
@@ -186,8 +207,9 @@ def _pyplot():
     return plt
 
 
-def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: Path,
-                          title: str = "Confusion matrix") -> Path:
+def plot_confusion_matrix(
+    matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: Path, title: str = "Confusion matrix"
+) -> Path:
     """Counts with row-normalised colour (recall per true class), true classes on the y axis."""
     plt = _pyplot()
     m = torch.tensor(matrix, dtype=torch.float64)
@@ -203,8 +225,15 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence
     ax.set_title(title)
     for r, row in enumerate(matrix):
         for c, value in enumerate(row):
-            ax.text(c, r, str(int(value)), ha="center", va="center",
-                    color="white" if share[r][c] > 0.5 else "black", fontsize=8)
+            ax.text(
+                c,
+                r,
+                str(int(value)),
+                ha="center",
+                va="center",
+                color="white" if share[r][c] > 0.5 else "black",
+                fontsize=8,
+            )
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -244,8 +273,9 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: Path) -> Path 
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
     for ax, (group, ks) in zip(axes[0], panels):
         for key in ks:
-            points = [(e.get("epoch", i + 1), e[key]) for i, e in enumerate(history)
-                      if isinstance(e.get(key), (int, float))]
+            points = [
+                (e.get("epoch", i + 1), e[key]) for i, e in enumerate(history) if isinstance(e.get(key), (int, float))
+            ]
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=key)
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -258,8 +288,13 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: Path) -> Path 
     return path
 
 
-def write_plots(output_dir: str | os.PathLike, metrics: dict[str, Any], history: Sequence[dict[str, Any]] | None,
-                class_names: Sequence[str], title: str = "Confusion matrix") -> list[Path]:
+def write_plots(
+    output_dir: str | os.PathLike,
+    metrics: dict[str, Any],
+    history: Sequence[dict[str, Any]] | None,
+    class_names: Sequence[str],
+    title: str = "Confusion matrix",
+) -> list[Path]:
     """``confusion_matrix.png`` from ``metrics`` and, when a history is given, ``training_curves.png``."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -275,13 +310,19 @@ def write_plots(output_dir: str | os.PathLike, metrics: dict[str, Any], history:
 # The command
 # --------------------------------------------------------------------------------------------
 
-def select_items(config: EvaluateConfig, metadata: ModelMetadata,
-                 log: Log = print_line) -> tuple[list[LabelledBin], dict]:
+
+def select_items(
+    config: EvaluateConfig, metadata: ModelMetadata, log: Log = print_line
+) -> tuple[list[LabelledBin], dict]:
     """The labelled bins to evaluate (manifest part, label policy, image check, limit) and what was left out."""
     records, report = scan_records(config.data_dir)
     report.log(log)
-    info: dict[str, Any] = {"data_dir": str(config.data_dir), "layout": report.layout, "records": len(records),
-                            "skipped_files": report.skipped}
+    info: dict[str, Any] = {
+        "data_dir": str(config.data_dir),
+        "layout": report.layout,
+        "records": len(records),
+        "skipped_files": report.skipped,
+    }
     if config.split_manifest is not None:
         manifest = read_split_manifest(config.split_manifest)
         records, _ = select_ids(records, manifest.ids(config.part), strict=True)
@@ -289,8 +330,10 @@ def select_items(config: EvaluateConfig, metadata: ModelMetadata,
     else:
         info.update(part="all")
         if (config.model_dir / SPLIT_MANIFEST_FILE).is_file():
-            log(f"eval_hint: the model dir has {SPLIT_MANIFEST_FILE}; "
-                "pass --split-manifest to evaluate only its held-out part")
+            log(
+                f"eval_hint: the model dir has {SPLIT_MANIFEST_FILE}; "
+                "pass --split-manifest to evaluate only its held-out part"
+            )
     items, dropped = apply_label_policy(records, label_policy_for(metadata))
     info["dropped_above_max_count"] = dropped
     if config.limit is not None and len(items) > config.limit:
@@ -299,8 +342,10 @@ def select_items(config: EvaluateConfig, metadata: ModelMetadata,
     items, bad = check_images(items, max_bad_fraction=config.max_bad_fraction, log=log)
     info["bad_images"] = len(bad)
     if not items:
-        raise DataError(f"no bins to evaluate in {config.data_dir} (part {info['part']}, {dropped} dropped "
-                        f"above count {metadata.labels[-1]})")
+        raise DataError(
+            f"no bins to evaluate in {config.data_dir} (part {info['part']}, {dropped} dropped "
+            f"above count {metadata.labels[-1]})"
+        )
     return items, info
 
 
@@ -312,15 +357,28 @@ def run(config: EvaluateConfig, log: Log = print_line) -> dict[str, Any]:
     artifact = load_artifact(config.model_dir, device=device)
     metadata = artifact.metadata
     items, info = select_items(config, metadata, log)
-    metrics = evaluate_model(artifact.model, metadata, items, batch_size=config.batch_size, tta_flip=config.tta_flip,
-                             num_workers=config.num_workers, device=device, return_predictions=True)
+    metrics = evaluate_model(
+        artifact.model,
+        metadata,
+        items,
+        batch_size=config.batch_size,
+        tta_flip=config.tta_flip,
+        num_workers=config.num_workers,
+        device=device,
+        return_predictions=True,
+    )
     predictions = metrics.pop("predictions")
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = {
         "metrics": metrics,
-        "model": {"dir": str(config.model_dir), "architecture": metadata.architecture, "labels": metadata.labels,
-                  "input_size": metadata.input_size, "resize": metadata.resize},
+        "model": {
+            "dir": str(config.model_dir),
+            "architecture": metadata.architecture,
+            "labels": metadata.labels,
+            "input_size": metadata.input_size,
+            "resize": metadata.resize,
+        },
         "data": info,
         "config": json.loads(config.model_dump_json()),
         "seconds": round(time.monotonic() - start, 2),
@@ -332,8 +390,13 @@ def run(config: EvaluateConfig, log: Log = print_line) -> dict[str, Any]:
     writer.writerows(predictions)
     atomic_write(out / "predictions.csv", table.getvalue())
     files = [out / "metrics.json", out / "predictions.csv"]
-    files += write_plots(out, metrics, read_history(config.model_dir), metadata.labels,
-                         title=f"{metadata.architecture}: {info['part']} (n={metrics['n']})")
+    files += write_plots(
+        out,
+        metrics,
+        read_history(config.model_dir),
+        metadata.labels,
+        title=f"{metadata.architecture}: {info['part']} (n={metrics['n']})",
+    )
     log(format_metrics(metrics, "eval_"))
     task_key = counts_task_key(metadata.labels)
     if task_key in metrics:

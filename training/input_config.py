@@ -35,8 +35,12 @@ FILE_NAME = "inputdataconfig.json"
 READ_CHANNELS = ("train", "validation", "test")
 FILE_MODES = ("File", "FastFile")
 #: Content types that describe what binsight reads (any image/*, too); others get a warning.
-EXPECTED_CONTENT_TYPES = ("application/x-image", "application/x-directory", "application/octet-stream",
-                          "application/json")
+EXPECTED_CONTENT_TYPES = (
+    "application/x-image",
+    "application/x-directory",
+    "application/octet-stream",
+    "application/json",
+)
 
 
 class InputModeError(SageMakerEnvError):
@@ -63,32 +67,44 @@ def read_input_data_config(path: str | os.PathLike) -> dict[str, ChannelConfig]:
         raise SageMakerEnvError(f"{path} is not readable JSON: {exc}") from None
     if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
         raise SageMakerEnvError(f"{path} must hold a JSON object of channel name -> channel settings")
-    return {name: ChannelConfig(name=name, input_mode=str(entry.get("TrainingInputMode") or "File"),
-                                content_type=entry.get("ContentType") or None,
-                                distribution=str(entry.get("S3DistributionType") or "FullyReplicated"),
-                                record_wrapper=str(entry.get("RecordWrapperType") or "None"))
-            for name, entry in raw.items()}
+    return {
+        name: ChannelConfig(
+            name=name,
+            input_mode=str(entry.get("TrainingInputMode") or "File"),
+            content_type=entry.get("ContentType") or None,
+            distribution=str(entry.get("S3DistributionType") or "FullyReplicated"),
+            record_wrapper=str(entry.get("RecordWrapperType") or "None"),
+        )
+        for name, entry in raw.items()
+    }
 
 
-def check_channels(channels: dict[str, ChannelConfig], *, num_hosts: int = 1,
-                   train_dir_exists: bool = True) -> list[str]:
+def check_channels(
+    channels: dict[str, ChannelConfig], *, num_hosts: int = 1, train_dir_exists: bool = True
+) -> list[str]:
     """Raise :class:`InputModeError` for a channel ``train`` cannot read; else the ``key: value`` log lines."""
     if not channels:
         return []
     if "train" not in channels and not train_dir_exists:
-        raise InputModeError(f"the job has no 'train' channel (its channels: {', '.join(sorted(channels))}); "
-                             "name the training data channel 'train' (optional: 'validation', 'test')")
+        raise InputModeError(
+            f"the job has no 'train' channel (its channels: {', '.join(sorted(channels))}); "
+            "name the training data channel 'train' (optional: 'validation', 'test')"
+        )
     lines = []
     for channel in channels.values():
         if channel.name not in READ_CHANNELS:
             lines.append(f"channel_ignored: {channel.name} (train reads {', '.join(READ_CHANNELS)})")
             continue
         _refuse_unreadable(channel, num_hosts)
-        lines.append(f"channel: {channel.name} input_mode: {channel.input_mode} "
-                     f"content_type: {channel.content_type or 'none'} distribution: {channel.distribution}")
+        lines.append(
+            f"channel: {channel.name} input_mode: {channel.input_mode} "
+            f"content_type: {channel.content_type or 'none'} distribution: {channel.distribution}"
+        )
         if channel.content_type and not _expected_content_type(channel.content_type):
-            lines.append(f"warning: channel {channel.name!r} has ContentType {channel.content_type!r}; train reads "
-                         "image files with ABID metadata or count folders whatever the ContentType says")
+            lines.append(
+                f"warning: channel {channel.name!r} has ContentType {channel.content_type!r}; train reads "
+                "image files with ABID metadata or count folders whatever the ContentType says"
+            )
     return lines
 
 
@@ -96,15 +112,19 @@ def _refuse_unreadable(channel: ChannelConfig, num_hosts: int) -> None:
     if channel.input_mode not in FILE_MODES:
         raise InputModeError(
             f"channel {channel.name!r} uses input mode {channel.input_mode!r}; train reads image files from a "
-            f"directory, so use File or FastFile (TrainingInputMode / input_mode=\"FastFile\" for large datasets)")
+            f'directory, so use File or FastFile (TrainingInputMode / input_mode="FastFile" for large datasets)'
+        )
     if channel.record_wrapper.lower() not in ("none", ""):
-        raise InputModeError(f"channel {channel.name!r} has RecordWrapperType {channel.record_wrapper!r}; train "
-                             "reads plain image files: set RecordWrapperType to None")
+        raise InputModeError(
+            f"channel {channel.name!r} has RecordWrapperType {channel.record_wrapper!r}; train "
+            "reads plain image files: set RecordWrapperType to None"
+        )
     if channel.distribution == "ShardedByS3Key" and num_hosts > 1:
         raise InputModeError(
             f"channel {channel.name!r} is ShardedByS3Key on {num_hosts} hosts, so each host would see other "
             "bins while every rank splits the whole dataset the same way; use FullyReplicated (train shards "
-            "the data across ranks itself)")
+            "the data across ranks itself)"
+        )
 
 
 def _expected_content_type(content_type: str) -> bool:

@@ -47,9 +47,9 @@ class ScanReport:
     layout: str
     root: Path
     records: int = 0
-    missing_metadata: int = 0   # image without metadata/<id>.json
-    invalid_metadata: int = 0   # metadata that is not JSON or has no usable EXPECTED_QUANTITY
-    missing_image: int = 0      # metadata/<id>.json without bin-images/<id>.jpg
+    missing_metadata: int = 0  # image without metadata/<id>.json
+    invalid_metadata: int = 0  # metadata that is not JSON or has no usable EXPECTED_QUANTITY
+    missing_image: int = 0  # metadata/<id>.json without bin-images/<id>.jpg
     examples: list[str] = field(default_factory=list)  # a few "id: reason" lines for the log
 
     @property
@@ -115,8 +115,11 @@ def scan_abid(root: str | os.PathLike) -> tuple[list[BinRecord], ScanReport]:
     for path in sorted((root / ABID_IMAGE_DIR).iterdir()):
         if _is_image(path):
             images.setdefault(path.stem, path)  # <id>.jpg before <id>.png when both exist
-    metadata = {p.stem: p for p in (root / ABID_METADATA_DIR).iterdir()
-                if p.is_file() and p.suffix.lower() == ".json" and not p.name.startswith(".")}
+    metadata = {
+        p.stem: p
+        for p in (root / ABID_METADATA_DIR).iterdir()
+        if p.is_file() and p.suffix.lower() == ".json" and not p.name.startswith(".")
+    }
     records: list[BinRecord] = []
     for bin_id in sorted(set(images) | set(metadata)):
         image, meta = images.get(bin_id), metadata.get(bin_id)
@@ -179,8 +182,6 @@ def scan_count_folders(root: str | os.PathLike) -> tuple[list[BinRecord], ScanRe
     records.sort(key=lambda r: r.id)
     report.records = len(records)
     return records, report
-
-
 
 
 def scan_records(root: str | os.PathLike) -> tuple[list[BinRecord], ScanReport]:

@@ -30,7 +30,6 @@ def mix_seed(*values: int | str) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
-
 class EpochSampler(Sampler[tuple[int, int]]):
     """Yields ``(index, sample_seed)`` for this worker's share of an epoch.
 
@@ -40,8 +39,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
     ``start`` samples of this worker's share (resuming in the middle of an epoch).
     """
 
-    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1,
-                 weights: torch.Tensor | None = None):
+    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1, weights: torch.Tensor | None = None):
         if n < 1:
             raise ValueError("EpochSampler needs at least one item")
         self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
@@ -108,13 +106,26 @@ def auto_num_workers(local_world_size: int) -> int:
     return 0 if cpus <= 1 else min(8, max(1, cpus // max(1, local_world_size) - 1))
 
 
-def train_loader(items: Sequence[LabelledBin], sampler: EpochSampler, spec: PreprocessSpec, config: TrainConfig,
-                 num_workers: int, pin_memory: bool) -> DataLoader:
+def train_loader(
+    items: Sequence[LabelledBin],
+    sampler: EpochSampler,
+    spec: PreprocessSpec,
+    config: TrainConfig,
+    num_workers: int,
+    pin_memory: bool,
+) -> DataLoader:
     # A last batch of one sample breaks BatchNorm on 1x1 feature maps; drop the ragged tail instead.
     drop_last = sampler.per_worker > config.batch_size
-    return DataLoader(AugmentedBins(items, spec, config.augment_strength), batch_size=config.batch_size,
-                      sampler=sampler, drop_last=drop_last, collate_fn=collate_skip_bad, num_workers=num_workers,
-                      persistent_workers=num_workers > 0, pin_memory=pin_memory)
+    return DataLoader(
+        AugmentedBins(items, spec, config.augment_strength),
+        batch_size=config.batch_size,
+        sampler=sampler,
+        drop_last=drop_last,
+        collate_fn=collate_skip_bad,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=pin_memory,
+    )
 
 
 def steps_per_epoch(sampler: EpochSampler, batch_size: int) -> int:
@@ -122,8 +133,15 @@ def steps_per_epoch(sampler: EpochSampler, batch_size: int) -> int:
     return n // batch_size if n > batch_size else 1
 
 
-def eval_loader(items: Sequence[LabelledBin], spec: PreprocessSpec, batch_size: int, num_workers: int,
-                pin_memory: bool) -> DataLoader:
-    return DataLoader(BinDataset(items, eval_transform(spec)), batch_size=batch_size, shuffle=False,
-                      collate_fn=collate_skip_bad, num_workers=num_workers, persistent_workers=num_workers > 0,
-                      pin_memory=pin_memory)
+def eval_loader(
+    items: Sequence[LabelledBin], spec: PreprocessSpec, batch_size: int, num_workers: int, pin_memory: bool
+) -> DataLoader:
+    return DataLoader(
+        BinDataset(items, eval_transform(spec)),
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=collate_skip_bad,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=pin_memory,
+    )

@@ -54,10 +54,21 @@ class Progress:
     shown, so it may be costly (the training loop reads the running loss off the GPU there).
     """
 
-    def __init__(self, name: str, total: int | None = None, unit: str = "it", *, log: Log = print_line,
-                 interval_s: float | None = 10.0, every: int | None = None, initial: int = 0,
-                 describe: Callable[[], Mapping[str, Any]] | None = None, stream: TextIO | None = None,
-                 tty: bool | None = None, unit_scale: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        total: int | None = None,
+        unit: str = "it",
+        *,
+        log: Log = print_line,
+        interval_s: float | None = 10.0,
+        every: int | None = None,
+        initial: int = 0,
+        describe: Callable[[], Mapping[str, Any]] | None = None,
+        stream: TextIO | None = None,
+        tty: bool | None = None,
+        unit_scale: bool = False,
+    ) -> None:
         self.name, self.total, self.unit, self.log = name, total, unit, log
         self.interval_s, self.every, self.describe = interval_s, every, describe
         self.done = self._initial = initial
@@ -73,8 +84,15 @@ class Progress:
             except ImportError:  # the aws extra does not require tqdm; lines are the fallback
                 tqdm = None
             if tqdm is not None:
-                self._bar = tqdm(total=total, initial=initial, desc=name, unit=unit, file=stream,
-                                 unit_scale=unit_scale, dynamic_ncols=True)
+                self._bar = tqdm(
+                    total=total,
+                    initial=initial,
+                    desc=name,
+                    unit=unit,
+                    file=stream,
+                    unit_scale=unit_scale,
+                    dynamic_ncols=True,
+                )
 
     def __enter__(self) -> Progress:
         return self

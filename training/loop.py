@@ -100,6 +100,7 @@ class RunResult:
 # Building a run
 # --------------------------------------------------------------------------------------------
 
+
 @dataclass
 class RunParts:
     """Everything a run is made of, built once by :func:`build_run` and never reassigned."""
@@ -108,18 +109,18 @@ class RunParts:
     ctx: DistContext
     placement: Placement
     data: PreparedData
-    spec: PreprocessSpec            # serving's preprocessing, recorded in the artifact
+    spec: PreprocessSpec  # serving's preprocessing, recorded in the artifact
     labels: list[str]
-    class_values: list[float]       # the count of each class ("6+" counts as 6)
-    model: nn.Module                # the bare module: state dicts, validation, the artifact
-    net: nn.Module                  # what trains: ``model``, or DistributedDataParallel around it
+    class_values: list[float]  # the count of each class ("6+" counts as 6)
+    model: nn.Module  # the bare module: state dicts, validation, the artifact
+    net: nn.Module  # what trains: ``model``, or DistributedDataParallel around it
     criterion: CountLoss
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     train_loader: DataLoader
-    val_loader: DataLoader | None   # this worker's shard of the validation part
-    steps: int                      # optimiser steps per epoch (per worker)
+    val_loader: DataLoader | None  # this worker's shard of the validation part
+    steps: int  # optimiser steps per epoch (per worker)
     num_workers: int
     trainable_params: int
     total_params: int
@@ -140,8 +141,7 @@ def build_run(config: TrainConfig, ctx: DistContext, data: PreparedData, log: Lo
     spec = PreprocessSpec(input_size=config.effective_input_size, resize=config.resize, mean=arch.mean, std=arch.std)
     labels = data.policy.labels
     class_values = [float(label.rstrip("+")) for label in labels]
-    placement = Placement.on(ctx.device, channels_last=config.channels_last, amp=config.amp,
-                             amp_dtype=config.amp_dtype)
+    placement = Placement.on(ctx.device, channels_last=config.channels_last, amp=config.amp, amp_dtype=config.amp_dtype)
     torch.manual_seed(mix_seed("init", config.seed))
     random.seed(config.seed)
     model = build_model(config.architecture, len(labels), pretrained=config.pretrained, dropout=config.dropout)
@@ -152,32 +152,54 @@ def build_run(config: TrainConfig, ctx: DistContext, data: PreparedData, log: Lo
     if config.class_weighting == "inverse":
         weights = class_weights(data.train_class_counts, power=config.class_weight_power)
         log(f"class_weights: {[round(float(w), 4) for w in weights]}")
-    criterion = CountLoss(class_values, config.label_smoothing, weights,
-                          config.ordinal_weight if config.loss == "ordinal" else 0.0).to(ctx.device)
+    criterion = CountLoss(
+        class_values, config.label_smoothing, weights, config.ordinal_weight if config.loss == "ordinal" else 0.0
+    ).to(ctx.device)
     train_items = data.split.train
-    sampler = EpochSampler(len(train_items), config.seed, ctx.rank, ctx.world_size,
-                           weights=(sampling_weights(train_items, len(labels))
-                                    if config.class_weighting == "balanced_sampler" else None))
+    sampler = EpochSampler(
+        len(train_items),
+        config.seed,
+        ctx.rank,
+        ctx.world_size,
+        weights=(sampling_weights(train_items, len(labels)) if config.class_weighting == "balanced_sampler" else None),
+    )
     steps = steps_per_epoch(sampler, config.batch_size)
     net: nn.Module = model
     if ctx.enabled:
         net = DistributedDataParallel(model, device_ids=[ctx.device.index] if placement.cuda else None)
     num_workers = config.num_workers if config.num_workers is not None else auto_num_workers(ctx.local_world_size)
-    val_shard = data.split.val[ctx.rank::ctx.world_size]
+    val_shard = data.split.val[ctx.rank :: ctx.world_size]
     return RunParts(
-        config=config, ctx=ctx, placement=placement, data=data, spec=spec, labels=labels, class_values=class_values,
-        model=model, net=net, criterion=criterion, optimizer=optimizer,
+        config=config,
+        ctx=ctx,
+        placement=placement,
+        data=data,
+        spec=spec,
+        labels=labels,
+        class_values=class_values,
+        model=model,
+        net=net,
+        criterion=criterion,
+        optimizer=optimizer,
         scheduler=make_scheduler(optimizer, config, steps),
         scaler=torch.amp.GradScaler(ctx.device.type, enabled=placement.scales_gradients),
         train_loader=train_loader(train_items, sampler, spec, config, num_workers, placement.cuda),
-        val_loader=(eval_loader(val_shard, spec, config.effective_eval_batch_size, num_workers, placement.cuda)
-                    if data.split.val else None),
-        steps=steps, num_workers=num_workers, trainable_params=trainable, total_params=total)
+        val_loader=(
+            eval_loader(val_shard, spec, config.effective_eval_batch_size, num_workers, placement.cuda)
+            if data.split.val
+            else None
+        ),
+        steps=steps,
+        num_workers=num_workers,
+        trainable_params=trainable,
+        total_params=total,
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------------------------
+
 
 def resume(parts: RunParts, checkpoint: Path, log: Log) -> RunState:
     """Load the run's checkpoint into ``parts`` when there is one (rank 0's copy is the truth)."""
@@ -198,22 +220,33 @@ def resume(parts: RunParts, checkpoint: Path, log: Log) -> RunState:
     state = RunState(Progress.from_dict(payload["progress"]), payload.get("best_state"), resumed=True)
     restore_rng(payload.get("rng") or {})
     progress = state.progress
-    log(f"resumed_from: {checkpoint} epoch: {progress.epoch} step_in_epoch: {progress.step_in_epoch} "
-        f"global_step: {progress.global_step}")
+    log(
+        f"resumed_from: {checkpoint} epoch: {progress.epoch} step_in_epoch: {progress.step_in_epoch} "
+        f"global_step: {progress.global_step}"
+    )
     return state
 
 
 def save(parts: RunParts, state: RunState, checkpoint: Path) -> None:
     if parts.ctx.is_main:
-        save_checkpoint(checkpoint, config=parts.config, data_fingerprint=parts.data.fingerprint,
-                        world_size=parts.ctx.world_size, progress=state.progress, model=parts.model,
-                        optimizer=parts.optimizer, scheduler=parts.scheduler, scaler=parts.scaler,
-                        best_state=state.best_state)
+        save_checkpoint(
+            checkpoint,
+            config=parts.config,
+            data_fingerprint=parts.data.fingerprint,
+            world_size=parts.ctx.world_size,
+            progress=state.progress,
+            model=parts.model,
+            optimizer=parts.optimizer,
+            scheduler=parts.scheduler,
+            scaler=parts.scaler,
+            best_state=state.best_state,
+        )
 
 
 # --------------------------------------------------------------------------------------------
 # The phases
 # --------------------------------------------------------------------------------------------
+
 
 class SkippedImages:
     """Counts the images that failed to load (in ``progress.skipped_ids``, so a resumed run keeps
@@ -238,12 +271,21 @@ class SkippedImages:
             raise DataError(
                 f"{len(ids)} images failed to load during training (plus {self.bad_up_front} found unreadable "
                 f"up front), above max_bad_fraction {self.max_bad_fraction} of {self.total}; "
-                f"e.g. {', '.join(ids[:3])}")
+                f"e.g. {', '.join(ids[:3])}"
+            )
 
 
-def train_step(net: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               placement: Placement, images: torch.Tensor, targets: torch.Tensor, grad_clip: float,
-               params: Sequence[torch.Tensor]) -> torch.Tensor:
+def train_step(
+    net: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    placement: Placement,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    grad_clip: float,
+    params: Sequence[torch.Tensor],
+) -> torch.Tensor:
     """One optimiser step; returns ``[loss * n, correct, n]`` (float64, on the device, not synchronised)."""
     images, targets = placement.place_batch(images, targets)
     with placement.autocast():
@@ -258,8 +300,13 @@ def train_step(net: nn.Module, criterion: nn.Module, optimizer: torch.optim.Opti
     scaler.update()
     n = targets.numel()
     correct = (logits.detach().argmax(1) == targets).sum()
-    return torch.stack([loss.detach().double() * n, correct.double(),
-                        torch.tensor(float(n), dtype=torch.float64, device=targets.device)])
+    return torch.stack(
+        [
+            loss.detach().double() * n,
+            correct.double(),
+            torch.tensor(float(n), dtype=torch.float64, device=targets.device),
+        ]
+    )
 
 
 def _agree_to_stop(stop: GracefulStop, too_small: bool, ctx: DistContext) -> bool:
@@ -273,27 +320,62 @@ def _agree_to_stop(stop: GracefulStop, too_small: bool, ctx: DistContext) -> boo
     return bool(flags[1])
 
 
-def _step_display(epoch: int, steps: int, start: int, every: int, sums: torch.Tensor,
-                  optimizer: torch.optim.Optimizer, images_per_step: int, log: Log) -> ProgressDisplay:
+def _step_display(
+    epoch: int,
+    steps: int,
+    start: int,
+    every: int,
+    sums: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    images_per_step: int,
+    log: Log,
+) -> ProgressDisplay:
     """A bar on a terminal; else a ``step_progress:`` line every ``every`` steps (loss, lr, img/s, eta)."""
     started = time.monotonic()
 
     def describe() -> dict[str, Any]:
         done = display.done - start
-        return {names.EPOCH: epoch, names.STEP_LOSS: float(sums[0] / sums[2].clamp_min(1)),
-                names.STEP_LR: optimizer.param_groups[0]["lr"],
-                names.IMAGES_PER_S: f"{done * images_per_step / max(time.monotonic() - started, 1e-9):.1f}"}
+        return {
+            names.EPOCH: epoch,
+            names.STEP_LOSS: float(sums[0] / sums[2].clamp_min(1)),
+            names.STEP_LR: optimizer.param_groups[0]["lr"],
+            names.IMAGES_PER_S: f"{done * images_per_step / max(time.monotonic() - started, 1e-9):.1f}",
+        }
 
-    display = ProgressDisplay(names.STEP_PROGRESS, total=steps, unit="step", log=log, initial=start,
-                              interval_s=None, every=every, describe=describe)
+    display = ProgressDisplay(
+        names.STEP_PROGRESS,
+        total=steps,
+        unit="step",
+        log=log,
+        initial=start,
+        interval_s=None,
+        every=every,
+        describe=describe,
+    )
     return display
 
 
-def train_one_epoch(net: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
-                    loader: DataLoader, placement: Placement, ctx: DistContext, *, epoch: int, steps: int, seed: int,
-                    grad_clip: float, progress: Progress, stop: GracefulStop, on_skipped: Callable[[list], None],
-                    log: Log = quiet, log_every: int = 0, after_step: AfterStep | None = None) -> torch.Tensor:
+def train_one_epoch(
+    net: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    loader: DataLoader,
+    placement: Placement,
+    ctx: DistContext,
+    *,
+    epoch: int,
+    steps: int,
+    seed: int,
+    grad_clip: float,
+    progress: Progress,
+    stop: GracefulStop,
+    on_skipped: Callable[[list], None],
+    log: Log = quiet,
+    log_every: int = 0,
+    after_step: AfterStep | None = None,
+) -> torch.Tensor:
     """Train the rest of epoch ``epoch`` from ``progress.step_in_epoch``; returns the train sums
     ``[loss * n, correct, n]`` of the whole epoch (a resumed epoch starts from ``progress.partial``).
 
@@ -309,8 +391,11 @@ def train_one_epoch(net: nn.Module, criterion: nn.Module, optimizer: torch.optim
     frozen_norms_to_eval(net)
     loader.sampler.set_epoch(epoch, start * batch_size)
     params = [p for p in net.parameters() if p.requires_grad]
-    display = (_step_display(epoch, steps, start, log_every, sums, optimizer, batch_size * ctx.world_size, log)
-               if ctx.is_main and log_every > 0 else None)
+    display = (
+        _step_display(epoch, steps, start, log_every, sums, optimizer, batch_size * ctx.world_size, log)
+        if ctx.is_main and log_every > 0
+        else None
+    )
     for images, targets, skipped in iterate_until_stopped(loader, stop):
         if skipped:
             on_skipped(skipped)
@@ -336,8 +421,14 @@ def train_one_epoch(net: nn.Module, criterion: nn.Module, optimizer: torch.optim
 
 
 @torch.no_grad()
-def validate(model: nn.Module, loader: DataLoader | None, placement: Placement, class_values: Sequence[float],
-             stop: GracefulStop, on_skipped: Callable[[list], None]) -> tuple[torch.Tensor, bool]:
+def validate(
+    model: nn.Module,
+    loader: DataLoader | None,
+    placement: Placement,
+    class_values: Sequence[float],
+    stop: GracefulStop,
+    on_skipped: Callable[[list], None],
+) -> tuple[torch.Tensor, bool]:
     """Sums ``[loss * n, correct, squared error, absolute error, n]`` on ``loader`` (this worker's shard)
     and whether a stop was requested meanwhile (then the sums are partial)."""
     sums = torch.zeros(5, dtype=torch.float64, device=placement.device)
@@ -358,24 +449,38 @@ def validate(model: nn.Module, loader: DataLoader | None, placement: Placement, 
                 logits = model(images)
             logits = logits.float()
             error = values[logits.argmax(1)] - values[targets]
-            sums += torch.stack([F.cross_entropy(logits, targets, reduction="sum").double(),
-                                 (error == 0).sum().double(), (error ** 2).sum(), error.abs().sum(),
-                                 torch.tensor(float(targets.numel()), dtype=torch.float64, device=placement.device)])
+            sums += torch.stack(
+                [
+                    F.cross_entropy(logits, targets, reduction="sum").double(),
+                    (error == 0).sum().double(),
+                    (error**2).sum(),
+                    error.abs().sum(),
+                    torch.tensor(float(targets.numel()), dtype=torch.float64, device=placement.device),
+                ]
+            )
     finally:
         model.train()
     return sums, stop.requested
 
 
-def epoch_entry(epoch: int, train_sums: torch.Tensor, val_sums: torch.Tensor, lr: float,
-                seconds: float) -> dict[str, Any]:
+def epoch_entry(
+    epoch: int, train_sums: torch.Tensor, val_sums: torch.Tensor, lr: float, seconds: float
+) -> dict[str, Any]:
     """The epoch's line in ``history.json`` (and the log), keys from :mod:`training.metric_names`."""
     n = max(1.0, float(train_sums[2]))
-    entry: dict[str, Any] = {names.EPOCH: epoch, "train_loss": float(train_sums[0]) / n,
-                             "train_acc": float(train_sums[1]) / n}
+    entry: dict[str, Any] = {
+        names.EPOCH: epoch,
+        "train_loss": float(train_sums[0]) / n,
+        "train_acc": float(train_sums[1]) / n,
+    }
     if float(val_sums[4]) > 0:
         vn = float(val_sums[4])
-        entry.update(val_loss=float(val_sums[0]) / vn, val_acc=float(val_sums[1]) / vn,
-                     val_rmse=(float(val_sums[2]) / vn) ** 0.5, val_mae=float(val_sums[3]) / vn)
+        entry.update(
+            val_loss=float(val_sums[0]) / vn,
+            val_acc=float(val_sums[1]) / vn,
+            val_rmse=(float(val_sums[2]) / vn) ** 0.5,
+            val_mae=float(val_sums[3]) / vn,
+        )
     entry.update(lr=lr, epoch_time_s=round(seconds, 2))
     return entry
 
@@ -401,20 +506,39 @@ def _keep_if_best(parts: RunParts, state: RunState, entry: dict[str, Any]) -> No
 # The runner
 # --------------------------------------------------------------------------------------------
 
-def run_epoch(parts: RunParts, state: RunState, epoch: int, stop: GracefulStop, checkpoint: Path, log: Log,
-              hooks: TrainHooks) -> bool:
+
+def run_epoch(
+    parts: RunParts, state: RunState, epoch: int, stop: GracefulStop, checkpoint: Path, log: Log, hooks: TrainHooks
+) -> bool:
     """Train, validate and checkpoint epoch ``epoch``; ``False`` when stopped (after saving)."""
     cfg, ctx, progress = parts.config, parts.ctx, state.progress
     started = time.monotonic()
     on_skipped = SkippedImages(progress, parts.data, cfg.max_bad_fraction, log)
-    sums = train_one_epoch(parts.net, parts.criterion, parts.optimizer, parts.scheduler, parts.scaler,
-                           parts.train_loader, parts.placement, ctx, epoch=epoch, steps=parts.steps, seed=cfg.seed,
-                           grad_clip=cfg.grad_clip, progress=progress, stop=stop, on_skipped=on_skipped, log=log,
-                           log_every=cfg.log_every_steps, after_step=hooks.after_step)
+    sums = train_one_epoch(
+        parts.net,
+        parts.criterion,
+        parts.optimizer,
+        parts.scheduler,
+        parts.scaler,
+        parts.train_loader,
+        parts.placement,
+        ctx,
+        epoch=epoch,
+        steps=parts.steps,
+        seed=cfg.seed,
+        grad_clip=cfg.grad_clip,
+        progress=progress,
+        stop=stop,
+        on_skipped=on_skipped,
+        log=log,
+        log_every=cfg.log_every_steps,
+        after_step=hooks.after_step,
+    )
     stopped = stop.requested and progress.step_in_epoch < parts.steps
     if not stopped:
-        val_sums, stopped = validate(parts.model, parts.val_loader, parts.placement, parts.class_values, stop,
-                                     on_skipped)
+        val_sums, stopped = validate(
+            parts.model, parts.val_loader, parts.placement, parts.class_values, stop, on_skipped
+        )
     if ctx.enabled:
         stopped = bool(all_reduce(torch.tensor([float(stopped)], device=ctx.device), ctx, op="max")[0])
     if stopped:
@@ -432,8 +556,9 @@ def run_epoch(parts: RunParts, state: RunState, epoch: int, stop: GracefulStop, 
     return True
 
 
-def run_training(config: TrainConfig, paths: RunPaths, log: Log = print_line,
-                 hooks: TrainHooks | None = None) -> RunResult:
+def run_training(
+    config: TrainConfig, paths: RunPaths, log: Log = print_line, hooks: TrainHooks | None = None
+) -> RunResult:
     """Train per ``config`` on ``paths``; joins the process group when started by torchrun."""
     if config.threads is not None:
         torch.set_num_threads(config.threads)
@@ -443,19 +568,25 @@ def run_training(config: TrainConfig, paths: RunPaths, log: Log = print_line,
     started = time.monotonic()
     try:
         with GracefulStop() as stop:
-            log(f"train_start: architecture: {config.architecture} device: {ctx.device} "
-                f"world_size: {ctx.world_size} recipe_hash: {config.recipe_hash()}")
+            log(
+                f"train_start: architecture: {config.architecture} device: {ctx.device} "
+                f"world_size: {ctx.world_size} recipe_hash: {config.recipe_hash()}"
+            )
             parts = build_run(config, ctx, prepare_data(config, paths, log), log)
             checkpoint = paths.checkpoint_dir / CHECKPOINT_FILE
             state = resume(parts, checkpoint, log)
             progress = state.progress
-            log(f"train_plan: epochs: {config.epochs} steps_per_epoch: {parts.steps} batch_size: {config.batch_size} "
+            log(
+                f"train_plan: epochs: {config.epochs} steps_per_epoch: {parts.steps} batch_size: {config.batch_size} "
                 f"num_workers: {parts.num_workers} trainable_params: {parts.trainable_params} "
-                f"total_params: {parts.total_params} start_epoch: {progress.epoch + 1}")
+                f"total_params: {parts.total_params} start_epoch: {progress.epoch + 1}"
+            )
             for epoch in range(progress.epoch + 1, config.epochs + 1):
                 if not run_epoch(parts, state, epoch, stop, checkpoint, log, hooks):
-                    log(f"training_interrupted: {stop.reason} epoch: {epoch} "
-                        f"step: {progress.step_in_epoch}/{parts.steps} checkpoint: {checkpoint}")
+                    log(
+                        f"training_interrupted: {stop.reason} epoch: {epoch} "
+                        f"step: {progress.step_in_epoch}/{parts.steps} checkpoint: {checkpoint}"
+                    )
                     return RunResult("interrupted", progress.epoch, progress.best_epoch, progress.history)
             # Everything worth keeping is in the checkpoint: from here a SIGTERM may end the process at once.
             stop.release()
@@ -469,6 +600,7 @@ def run_training(config: TrainConfig, paths: RunPaths, log: Log = print_line,
 # --------------------------------------------------------------------------------------------
 # The outputs
 # --------------------------------------------------------------------------------------------
+
 
 def _recipe(parts: RunParts, state: RunState) -> dict[str, Any]:
     """What the artifact records of how it was trained (``model.json``'s ``training``)."""
@@ -497,17 +629,37 @@ def write_outputs(parts: RunParts, state: RunState, paths: RunPaths, seconds: fl
     if state.best_state is not None:
         parts.model.load_state_dict(state.best_state)
     parts.model.eval()
-    provenance = {**data.provenance, "skipped_at_load": len(progress.skipped_ids),
-                  "skipped_at_load_examples": progress.skipped_ids[:10], "split_manifest": SPLIT_MANIFEST_FILE}
-    metadata = metadata_for(cfg.architecture, parts.labels, input_size=parts.spec.input_size, resize=cfg.resize,
-                            dropout=cfg.dropout, data=provenance, training=_recipe(parts, state))
+    provenance = {
+        **data.provenance,
+        "skipped_at_load": len(progress.skipped_ids),
+        "skipped_at_load_examples": progress.skipped_ids[:10],
+        "split_manifest": SPLIT_MANIFEST_FILE,
+    }
+    metadata = metadata_for(
+        cfg.architecture,
+        parts.labels,
+        input_size=parts.spec.input_size,
+        resize=cfg.resize,
+        dropout=cfg.dropout,
+        data=provenance,
+        training=_recipe(parts, state),
+    )
     best_entry = next((e for e in progress.history if e[names.EPOCH] == progress.best_epoch), {})
-    metrics: dict[str, Any] = {"best_epoch": progress.best_epoch,
-                               "val": {k: v for k, v in best_entry.items() if k.startswith("val_")}}
+    metrics: dict[str, Any] = {
+        "best_epoch": progress.best_epoch,
+        "val": {k: v for k, v in best_entry.items() if k.startswith("val_")},
+    }
     test_metrics = None
     if data.split.test:
-        test_metrics = evaluate_model(parts.model, metadata, data.split.test, batch_size=cfg.effective_eval_batch_size,
-                                      tta_flip=cfg.tta_flip, num_workers=parts.num_workers, device=parts.ctx.device)
+        test_metrics = evaluate_model(
+            parts.model,
+            metadata,
+            data.split.test,
+            batch_size=cfg.effective_eval_batch_size,
+            tta_flip=cfg.tta_flip,
+            num_workers=parts.num_workers,
+            device=parts.ctx.device,
+        )
         metrics["test"] = test_metrics
         log(format_test_line(test_metrics))
     else:
@@ -515,11 +667,16 @@ def write_outputs(parts: RunParts, state: RunState, paths: RunPaths, seconds: fl
     metadata = metadata.model_copy(update={"metrics": metrics})
     model_dir = paths.model_dir
     save_artifact(model_dir, parts.model, metadata)
-    write_split_manifest(model_dir / SPLIT_MANIFEST_FILE, data.split,
-                         extra={"labels": parts.labels, "channels": data.provenance["channels"]})
+    write_split_manifest(
+        model_dir / SPLIT_MANIFEST_FILE,
+        data.split,
+        extra={"labels": parts.labels, "channels": data.provenance["channels"]},
+    )
     atomic_write_json(model_dir / HISTORY_FILE, progress.history)
-    atomic_write_json(paths.output_data_dir / METRICS_FILE,
-                      {**metrics, "history": progress.history, "data": provenance, "train_seconds": round(seconds, 1)})
+    atomic_write_json(
+        paths.output_data_dir / METRICS_FILE,
+        {**metrics, "history": progress.history, "data": provenance, "train_seconds": round(seconds, 1)},
+    )
     log(f"model_saved: {model_dir} metrics: {paths.output_data_dir / METRICS_FILE}")
     return RunResult("completed", progress.epoch, progress.best_epoch, progress.history, test_metrics, model_dir)
 

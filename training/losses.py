@@ -19,8 +19,13 @@ from torch import nn
 
 
 class CountLoss(nn.Module):
-    def __init__(self, class_values: Sequence[float], label_smoothing: float = 0.0,
-                 class_weights: torch.Tensor | None = None, ordinal_weight: float = 0.0):
+    def __init__(
+        self,
+        class_values: Sequence[float],
+        label_smoothing: float = 0.0,
+        class_weights: torch.Tensor | None = None,
+        ordinal_weight: float = 0.0,
+    ):
         super().__init__()
         if class_weights is not None and len(class_weights) != len(class_values):
             raise ValueError(f"{len(class_weights)} class weights for {len(class_values)} classes")
@@ -44,8 +49,10 @@ class CountLoss(nn.Module):
         return loss
 
     def extra_repr(self) -> str:
-        return (f"classes={len(self.values)}, label_smoothing={self.label_smoothing}, "
-                f"ordinal_weight={self.ordinal_weight}, weighted={self.weights is not None}")
+        return (
+            f"classes={len(self.values)}, label_smoothing={self.label_smoothing}, "
+            f"ordinal_weight={self.ordinal_weight}, weighted={self.weights is not None}"
+        )
 
 
 def class_weights(counts: Sequence[int], power: float = 1.0) -> torch.Tensor:

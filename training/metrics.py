@@ -25,8 +25,9 @@ def _as_long(values: torch.Tensor | Sequence[int], name: str) -> torch.Tensor:
     return tensor.long()
 
 
-def confusion_matrix(predictions: torch.Tensor | Sequence[int], labels: torch.Tensor | Sequence[int],
-                     num_classes: int) -> torch.Tensor:
+def confusion_matrix(
+    predictions: torch.Tensor | Sequence[int], labels: torch.Tensor | Sequence[int], num_classes: int
+) -> torch.Tensor:
     """``[num_classes, num_classes]`` counts: row = true class, column = predicted class."""
     predictions, labels = _as_long(predictions, "predictions"), _as_long(labels, "labels")
     if predictions.shape != labels.shape:
@@ -42,8 +43,12 @@ def _ratio(num: float, den: float) -> float:
     return num / den if den else 0.0
 
 
-def compute_metrics(predictions: torch.Tensor | Sequence[int], labels: torch.Tensor | Sequence[int],
-                    class_values: Sequence[float], class_names: Sequence[str] | None = None) -> dict[str, Any]:
+def compute_metrics(
+    predictions: torch.Tensor | Sequence[int],
+    labels: torch.Tensor | Sequence[int],
+    class_values: Sequence[float],
+    class_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """All metrics as a JSON-ready dict (floats, lists, dicts keyed by class name).
 
     ``class_values[i]`` is the count of class ``i``; ``class_names`` default to those values.
@@ -62,8 +67,8 @@ def compute_metrics(predictions: torch.Tensor | Sequence[int], labels: torch.Ten
     error = values[predictions] - values[labels]
     correct = int(matrix.diag().sum())
 
-    support = matrix.sum(1).tolist()       # true samples per class
-    predicted = matrix.sum(0).tolist()     # predictions per class
+    support = matrix.sum(1).tolist()  # true samples per class
+    predicted = matrix.sum(0).tolist()  # predictions per class
     diag = matrix.diag().tolist()
     precision = [_ratio(diag[c], predicted[c]) for c in range(num_classes)]
     recall = [_ratio(diag[c], support[c]) for c in range(num_classes)]
@@ -73,7 +78,7 @@ def compute_metrics(predictions: torch.Tensor | Sequence[int], labels: torch.Ten
     return {
         "n": n,
         "accuracy": correct / n,
-        "rmse": math.sqrt(float((error ** 2).mean())),
+        "rmse": math.sqrt(float((error**2).mean())),
         "mae": float(error.abs().mean()),
         "off_by_one_accuracy": float((error.abs() <= 1).double().mean()),
         "macro_precision": sum(precision[c] for c in active) / len(active),
@@ -88,8 +93,9 @@ def compute_metrics(predictions: torch.Tensor | Sequence[int], labels: torch.Ten
     }
 
 
-def counts_task_metrics(probs: torch.Tensor, labels: torch.Tensor | Sequence[int], class_values: Sequence[float],
-                        class_names: Sequence[str]) -> dict[str, Any] | None:
+def counts_task_metrics(
+    probs: torch.Tensor, labels: torch.Tensor | Sequence[int], class_values: Sequence[float], class_names: Sequence[str]
+) -> dict[str, Any] | None:
     """The ABID challenge's task for a model with an overflow class ("6+"): only the bins holding
     0..N, each answered with the most probable of the classes 0..N. ``None`` without an overflow class
     (then the ordinary metrics are that task already)."""
@@ -100,8 +106,9 @@ def counts_task_metrics(probs: torch.Tensor, labels: torch.Tensor | Sequence[int
     in_range = labels < n_counts
     if not bool(in_range.any()):
         return None
-    return compute_metrics(probs[in_range][:, :n_counts].argmax(1), labels[in_range], class_values[:n_counts],
-                           class_names[:n_counts])
+    return compute_metrics(
+        probs[in_range][:, :n_counts].argmax(1), labels[in_range], class_values[:n_counts], class_names[:n_counts]
+    )
 
 
 def scalar_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:

@@ -54,12 +54,14 @@ def param_groups(model: nn.Module, arch: Architecture, config: TrainConfig) -> l
         groups.setdefault(key, []).append(param)
     result = []
     for (head, decay), params in sorted(groups.items(), reverse=True):  # head groups first
-        result.append({
-            "params": params,
-            "lr": config.lr if head else config.lr * config.backbone_lr_mult,
-            "weight_decay": config.weight_decay if decay else 0.0,
-            "name": f"{'head' if head else 'backbone'}{'' if decay else '_no_decay'}",
-        })
+        result.append(
+            {
+                "params": params,
+                "lr": config.lr if head else config.lr * config.backbone_lr_mult,
+                "weight_decay": config.weight_decay if decay else 0.0,
+                "name": f"{'head' if head else 'backbone'}{'' if decay else '_no_decay'}",
+            }
+        )
     return result
 
 
@@ -79,8 +81,9 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
-                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup then cosine (or constant), stepped once per optimiser step."""
     total = config.epochs * steps_per_epoch
     warmup = min(total, round(config.warmup_epochs * steps_per_epoch))

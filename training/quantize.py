@@ -70,8 +70,9 @@ class QuantizeConfig(BaseModel):
     calibration_part: Literal["train", "val"] = Field("train", description="Manifest part the ranges come from.")
     calibration_images: int = Field(256, ge=1, le=100_000, description="Photos (a seeded sample) to calibrate on.")
     method: Literal["minmax", "percentile", "entropy"] = Field("minmax", description="Calibration method.")
-    eval_part: Literal["train", "val", "test"] = Field("test", description="Manifest part the accuracy change is "
-                                                                           "measured on.")
+    eval_part: Literal["train", "val", "test"] = Field(
+        "test", description="Manifest part the accuracy change is measured on."
+    )
     eval_limit: int | None = Field(None, ge=1, description="Evaluate a seeded sample of this many bins.")
     tta_flip: bool = Field(False, description="Evaluate with flip test-time augmentation (serving does not).")
     batch_size: int = Field(32, ge=1, le=1024)
@@ -84,14 +85,23 @@ class QuantizeConfig(BaseModel):
         if self.split_manifest is None:
             self.split_manifest = self.model_dir / "split.json"
         if self.eval_part == self.calibration_part:
-            raise ValueError(f"the accuracy change must be measured on other photos than the calibration's "
-                             f"(both are {self.eval_part!r})")
+            raise ValueError(
+                f"the accuracy change must be measured on other photos than the calibration's "
+                f"(both are {self.eval_part!r})"
+            )
         return self
 
 
 def _items(cfg: QuantizeConfig, metadata: ModelMetadata, part: str, limit: int | None, log: Log):
-    evaluate_cfg = EvaluateConfig(model_dir=cfg.model_dir, data_dir=cfg.data_dir, split_manifest=cfg.split_manifest,
-                                  part=part, limit=limit, seed=cfg.seed, batch_size=cfg.batch_size)
+    evaluate_cfg = EvaluateConfig(
+        model_dir=cfg.model_dir,
+        data_dir=cfg.data_dir,
+        split_manifest=cfg.split_manifest,
+        part=part,
+        limit=limit,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+    )
     return select_items(evaluate_cfg, metadata, log)
 
 
@@ -99,8 +109,12 @@ class PhotoBatches:
     """onnxruntime's calibration reader: the photos through the serving preprocessing, ``batch_size`` at a time."""
 
     def __init__(self, paths: Sequence[Path], metadata: ModelMetadata, input_name: str, batch_size: int) -> None:
-        self.paths, self.spec, self.input_name, self.batch_size = list(paths), metadata.preprocess_spec(), \
-            input_name, batch_size
+        self.paths, self.spec, self.input_name, self.batch_size = (
+            list(paths),
+            metadata.preprocess_spec(),
+            input_name,
+            batch_size,
+        )
         self.used = 0
         self._batches: Iterator[dict] = iter(())
         self.rewind()
@@ -108,7 +122,7 @@ class PhotoBatches:
     def _generate(self) -> Iterator[dict]:
         for start in range(0, len(self.paths), self.batch_size):
             tensors = []
-            for path in self.paths[start:start + self.batch_size]:
+            for path in self.paths[start : start + self.batch_size]:
                 try:
                     tensors.append(preprocess_bytes(Path(path).read_bytes(), self.spec))
                 except (OSError, ImageDecodeError):
@@ -130,22 +144,36 @@ def quantize_graph(fp32_path: Path, int8_path: Path, reader: PhotoBatches, metho
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-               "entropy": CalibrationMethod.Entropy}
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
     prepared = int8_path.with_name(int8_path.stem + ".prep.onnx")
     # Shape inference and graph optimisation first, as onnxruntime recommends for static quantization.
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
-    quantize_static(str(prepared), str(int8_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=methods[method])
+    quantize_static(
+        str(prepared),
+        str(int8_path),
+        reader,
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=methods[method],
+    )
 
 
 def _summary(metrics: dict[str, Any], task_key: str) -> dict[str, Any]:
-    out = {key: metrics[key] for key in ("n", "accuracy", "rmse", "mae", "off_by_one_accuracy", "loss")
-           if key in metrics}
+    out = {
+        key: metrics[key] for key in ("n", "accuracy", "rmse", "mae", "off_by_one_accuracy", "loss") if key in metrics
+    }
     if task_key in metrics:
-        out[task_key] = {key: metrics[task_key][key] for key in ("n", "accuracy", "rmse", "off_by_one_accuracy")
-                         if key in metrics[task_key]}
+        out[task_key] = {
+            key: metrics[task_key][key]
+            for key in ("n", "accuracy", "rmse", "off_by_one_accuracy")
+            if key in metrics[task_key]
+        }
     return out
 
 
@@ -159,8 +187,10 @@ def run(cfg: QuantizeConfig, log: Log = _print) -> dict[str, Any]:
     if version is None:
         raise RuntimeUnavailable("quantizing needs onnxruntime (pip install onnxruntime onnx)")
     if not cfg.split_manifest.is_file():
-        raise ValueError(f"{cfg.split_manifest} does not exist: calibration needs the training part and the "
-                         "accuracy change the test part of the model's split (pass --split-manifest)")
+        raise ValueError(
+            f"{cfg.split_manifest} does not exist: calibration needs the training part and the "
+            "accuracy change the test part of the model's split (pass --split-manifest)"
+        )
     start = time.monotonic()
     artifact = load_artifact(cfg.model_dir)
     metadata = artifact.metadata
@@ -171,8 +201,10 @@ def run(cfg: QuantizeConfig, log: Log = _print) -> dict[str, Any]:
     weights_sha256 = file_sha256(cfg.model_dir / WEIGHTS_FILE)
     calibration, calibration_info = _items(cfg, metadata, cfg.calibration_part, cfg.calibration_images, log)
     evaluation, evaluation_info = _items(cfg, metadata, cfg.eval_part, cfg.eval_limit, log)
-    log(f"quantize_model: {cfg.model_dir} architecture: {metadata.architecture} input_size: {metadata.input_size} "
-        f"calibration_images: {len(calibration)} eval_images: {len(evaluation)} onnxruntime: {version}")
+    log(
+        f"quantize_model: {cfg.model_dir} architecture: {metadata.architecture} input_size: {metadata.input_size} "
+        f"calibration_images: {len(calibration)} eval_images: {len(evaluation)} onnxruntime: {version}"
+    )
     with tempfile.TemporaryDirectory(prefix="binsight-quantize-") as tmp:
         work = Path(tmp)
         fp32_path, int8_path = work / "model.onnx", work / INT8_GRAPH_FILE
@@ -183,8 +215,9 @@ def run(cfg: QuantizeConfig, log: Log = _print) -> dict[str, Any]:
         reader.rewind()
         with torch.inference_mode():
             reference = torch.softmax(artifact.model(torch.from_numpy(check)).float(), 1)
-            check_parity(reference, torch.softmax(fp32(torch.from_numpy(check)).float(), 1), FP32_TOLERANCE,
-                         argmax=True)
+            check_parity(
+                reference, torch.softmax(fp32(torch.from_numpy(check)).float(), 1), FP32_TOLERANCE, argmax=True
+            )
         quantize_started = time.monotonic()
         quantize_graph(fp32_path, int8_path, reader, cfg.method)
         quantize_s = time.monotonic() - quantize_started
@@ -193,12 +226,21 @@ def run(cfg: QuantizeConfig, log: Log = _print) -> dict[str, Any]:
         results = {}
         for name, module in (("fp32", fp32), ("int8", int8)):
             started = time.monotonic()
-            metrics = evaluate_model(module, metadata, evaluation, batch_size=cfg.batch_size, tta_flip=cfg.tta_flip,
-                                     device="cpu", return_predictions=True)
+            metrics = evaluate_model(
+                module,
+                metadata,
+                evaluation,
+                batch_size=cfg.batch_size,
+                tta_flip=cfg.tta_flip,
+                device="cpu",
+                return_predictions=True,
+            )
             results[name] = metrics
-            log(f"quantize_eval: graph: {name} part: {cfg.eval_part} n: {metrics['n']} "
+            log(
+                f"quantize_eval: graph: {name} part: {cfg.eval_part} n: {metrics['n']} "
                 f"accuracy: {metrics['accuracy']:.4f} rmse: {metrics['rmse']:.4f} "
-                f"seconds: {time.monotonic() - started:.1f}")
+                f"seconds: {time.monotonic() - started:.1f}"
+            )
         int8_bytes, int8_sha256 = int8_path.read_bytes(), file_sha256(int8_path)
     task_key = counts_task_key(metadata.labels)
     fp32_predicted = {p["id"]: p["predicted"] for p in results["fp32"].pop("predictions")}
@@ -214,10 +256,17 @@ def run(cfg: QuantizeConfig, log: Log = _print) -> dict[str, Any]:
         "onnxruntime": version,
         "torch": torch.__version__,
         "format": "QDQ, per-channel int8 weights, uint8 activations",
-        "calibration": {"part": cfg.calibration_part, "images": reader.used, "method": cfg.method,
-                        "seed": cfg.seed, "split_manifest": str(cfg.split_manifest)},
+        "calibration": {
+            "part": cfg.calibration_part,
+            "images": reader.used,
+            "method": cfg.method,
+            "seed": cfg.seed,
+            "split_manifest": str(cfg.split_manifest),
+        },
         "evaluation": {
-            "part": cfg.eval_part, "n": results["int8"]["n"], "tta_flip": cfg.tta_flip,
+            "part": cfg.eval_part,
+            "n": results["int8"]["n"],
+            "tta_flip": cfg.tta_flip,
             "fp32": _summary(results["fp32"], task_key),
             "int8": _summary(results["int8"], task_key),
             "accuracy_change_points": change,
@@ -227,11 +276,17 @@ def run(cfg: QuantizeConfig, log: Log = _print) -> dict[str, Any]:
     }
     if task_key in results["fp32"] and task_key in results["int8"]:
         record["evaluation"][f"{task_key}_accuracy_change_points"] = _points(
-            results["int8"][task_key]["accuracy"], results["fp32"][task_key]["accuracy"])
-    log(f"quantize_accuracy_change_points: {change:+.2f} same_prediction_share: "
+            results["int8"][task_key]["accuracy"], results["fp32"][task_key]["accuracy"]
+        )
+    log(
+        f"quantize_accuracy_change_points: {change:+.2f} same_prediction_share: "
         f"{record['evaluation']['same_prediction_share']:.4f}"
-        + (f" {task_key}_change_points: {record['evaluation'][f'{task_key}_accuracy_change_points']:+.2f}"
-           if f"{task_key}_accuracy_change_points" in record["evaluation"] else ""))
+        + (
+            f" {task_key}_change_points: {record['evaluation'][f'{task_key}_accuracy_change_points']:+.2f}"
+            if f"{task_key}_accuracy_change_points" in record["evaluation"]
+            else ""
+        )
+    )
     if not cfg.dry_run:
         atomic_write(cfg.model_dir / INT8_GRAPH_FILE, int8_bytes)
         write_record(cfg.model_dir, record)
@@ -271,8 +326,11 @@ def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | No
     try:
         return QuantizeConfig.model_validate(values)
     except ValidationError as exc:
-        parser.error("; ".join(f"--{'.'.join(map(str, e['loc'])).replace('_', '-') or 'options'}: {e['msg']}"
-                               for e in exc.errors()))
+        parser.error(
+            "; ".join(
+                f"--{'.'.join(map(str, e['loc'])).replace('_', '-') or 'options'}: {e['msg']}" for e in exc.errors()
+            )
+        )
         raise  # unreachable: parser.error exits
 
 

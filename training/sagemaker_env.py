@@ -73,8 +73,9 @@ def path_variables(name: str) -> tuple[str, ...]:
     return (own,) if sagemaker is None else (own, sagemaker)
 
 
-def resolve_paths(overrides: Mapping[str, str | os.PathLike | None] | None = None,
-                  environ: Mapping[str, str] | None = None) -> RunPaths:
+def resolve_paths(
+    overrides: Mapping[str, str | os.PathLike | None] | None = None, environ: Mapping[str, str] | None = None
+) -> RunPaths:
     """All paths of a run. ``overrides`` keys are :class:`RunPaths` field names (plus ``root``).
 
     The validation and test channels are optional: a default location that does not exist gives
@@ -141,8 +142,9 @@ def read_resource_config(path: str | os.PathLike) -> ResourceConfig:
         raise SageMakerEnvError(f"{path}: 'hosts' repeats a name: {hosts!r}")
     if current not in hosts:
         raise SageMakerEnvError(f"{path}: current_host {current!r} is not in hosts {hosts!r}")
-    return ResourceConfig(current_host=current, hosts=tuple(hosts),
-                          network_interface_name=raw.get("network_interface_name"))
+    return ResourceConfig(
+        current_host=current, hosts=tuple(hosts), network_interface_name=raw.get("network_interface_name")
+    )
 
 
 def write_failure(path: str | os.PathLike, message: str) -> None:

@@ -31,13 +31,25 @@ TUNING_OBJECTIVE_KEY = "_tuning_objective_metric"
 #: The ``sagemaker_`` keys the SDK 2.257 source writes into a job's hyperparameters (for the record and the
 #: tests; the rule is the prefix, so keys a later SDK adds are ignored too).
 SDK_KEYS = (
-    "sagemaker_program", "sagemaker_submit_directory", "sagemaker_container_log_level", "sagemaker_job_name",
-    "sagemaker_region", "sagemaker_enable_cloudwatch_metrics", "sagemaker_s3_output",
-    "sagemaker_estimator_class_name", "sagemaker_estimator_module", "sagemaker_instance_type",
-    "sagemaker_mpi_enabled", "sagemaker_mpi_num_of_processes_per_host", "sagemaker_mpi_custom_mpi_options",
-    "sagemaker_parameter_server_enabled", "sagemaker_distributed_dataparallel_enabled",
-    "sagemaker_distributed_dataparallel_custom_mpi_options", "sagemaker_torch_distributed_enabled",
-    "sagemaker_pytorch_xla_multi_worker_enabled", "sagemaker_training_compiler_enabled",
+    "sagemaker_program",
+    "sagemaker_submit_directory",
+    "sagemaker_container_log_level",
+    "sagemaker_job_name",
+    "sagemaker_region",
+    "sagemaker_enable_cloudwatch_metrics",
+    "sagemaker_s3_output",
+    "sagemaker_estimator_class_name",
+    "sagemaker_estimator_module",
+    "sagemaker_instance_type",
+    "sagemaker_mpi_enabled",
+    "sagemaker_mpi_num_of_processes_per_host",
+    "sagemaker_mpi_custom_mpi_options",
+    "sagemaker_parameter_server_enabled",
+    "sagemaker_distributed_dataparallel_enabled",
+    "sagemaker_distributed_dataparallel_custom_mpi_options",
+    "sagemaker_torch_distributed_enabled",
+    "sagemaker_pytorch_xla_multi_worker_enabled",
+    "sagemaker_training_compiler_enabled",
     "sagemaker_network_interface_name",
 )
 
@@ -64,8 +76,11 @@ class PlatformHyperparameters:
     def from_values(cls, values: Mapping[str, Any]) -> PlatformHyperparameters:
         platform = {str(k): str(v) for k, v in values.items() if isinstance(k, str) and is_platform_key(k)}
         objective = platform.get(TUNING_OBJECTIVE_KEY)
-        return cls(ignored=tuple(sorted(platform)), tuning_objective=_unquoted(objective) if objective else None,
-                   values=platform)
+        return cls(
+            ignored=tuple(sorted(platform)),
+            tuning_objective=_unquoted(objective) if objective else None,
+            values=platform,
+        )
 
 
 def printed_metrics(*, has_validation: bool, has_test: bool, step_lines: bool) -> tuple[str, ...]:
@@ -83,12 +98,16 @@ def objective_warning(objective: str, printed: tuple[str, ...]) -> str | None:
     if objective in printed:
         return None
     if objective in CHARTED:
-        return (f"tuning objective {objective!r} is one of binsight's metrics, but this run does not print it "
-                f"(no {'validation' if objective.startswith('val_') else 'test'} data or no step lines); "
-                f"the tuning job will get no objective value from this job. Printed: {', '.join(printed)}")
-    return (f"tuning objective {objective!r} is not a metric binsight prints, so the tuning job will get no "
-            f"objective value from this job; tune one of: {', '.join(printed)} (binsight-aws tune uses "
-            "val_acc and registers a metric definition for each)")
+        return (
+            f"tuning objective {objective!r} is one of binsight's metrics, but this run does not print it "
+            f"(no {'validation' if objective.startswith('val_') else 'test'} data or no step lines); "
+            f"the tuning job will get no objective value from this job. Printed: {', '.join(printed)}"
+        )
+    return (
+        f"tuning objective {objective!r} is not a metric binsight prints, so the tuning job will get no "
+        f"objective value from this job; tune one of: {', '.join(printed)} (binsight-aws tune uses "
+        "val_acc and registers a metric definition for each)"
+    )
 
 
 def log_lines(platform: PlatformHyperparameters, printed: tuple[str, ...]) -> list[str]:

@@ -19,9 +19,11 @@ JOB_VARIABLES = ("TRAINING_JOB_NAME", "TRAINING_JOB_ARN")
 
 def printed_by(config: TrainConfig, paths: RunPaths) -> tuple[str, ...]:
     """The charted metrics this run will print, from its config and channels."""
-    return printed_metrics(has_validation=paths.validation is not None or config.val_fraction > 0,
-                           has_test=paths.test is not None or config.test_fraction > 0,
-                           step_lines=config.log_every_steps > 0)
+    return printed_metrics(
+        has_validation=paths.validation is not None or config.val_fraction > 0,
+        has_test=paths.test is not None or config.test_fraction > 0,
+        step_lines=config.log_every_steps > 0,
+    )
 
 
 def job_lines(config: TrainConfig, paths: RunPaths, environ: Mapping[str, str] | None = None) -> list[str]:
@@ -31,6 +33,7 @@ def job_lines(config: TrainConfig, paths: RunPaths, environ: Mapping[str, str] |
     platform = PlatformHyperparameters.from_values(read_hyperparameters_file(paths.hyperparameters))
     lines += log_lines(platform, printed_by(config, paths))
     channels = read_input_data_config(paths.hyperparameters.with_name(FILE_NAME))
-    lines += check_channels(channels, num_hosts=read_resource_config(paths.resource_config).num_hosts,
-                            train_dir_exists=paths.train.is_dir())
+    lines += check_channels(
+        channels, num_hosts=read_resource_config(paths.resource_config).num_hosts, train_dir_exists=paths.train.is_dir()
+    )
     return lines

@@ -66,8 +66,9 @@ def _part_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int,
     return n_val, n_test
 
 
-def stratified_split(items: Sequence[LabelledBin], val_fraction: float = 0.1, test_fraction: float = 0.1,
-                     seed: int = 0) -> Split:
+def stratified_split(
+    items: Sequence[LabelledBin], val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
+) -> Split:
     """Reproducible stratified split: the same ids, fractions and seed always give the same parts.
 
     Each class is sorted by id and shuffled with its own seeded generator, so the result does not
@@ -75,8 +76,10 @@ def stratified_split(items: Sequence[LabelledBin], val_fraction: float = 0.1, te
     least 3 items has at least one in each of val and test (when their fraction is non-zero).
     """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be in [0, 1) "
-                         "and leave something for training")
+        raise ValueError(
+            f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be in [0, 1) "
+            "and leave something for training"
+        )
     _check_unique_ids(items)
     by_class: dict[int, list[LabelledBin]] = defaultdict(list)
     for item in items:
@@ -87,11 +90,17 @@ def stratified_split(items: Sequence[LabelledBin], val_fraction: float = 0.1, te
         random.Random(f"binsight-split:{seed}:{label}").shuffle(members)
         n_val, n_test = _part_sizes(len(members), val_fraction, test_fraction)
         test.extend(members[:n_test])
-        val.extend(members[n_test:n_test + n_val])
-        train.extend(members[n_test + n_val:])
+        val.extend(members[n_test : n_test + n_val])
+        train.extend(members[n_test + n_val :])
     key = lambda item: item.id  # noqa: E731
-    return Split(train=sorted(train, key=key), val=sorted(val, key=key), test=sorted(test, key=key),
-                 seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+    return Split(
+        train=sorted(train, key=key),
+        val=sorted(val, key=key),
+        test=sorted(test, key=key),
+        seed=seed,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+    )
 
 
 @dataclass
@@ -141,10 +150,12 @@ def read_split_manifest(path: str | os.PathLike) -> SplitManifest:
         raise DataError(f"split manifest {path} is not readable JSON: {exc}") from None
     parts = raw.get("parts") if isinstance(raw, dict) else None
     if not isinstance(parts, dict) or not all(
-            isinstance(ids, list) and all(isinstance(i, str) for i in ids) for ids in parts.values()):
+        isinstance(ids, list) and all(isinstance(i, str) for i in ids) for ids in parts.values()
+    ):
         raise DataError(f"split manifest {path} needs 'parts': an object of lists of string ids")
-    return SplitManifest(parts=parts, seed=raw.get("seed"), class_counts=raw.get("class_counts") or {},
-                         extra=raw.get("extra") or {})
+    return SplitManifest(
+        parts=parts, seed=raw.get("seed"), class_counts=raw.get("class_counts") or {}, extra=raw.get("extra") or {}
+    )
 
 
 def select_ids(items: Sequence[T], ids: Sequence[str], strict: bool = True) -> tuple[list[T], list[str]]:
@@ -156,8 +167,10 @@ def select_ids(items: Sequence[T], ids: Sequence[str], strict: bool = True) -> t
     found = [by_id[i] for i in ids if i in by_id]
     missing = [i for i in ids if i not in by_id]
     if missing and strict:
-        raise DataError(f"{len(missing)} of {len(ids)} ids of the split manifest are not in the data "
-                        f"(e.g. {', '.join(missing[:3])}); is it the data the model was trained on?")
+        raise DataError(
+            f"{len(missing)} of {len(ids)} ids of the split manifest are not in the data "
+            f"(e.g. {', '.join(missing[:3])}); is it the data the model was trained on?"
+        )
     return found, missing
 
 

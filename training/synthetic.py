@@ -32,8 +32,9 @@ def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> int:
     return max(0, w) * max(0, h)
 
 
-def _place(rng: random.Random, width: int, height: int, count: int, side: int,
-           tries: int = 300) -> list[tuple[int, int, int, int]]:
+def _place(
+    rng: random.Random, width: int, height: int, count: int, side: int, tries: int = 300
+) -> list[tuple[int, int, int, int]]:
     """Boxes of roughly ``side`` px inside the image, kept apart by a small gap where they fit.
 
     Each box takes the first random position that keeps a gap of ``side // 6`` to the others, or
@@ -123,8 +124,15 @@ def _balanced_counts(rng: random.Random, n: int, num_values: int) -> list[int]:
     return counts
 
 
-def make_synthetic_abid(root: str | Path, n_bins: int, max_count: int = 5, size: int = 128, seed: int = 0,
-                        overflow_extra: int = 0, first_id: int = 1) -> list[BinRecord]:
+def make_synthetic_abid(
+    root: str | Path,
+    n_bins: int,
+    max_count: int = 5,
+    size: int = 128,
+    seed: int = 0,
+    overflow_extra: int = 0,
+    first_id: int = 1,
+) -> list[BinRecord]:
     """Write ``n_bins`` synthetic bins in the ABID layout under ``root``; returns their records.
 
     Counts are balanced over ``0..max_count + overflow_extra`` (``overflow_extra > 0`` makes bins
@@ -146,8 +154,15 @@ def make_synthetic_abid(root: str | Path, n_bins: int, max_count: int = 5, size:
     return records
 
 
-def make_synthetic_folders(root: str | Path, n_images: int, max_count: int = 5, size: int = 128, seed: int = 0,
-                           subdir: str | None = "train", overflow_extra: int = 0) -> list[BinRecord]:
+def make_synthetic_folders(
+    root: str | Path,
+    n_images: int,
+    max_count: int = 5,
+    size: int = 128,
+    seed: int = 0,
+    subdir: str | None = "train",
+    overflow_extra: int = 0,
+) -> list[BinRecord]:
     """Write synthetic bins in the course layout (``<subdir>/<count>/bin_<i>.jpg``); returns their records."""
     root = Path(root)
     base = root / subdir if subdir else root
@@ -179,8 +194,9 @@ def corrupt_file(path: Path, kind: str) -> None:
         raise ValueError(f"unknown corruption {kind!r}; expected one of {', '.join(CORRUPTIONS)}")
 
 
-def corrupt_some(root: str | Path, k: int, seed: int = 0,
-                 kinds: Sequence[str] = ("truncated", "text")) -> list[tuple[Path, str]]:
+def corrupt_some(
+    root: str | Path, k: int, seed: int = 0, kinds: Sequence[str] = ("truncated", "text")
+) -> list[tuple[Path, str]]:
     """Corrupt ``k`` images under ``root`` (chosen with ``seed``), cycling through ``kinds``.
 
     Returns ``(path, kind)`` for each damaged file. A truncated JPEG passes the cheap header check
