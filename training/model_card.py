@@ -87,10 +87,24 @@ def _manual_check_section(check: dict[str, Any] | None) -> list[str]:
         "|---|---:|---:|",
         *[f"| {case.replace('_', ' ')} | {r['n']} | {_pct(r['flag_rate'])} |" for case, r in rates.items()],
         "",
+        *_serving_defaults_lines(check),
         "Bins holding more than the last count are one class (`6+`), so a wrong quantity above it is not caught.",
         "The curve below moves the probability threshold (the confidence threshold fixed):",
         "",
         "![Flag rates on held-out test bins](manual_check.png)",
+        "",
+    ]
+
+
+def _serving_defaults_lines(check: dict[str, Any]) -> list[str]:
+    at, d = check.get("test_at_serving_defaults"), check.get("serving_defaults")
+    if not at or not d:
+        return []
+    rates = ", ".join(f"{case.replace('_', ' ')} {_pct(r['flag_rate'])}" for case, r in at.items())
+    return [
+        f"With `serve`'s defaults instead (confidence {d['min_confidence']:.2f}, probability of the expected quantity "
+        f"{d['min_expected_probability']:.2f}; they also flag photos sent without an expected quantity when the "
+        f"model is unsure) the flag fires for: {rates}.",
         "",
     ]
 

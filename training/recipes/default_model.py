@@ -310,6 +310,14 @@ def evaluate_served(model: torch.nn.Module, metadata, items: list[LabelledBin], 
     return report
 
 
+def serving_defaults() -> tuple[float, float]:
+    """``serve``'s default manual-check thresholds (confidence, probability of the expected quantity)."""
+    from service.settings import ServeSettings
+
+    fields = ServeSettings.model_fields
+    return fields["manual_check_confidence"].default, fields["manual_check_expected_probability"].default
+
+
 def run(cfg: RecipeConfig) -> Path:
     from training.evaluate import write_plots
     from training.model_card import write_model_card
@@ -357,6 +365,7 @@ def run(cfg: RecipeConfig) -> Path:
             thresholds["min_expected_probability"],
         ),
         "curve": verification.flag_curve(test_probs, test_counts, metadata.labels, thresholds["min_confidence"]),
+        "at_serving_defaults": verification.flag_rates(test_probs, test_counts, metadata.labels, *serving_defaults()),
     }
     log(
         manual_check_min_confidence=thresholds["min_confidence"],
@@ -369,7 +378,12 @@ def run(cfg: RecipeConfig) -> Path:
         **{f"test_{k}": v for k, v in report["served"].items() if k != "all"},
         **({"test_full_size_photos": report["served_full_size_photos"]} if "served_full_size_photos" in report else {}),
         "validation": selected.val,
-        "manual_check": {"thresholds": thresholds, "test": check["test"]},
+        "manual_check": {
+            "thresholds": thresholds,
+            "test": check["test"],
+            "serving_defaults": dict(zip(("min_confidence", "min_expected_probability"), serving_defaults())),
+            "test_at_serving_defaults": check["at_serving_defaults"],
+        },
         "evaluation": "held-out test split, JPEG bytes through the serving preprocessing, no test-time augmentation",
     }
     metadata.data = {
