@@ -209,3 +209,10 @@ def test_bad_options_are_clear_errors(capsys, tmp_path):
     with pytest.raises(SystemExit) as exited:
         sweep.main(["--data-dir", str(tmp_path), "--variant", "seed=3"])
     assert exited.value.code == 2 and "use --base" in capsys.readouterr().err
+
+
+def test_options_come_from_the_command_line_and_the_environment(tmp_path):
+    environ = {"BINSIGHT_RECIPE_EPOCHS": "3", "BINSIGHT_RECIPE_AUGMENT": "orig,vflip", "BINSIGHT_RECIPE_LR": ""}
+    cfg = default_model.parse_args(["--data-dir", str(tmp_path), "--final-fit", "--lr", "0.001"], environ)
+    assert cfg.epochs == 3 and cfg.augment == ("orig", "vflip") and cfg.final_fit and cfg.lr == 0.001
+    assert default_model.parse_args(["--data-dir", str(tmp_path), "--epochs", "2"], environ).epochs == 2

@@ -29,12 +29,13 @@ import json
 import random
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from service.architectures import LITE_VARIANTS, build_model, get_architecture
 from service.artifact import load_artifact, metadata_for, save_artifact
@@ -75,7 +76,9 @@ class RecipeConfig(BaseModel):
     ordinal_weight: float = Field(0.1, ge=0, description="weight of the squared error of the expected count")
     dropout: float = Field(0.3, ge=0, lt=1)
     feature_dropout: float = Field(0.2, ge=0, lt=1, description="channel dropout on the cached feature maps")
-    augment: tuple[Variant, ...] = ("orig", "hflip", "vflip", "rot180")
+    augment: tuple[Variant, ...] = Field(
+        ("orig", "hflip", "vflip", "rot180"), description=f"comma-separated, of: {','.join(VARIANTS)}"
+    )
     tune_decision: bool = True
     final_fit: bool = False
     train_fraction: float = Field(1.0, gt=0, le=1, description="use this share of the training bins (learning curve)")
@@ -85,6 +88,11 @@ class RecipeConfig(BaseModel):
     threads: int = Field(2, ge=1)
     feature_runtime: Runtime = "auto"
     limit: int | None = Field(None, ge=20, description="use only this many bins (quick checks)")
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _consistent(self) -> "RecipeConfig":
@@ -444,35 +452,39 @@ def recipe_command(cfg: RecipeConfig) -> str:
     return " ".join(parts)
 
 
-def parse_args(argv: list[str] | None = None) -> RecipeConfig:
+#: ``BINSIGHT_RECIPE_<OPTION>`` sets any option of the recipe (the command line wins).
+ENV_PREFIX = "BINSIGHT_RECIPE_"
+
+
+def parse_args(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> RecipeConfig:
+    """The recipe's config from ``--options`` and ``BINSIGHT_RECIPE_*`` variables (:mod:`service.options`)."""
     import argparse
+    import os
+
+    from service.options import add_options, cli_values, load_options
 
     parser = argparse.ArgumentParser(
         prog="python -m training.recipes.default_model",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    for name, field in RecipeConfig.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        if field.annotation is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        elif name == "augment":
-            parser.add_argument(flag, default=None, help=f"comma-separated, of: {','.join(VARIANTS)}")
-        else:
-            parser.add_argument(flag, default=None, help=(field.description or "").replace("%", "%%"))
-    args = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-    if "augment" in args:
-        args["augment"] = tuple(a for a in args["augment"].split(",") if a)
-    return RecipeConfig(**args)
+    add_options(parser, RecipeConfig, ENV_PREFIX)
+    args = parser.parse_args(argv)
+    return load_options(
+        RecipeConfig, cli_values(args, RecipeConfig), ENV_PREFIX, os.environ if environ is None else environ
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
+    from service.options import error_lines
+
     try:
         cfg = parse_args(argv)
-    except ValidationError as exc:  # print the message, not a traceback
-        print(f"error: {exc}", file=sys.stderr)
+    except ValidationError as exc:  # one line per problem, not a traceback
+        for line in error_lines(exc, env_prefix=ENV_PREFIX):
+            print(f"error: {line}", file=sys.stderr)
         return 2
     run(cfg)
     return 0
