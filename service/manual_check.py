@@ -2,8 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from service.predictor import Prediction
 from service.schemas import PhotoResult
+
+#: Thresholds used when neither the settings nor the model's metadata give one.
+FALLBACK_THRESHOLD = 0.5
+
+
+def thresholds(
+    min_confidence: float | None, min_expected_probability: float | None, model_metrics: Mapping[str, Any]
+) -> tuple[float, float]:
+    """The thresholds in force: a configured value wins, then the model's recommendation, then 0.5.
+
+    A model trained by ``training.recipes.default_model`` records in ``model.json``
+    (``metrics.manual_check.thresholds``) the thresholds chosen on its validation split; they fit that
+    model's calibration, which a fixed number cannot (0.5 flags most photos of a model that is right
+    on 43% of bins).
+    """
+    recommended = (model_metrics.get("manual_check") or {}).get("thresholds") or {}
+
+    def pick(configured: float | None, key: str) -> float:
+        if configured is not None:
+            return configured
+        value = recommended.get(key)
+        return float(value) if isinstance(value, (int, float)) and 0 <= value <= 1 else FALLBACK_THRESHOLD
+
+    return pick(min_confidence, "min_confidence"), pick(min_expected_probability, "min_expected_probability")
 
 
 def expected_label(labels: list[str], expected_quantity: int) -> str | None:

@@ -12,7 +12,7 @@ from service import codecs
 from service.engine import InferenceEngine
 from service.error_docs import INVOCATIONS_ERRORS, NOT_READY, PING_NOT_READY, PREDICT_ERRORS
 from service.execution_parameters import ExecutionParameters, ExecutionParametersOut
-from service.manual_check import assess, unreadable
+from service.manual_check import assess, thresholds, unreadable
 from service.model_state import ModelState
 from service.predictor import ImageFailure, PredictionResult
 from service.schemas import InvocationResponse, ModelInfo, PingResponse, PredictResponse
@@ -216,6 +216,11 @@ async def predict(
             + "; ".join(f"{f.filename or i}: {r.error}" for i, (f, r) in enumerate(zip(files, results)))
         )
     labels = engine.predictor.metadata.labels
+    min_confidence, min_expected_probability = thresholds(
+        settings.manual_check_confidence,
+        settings.manual_check_expected_probability,
+        engine.predictor.metadata.metrics,
+    )
     photos = [
         unreadable(f.filename, expected_quantity, r.error)
         if isinstance(r, ImageFailure)
@@ -224,8 +229,8 @@ async def predict(
             labels,
             f.filename,
             expected_quantity,
-            settings.manual_check_confidence,
-            settings.manual_check_expected_probability,
+            min_confidence,
+            min_expected_probability,
         )
         for f, r in zip(files, results)
     ]

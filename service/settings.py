@@ -164,14 +164,23 @@ class ServeSettings(BaseModel):
         description="Threads decoding images per worker; 0: the available CPUs divided among the workers (at most 8).",
     )
     max_image_pixels: int = Field(40_000_000, ge=1, description="Larger images are refused (decompression bombs).")
-    manual_check_confidence: float = Field(
-        0.5, ge=0, le=1, description="Below this confidence /predict flags a photo for a manual check."
-    )
-    manual_check_expected_probability: float = Field(
-        0.5,
+    manual_check_confidence: float | None = Field(
+        None,
         ge=0,
         le=1,
-        description=("Below this probability of the expected quantity /predict flags a photo for a manual check."),
+        description=(
+            "Below this confidence /predict flags a photo for a manual check; default: the served model's "
+            "recommended threshold (model.json, chosen on its validation split), else 0.5."
+        ),
+    )
+    manual_check_expected_probability: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description=(
+            "Below this probability of the expected quantity /predict flags a photo for a manual check; default: "
+            "the served model's recommended threshold (model.json), else 0.5."
+        ),
     )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     access_log: bool = Field(True, description="Log one line per request (successful /ping calls are left out).")

@@ -116,7 +116,7 @@ def test_card_leads_with_the_served_answer():
     assert card.index("all bins (served answer) | 2 | **50.0%**") < card.index(
         "ABID challenge protocol, for comparison) | 2 | **100.0%**"
     )
-    assert "| right | 2 | 25.0% |" in card and "recommended 0.20" in card
+    assert "| right | 2 | 25.0% |" in card and "expected quantity is below 0.20" in card
 
 
 @pytest.mark.slow

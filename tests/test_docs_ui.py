@@ -15,6 +15,7 @@ import pytest
 from service.app import create_app
 from service.artifact import metadata_for
 from service.docs_ui import DOCS_CSP
+from service.manual_check import thresholds
 from service.openapi_schema import mark_binary_uploads
 from service.predictor import Predictor
 from service.settings import ModelLocation, ServeSettings
@@ -317,6 +318,9 @@ def test_documented_answers_add_up(openapi: dict) -> None:
     defaults = default_settings()
     assert photo["probability_expected"] == photo["probabilities"][str(photo["expected_quantity"])]
     assert photo["matches_expected"] == (photo["label"] == str(photo["expected_quantity"]))
-    low_confidence = photo["confidence"] < defaults.manual_check_confidence
-    unlikely_quantity = photo["probability_expected"] < defaults.manual_check_expected_probability
+    min_confidence, min_probability = thresholds(
+        defaults.manual_check_confidence, defaults.manual_check_expected_probability, {}
+    )
+    low_confidence = photo["confidence"] < min_confidence
+    unlikely_quantity = photo["probability_expected"] < min_probability
     assert photo["needs_manual_check"] == (low_confidence or unlikely_quantity)

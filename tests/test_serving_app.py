@@ -13,6 +13,7 @@ import torch
 
 from service.app import create_app
 from service.artifact import ArtifactError
+from service.manual_check import thresholds
 from service.predictor import Predictor
 from service.settings import ModelLocation, ServeSettings
 
@@ -446,3 +447,34 @@ async def test_shutdown_while_loading_does_not_wait_for_the_loader(artifact: Pat
         assert (await client.get("/ping")).status_code == 503
     assert time.monotonic() - started < 10
     never.set()
+
+
+def test_manual_check_thresholds_come_from_settings_then_the_model_then_a_fallback() -> None:
+    recommended = {"manual_check": {"thresholds": {"min_confidence": 0.0, "min_expected_probability": 0.15}}}
+    assert thresholds(None, None, recommended) == (0.0, 0.15)
+    assert thresholds(0.3, None, recommended) == (0.3, 0.15)
+    assert thresholds(None, None, {}) == (0.5, 0.5)
+    assert thresholds(None, None, {"manual_check": {"thresholds": {"min_confidence": "high"}}}) == (0.5, 0.5)
+
+
+@pytest.mark.anyio
+async def test_predict_uses_the_models_recommended_thresholds(artifact: Path, predictor: Predictor) -> None:
+    saved = predictor.metadata.metrics
+    predictor.metadata.metrics = {
+        **saved,
+        "manual_check": {"thresholds": {"min_confidence": 0.0, "min_expected_probability": 0.0}},
+    }
+    try:
+        async with client_for(create_app(settings_for(artifact), predictor)) as client:
+            await wait_settled(client)
+            files = [("files", ("bin.jpg", jpeg(1), "image/jpeg"))]
+            photo = (await client.post("/predict", files=files, data={"expected_quantity": "3"})).json()["results"][0]
+            assert not photo["needs_manual_check"] and photo["manual_check_reasons"] == []
+        # a configured threshold still wins over the model's recommendation
+        settings = settings_for(artifact, manual_check_expected_probability=1.0)
+        async with client_for(create_app(settings, predictor)) as client:
+            await wait_settled(client)
+            photo = (await client.post("/predict", files=files, data={"expected_quantity": "3"})).json()["results"][0]
+            assert photo["needs_manual_check"] and len(photo["manual_check_reasons"]) == 1
+    finally:
+        predictor.metadata.metrics = saved

@@ -78,9 +78,10 @@ def _manual_check_section(check: dict[str, Any] | None) -> list[str]:
         "## Verification: does the bin hold what the inventory says?",
         "",
         "`POST /predict` with `expected_quantity` flags a photo for a person when the answer's confidence is below "
-        f"`BINSIGHT_MANUAL_CHECK_CONFIDENCE` (recommended {t['min_confidence']:.2f}) or the probability of the "
-        f"expected quantity is below `BINSIGHT_MANUAL_CHECK_EXPECTED_PROBABILITY` (recommended "
-        f"{t['min_expected_probability']:.2f}). Both were chosen on the validation split ({t['criterion']}). "
+        f"{t['min_confidence']:.2f} or the probability of the expected quantity is below "
+        f"{t['min_expected_probability']:.2f}: this model's thresholds, chosen on the validation split "
+        f"({t['criterion']}), recorded in `model.json` and used by `serve` unless `BINSIGHT_MANUAL_CHECK_CONFIDENCE` "
+        "/ `BINSIGHT_MANUAL_CHECK_EXPECTED_PROBABILITY` say otherwise. "
         "On the held-out test bins, asking with the right quantity and with wrong ones:",
         "",
         "| expected quantity given | questions | flagged for a person |",
@@ -102,9 +103,9 @@ def _serving_defaults_lines(check: dict[str, Any]) -> list[str]:
         return []
     rates = ", ".join(f"{case.replace('_', ' ')} {_pct(r['flag_rate'])}" for case, r in at.items())
     return [
-        f"With `serve`'s defaults instead (confidence {d['min_confidence']:.2f}, probability of the expected quantity "
-        f"{d['min_expected_probability']:.2f}; they also flag photos sent without an expected quantity when the "
-        f"model is unsure) the flag fires for: {rates}.",
+        f"With fixed thresholds instead (confidence {d['min_confidence']:.2f}, probability of the expected quantity "
+        f"{d['min_expected_probability']:.2f}: `serve`'s fallback for a model that records none) the flag fires for: "
+        f"{rates}.",
         "",
     ]
 

@@ -319,11 +319,10 @@ def evaluate_served(model: torch.nn.Module, metadata, items: list[LabelledBin], 
 
 
 def serving_defaults() -> tuple[float, float]:
-    """``serve``'s default manual-check thresholds (confidence, probability of the expected quantity)."""
-    from service.settings import ServeSettings
+    """``serve``'s fallback thresholds, for a model that records none (confidence, expected-quantity probability)."""
+    from service.manual_check import FALLBACK_THRESHOLD
 
-    fields = ServeSettings.model_fields
-    return fields["manual_check_confidence"].default, fields["manual_check_expected_probability"].default
+    return FALLBACK_THRESHOLD, FALLBACK_THRESHOLD
 
 
 def run(cfg: RecipeConfig) -> Path:
@@ -423,7 +422,7 @@ def run(cfg: RecipeConfig) -> Path:
     write_plots(
         out, report["served"]["all"], selected.history, metadata.labels, title="Held-out test bins (served answer)"
     )
-    verification.plot_flag_curve(check["curve"], thresholds, out / "manual_check.png")
+    verification.plot_flag_curve(check["curve"], thresholds, out / "manual_check.png", check["test"])
     write_model_card(out, metadata, recipe_command(cfg))
     load_artifact(out)  # what was written loads
     log(saved=out, wall_time_s=round(time.time() - started), final_fit_epochs=len(flat_history) if cfg.final_fit else 0)

@@ -89,7 +89,9 @@ def flag_curve(
     return rows
 
 
-def plot_flag_curve(curve: list[dict[str, float]], chosen: dict[str, Any], path: Path) -> Path:
+def plot_flag_curve(
+    curve: list[dict[str, float]], chosen: dict[str, Any], path: Path, rates: dict[str, dict[str, float]] | None = None
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,10 +102,14 @@ def plot_flag_curve(curve: list[dict[str, float]], chosen: dict[str, Any], path:
     for case, style in (("off_by_1", "-"), ("off_by_2_or_more", "--")):
         ax.plot(right, [r[case] for r in curve], style, label=f"expected quantity {case.replace('_', ' ')}")
     ax.plot([0, 1], [0, 1], ":", color="grey", label="chance")
-    at = min(curve, key=lambda r: abs(r["min_expected_probability"] - chosen["min_expected_probability"]))
+    if rates is not None:  # the measured point at the chosen thresholds (the curve's grid may not hold it)
+        point = (rates["right"]["flag_rate"], rates["off_by_1"]["flag_rate"])
+    else:
+        at = min(curve, key=lambda r: abs(r["min_expected_probability"] - chosen["min_expected_probability"]))
+        point = (at["right"], at["off_by_1"])
     ax.plot(
-        [at["right"]],
-        [at["off_by_1"]],
+        [point[0]],
+        [point[1]],
         "o",
         color="black",
         label=f"default (p < {chosen['min_expected_probability']:.2f}, conf < {chosen['min_confidence']:.2f})",
