@@ -62,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     probs = served_probabilities(predictor, items)
     seconds = time.time() - started
     figures = headline(served_metrics(probs, labels, meta.class_values, meta.labels))
-    runtime = getattr(predictor, "runtime_info", None) or getattr(predictor, "runtime", "?")
-    print(f"runtime: {getattr(runtime, 'name', runtime)} bins: {len(items)} img_per_s: {len(items) / seconds:.1f}")
+    print(f"runtime: {predictor.runtime.name} bins: {len(items)} img_per_s: {len(items) / seconds:.1f}")
     print(" ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in figures.items()))
     if args.compare_torch:
         reference = Predictor.from_artifact(args.model_dir, runtime="torch", threads=args.threads)

@@ -39,7 +39,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from service.architectures import LITE_VARIANTS, build_model, get_architecture
 from service.artifact import load_artifact, metadata_for, save_artifact
-from service.files import atomic_write
+from service.files import atomic_write_json
 from training.dataset import check_images
 from training.labels import LabelledBin, LabelPolicy, apply_label_policy
 from training.layouts import read_abid
@@ -303,7 +303,7 @@ def photo_is_full_size(item: LabelledBin, size: int) -> bool:
         return max(image.size) > size
 
 
-def evaluate_served(model: torch.nn.Module, metadata, items: list[LabelledBin], size: int) -> dict:
+def evaluate_served(model: torch.nn.Module, metadata, items: list[LabelledBin], size: int) -> tuple[dict, torch.Tensor]:
     """The test figures of what ``/invocations`` answers: JPEG bytes -> serving preprocessing -> argmax."""
     from training.evaluate import predict_items
     from training.recipes.served_metrics import served_metrics, subset
@@ -314,8 +314,7 @@ def evaluate_served(model: torch.nn.Module, metadata, items: list[LabelledBin], 
     if full:
         p, y = subset(probs, labels, ids, full)
         report["served_full_size_photos"] = served_metrics(p, y, metadata.class_values, metadata.labels)
-    report["_probs"], report["_labels"], report["_ids"] = probs, labels, ids
-    return report
+    return report, probs
 
 
 def serving_defaults() -> tuple[float, float]:
@@ -397,8 +396,8 @@ def write_outputs(
     write_split_manifest(
         out / "split.json", bins.split, extra={"seed": cfg.seed, "recipe": "training.recipes.default_model"}
     )
-    atomic_write(out / "history.json", json.dumps(history, indent=2) + "\n")
-    atomic_write(out / "manual_check_curve.json", json.dumps(check["curve"], indent=2) + "\n")
+    atomic_write_json(out / "history.json", history)
+    atomic_write_json(out / "manual_check_curve.json", check["curve"])
     title = "Held-out test bins (served answer)"
     write_plots(out, report["served"]["all"], selected.history, metadata.labels, title=title)
     verification.plot_flag_curve(check["curve"], check["thresholds"], out / "manual_check.png", check["test"])
@@ -426,10 +425,7 @@ def run(cfg: RecipeConfig) -> Path:
     if selected.offsets is not None:
         fold_offsets(model._fc, selected.offsets)
 
-    report = evaluate_served(model, metadata, bins.split.test, cfg.input_size)
-    test_probs = report.pop("_probs")
-    report.pop("_labels")
-    report.pop("_ids")
+    report, test_probs = evaluate_served(model, metadata, bins.split.test, cfg.input_size)
     for name in ("served", "served_full_size_photos"):
         if name in report:
             figures = headline(report[name])

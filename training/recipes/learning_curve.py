@@ -13,7 +13,6 @@ how much data a target would take, not a promise.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 from service.architectures import build_model
-from service.files import atomic_write
+from service.files import atomic_write_json
 from training.recipes.decision import fold_offsets
 from training.recipes.default_model import (
     RecipeConfig,
@@ -107,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         del features
         if selected.offsets is not None:
             fold_offsets(selected.model._fc, selected.offsets)
-        report = evaluate_served(selected.model, recipe_metadata(cfg, bins), bins.split.test, cfg.input_size)
+        report, _ = evaluate_served(selected.model, recipe_metadata(cfg, bins), bins.split.test, cfg.input_size)
         point = {
             "fraction": fraction,
             "train_bins": len(bins.split.train),
@@ -141,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     out = Path(base.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "learning_curve.json", json.dumps(curve, indent=2) + "\n")
+    atomic_write_json(out / "learning_curve.json", curve)
     plot(points, fit, out / "learning_curve.png")
     log(saved=out / "learning_curve.json")
     return 0
