@@ -126,6 +126,122 @@ def _batch(
     return x.float()
 
 
+@dataclass
+class _Progress:
+    """What a checkpoint holds besides the weights and the optimizer: enough to resume exactly."""
+
+    history: list[dict]
+    best_acc: float = -1.0
+    best_state: dict[str, torch.Tensor] | None = None
+
+
+def _restore(
+    checkpoint: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer, rng: random.Random, log: Log
+) -> _Progress:
+    if checkpoint is None or not checkpoint.is_file():
+        return _Progress(history=[])
+    saved = torch.load(checkpoint, weights_only=False)
+    model.load_state_dict(saved["top"], strict=False)
+    optimizer.load_state_dict(saved["optimizer"])
+    rng.setstate(saved["rng"])
+    torch.set_rng_state(saved["torch_rng"])
+    log(resumed_from_epoch=len(saved["history"]), checkpoint=checkpoint)
+    return _Progress(saved["history"], saved["best_acc"], saved["best_state"])
+
+
+def _save(
+    checkpoint: Path,
+    model: nn.Module,
+    prefixes: tuple[str, ...],
+    optimizer: torch.optim.Optimizer,
+    rng: random.Random,
+    progress: _Progress,
+) -> None:
+    state = {
+        "top": {n: t for n, t in model.state_dict().items() if n.startswith(prefixes)},
+        "optimizer": optimizer.state_dict(),
+        "rng": rng.getstate(),
+        "torch_rng": torch.get_rng_state(),
+        "history": progress.history,
+        "best_acc": progress.best_acc,
+        "best_state": progress.best_state,
+    }
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(checkpoint, lambda f: torch.save(state, f))
+
+
+@dataclass
+class _Optimisation:
+    """The optimizer and its schedule: the base learning rates scaled by :func:`training.optim.lr_factor`."""
+
+    optimizer: torch.optim.Optimizer
+    base_lrs: list[float]
+    total_steps: int
+    warmup_steps: int
+    min_lr_ratio: float
+
+    def set_lr(self, step: int) -> None:
+        factor = lr_factor(step, self.total_steps, self.warmup_steps, "cosine", self.min_lr_ratio)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
+
+
+def _train_epoch(
+    model: nn.Module,
+    features: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    order: list[int],
+    epoch: int,
+    opt: _Optimisation,
+    criterion: nn.Module,
+    cfg: TopTraining,
+    rng: random.Random,
+) -> dict:
+    """One pass over ``order`` (shuffled in place); returns the epoch's training figures."""
+    started, seen, loss_sum, correct = time.time(), 0, 0.0, 0
+    steps_per_epoch = math.ceil(len(order) / cfg.batch_size)
+    model.train()
+    rng.shuffle(order)
+    for s in range(0, len(order), cfg.batch_size):
+        opt.set_lr((epoch - 1) * steps_per_epoch + s // cfg.batch_size)
+        batch = order[s : s + cfg.batch_size]
+        if len(batch) < 2:  # BatchNorm in the tuned blocks needs two samples
+            continue
+        x = _batch(features, batch, cfg.augment, rng)
+        if cfg.feature_dropout:
+            x = F.dropout2d(x, cfg.feature_dropout, training=True)
+        y = labels[batch]
+        logits = top_forward(model, x, cfg.first_block)
+        loss = criterion(logits, y)
+        opt.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.optimizer.step()
+        seen += len(batch)
+        loss_sum += loss.item() * len(batch)
+        correct += (logits.argmax(1) == y).sum().item()
+    return {
+        "epoch": epoch,
+        "train_loss": round(loss_sum / max(1, seen), 4),
+        "train_acc": round(correct / max(1, seen), 4),
+        "lr": round(opt.optimizer.param_groups[0]["lr"], 7),
+        "epoch_time_s": round(time.time() - started, 1),
+        "train_img_per_s": round(seen / (time.time() - started), 1),
+    }
+
+
+def _validate(
+    model: nn.Module, features: torch.Tensor, labels: torch.Tensor, val_idx: list[int], first_block: int, class_values
+) -> dict:
+    probs = top_probabilities(model, features, val_idx, first_block)
+    val_y = labels[val_idx]
+    val = compute_metrics(probs.argmax(1), val_y, class_values)
+    return {
+        "val_loss": round(F.nll_loss(probs.clamp_min(1e-8).log(), val_y).item(), 4),
+        "val_acc": round(val["accuracy"], 4),
+        "val_rmse": round(val["rmse"], 4),
+    }
+
+
 def train_top(
     model: nn.Module,
     features: dict[str, torch.Tensor],
@@ -145,87 +261,36 @@ def train_top(
     k = cfg.first_block
     prefixes = tuned_prefixes(model, k)
     optimizer = torch.optim.AdamW(_param_groups(model, prefixes, cfg))
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
-    total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
+    opt = _Optimisation(
+        optimizer,
+        [g["lr"] for g in optimizer.param_groups],
+        cfg.epochs * steps_per_epoch,
+        round(cfg.warmup_epochs * steps_per_epoch),
+        cfg.min_lr_ratio,
+    )
     criterion = CountLoss(class_values, label_smoothing=cfg.label_smoothing, ordinal_weight=cfg.ordinal_weight)
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
-    history: list[dict] = []
-    best_acc, best_state, start_epoch = -1.0, None, 1
-    if checkpoint is not None and checkpoint.is_file():
-        saved = torch.load(checkpoint, weights_only=False)
-        model.load_state_dict(saved["top"], strict=False)
-        optimizer.load_state_dict(saved["optimizer"])
-        rng.setstate(saved["rng"])
-        torch.set_rng_state(saved["torch_rng"])
-        history, best_acc, best_state = saved["history"], saved["best_acc"], saved["best_state"]
-        start_epoch = len(history) + 1
-        log(resumed_from_epoch=len(history), checkpoint=checkpoint)
+    progress = _restore(checkpoint, model, optimizer, rng, log)
     order = list(train_idx)
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        started, seen, loss_sum, correct = time.time(), 0, 0.0, 0
-        model.train()
-        rng.shuffle(order)
-        for s in range(0, len(order), cfg.batch_size):
-            step = (epoch - 1) * steps_per_epoch + s // cfg.batch_size
-            factor = lr_factor(step, total, warmup, "cosine", cfg.min_lr_ratio)
-            for group, base in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = base * factor
-            batch = order[s : s + cfg.batch_size]
-            if len(batch) < 2:  # BatchNorm in the tuned blocks needs two samples
-                continue
-            x = _batch(features, batch, cfg.augment, rng)
-            if cfg.feature_dropout:
-                x = F.dropout2d(x, cfg.feature_dropout, training=True)
-            y = labels[batch]
-            logits = top_forward(model, x, k)
-            loss = criterion(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            seen += len(batch)
-            loss_sum += loss.item() * len(batch)
-            correct += (logits.argmax(1) == y).sum().item()
-        row = {
-            "epoch": epoch,
-            "train_loss": round(loss_sum / max(1, seen), 4),
-            "train_acc": round(correct / max(1, seen), 4),
-            "lr": round(optimizer.param_groups[0]["lr"], 7),
-            "epoch_time_s": round(time.time() - started, 1),
-            "train_img_per_s": round(seen / (time.time() - started), 1),
-        }
+    for epoch in range(len(progress.history) + 1, cfg.epochs + 1):
+        row = _train_epoch(model, features, labels, order, epoch, opt, criterion, cfg, rng)
         recalibrate_norms(model, features["orig"], train_idx, k, prefixes, seed=cfg.seed)
         if val_idx:
-            probs = top_probabilities(model, features["orig"], val_idx, k)
-            val_y = labels[val_idx]
-            val = compute_metrics(probs.argmax(1), val_y, class_values)
-            row.update(
-                val_loss=round(F.nll_loss(probs.clamp_min(1e-8).log(), val_y).item(), 4),
-                val_acc=round(val["accuracy"], 4),
-                val_rmse=round(val["rmse"], 4),
-            )
-        history.append(row)
+            row.update(_validate(model, features["orig"], labels, val_idx, k, class_values))
+        progress.history.append(row)
         log(**row)
-        if cfg.select_best and val_idx and row["val_acc"] > best_acc:
-            best_acc = row["val_acc"]
-            best_state = {n: t.detach().clone() for n, t in model.state_dict().items() if n.startswith(prefixes)}
-        if checkpoint is not None:
-            top = {n: t for n, t in model.state_dict().items() if n.startswith(prefixes)}
-            state = {
-                "top": top,
-                "optimizer": optimizer.state_dict(),
-                "rng": rng.getstate(),
-                "torch_rng": torch.get_rng_state(),
-                "history": history,
-                "best_acc": best_acc,
-                "best_state": best_state,
+        if cfg.select_best and val_idx and row["val_acc"] > progress.best_acc:
+            progress.best_acc = row["val_acc"]
+            progress.best_state = {
+                n: t.detach().clone() for n, t in model.state_dict().items() if n.startswith(prefixes)
             }
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(checkpoint, lambda f: torch.save(state, f))
-    if best_state is not None:
-        model.load_state_dict(best_state, strict=False)
+        if checkpoint is not None:
+            _save(checkpoint, model, prefixes, optimizer, rng, progress)
+    if progress.best_state is not None:
+        model.load_state_dict(progress.best_state, strict=False)
     for param in model.parameters():
         param.requires_grad_(True)
     model.eval()
-    return history
+    return progress.history
