@@ -14,89 +14,23 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 from torch import nn
 
 from service.architectures import ArchitectureError, build_model, get_architecture
 from service.files import atomic_write, atomic_write_json
-from service.preprocess import PreprocessSpec, ResizePolicy
+from service.model_metadata import FORMAT_VERSION, ModelMetadata, ResizePolicy  # noqa: F401 - re-exported
 
-FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.pth"
 METADATA_FILE = "model.json"
 
 
 class ArtifactError(ValueError):
     """A model directory cannot be saved or loaded; the message says why."""
-
-
-class ModelMetadata(BaseModel):
-    """Contents of ``model.json``."""
-
-    model_config = ConfigDict(extra="allow", protected_namespaces=())
-
-    format_version: int = Field(FORMAT_VERSION, description="Version of this schema; newer than the code's is refused.")
-    architecture: str = Field(..., description="Name in the architecture registry.", examples=["efficientnet_lite0"])
-    labels: list[str] = Field(
-        ...,
-        description="Class labels in output order: counts, optionally an overflow class.",
-        examples=[["0", "1", "2", "3", "4", "5", "6+"]],
-    )
-    input_size: int = Field(224, ge=16, le=2048, description="Square input side in pixels.")
-    resize: ResizePolicy = Field(
-        "squash", description="How a photo becomes a square: squash, letterbox or center_crop."
-    )
-    mean: tuple[float, float, float] = Field(..., description="Per-channel mean on the 0..1 scale.")
-    std: tuple[float, float, float] = Field(..., description="Per-channel standard deviation on the 0..1 scale.")
-    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Head dropout the module was built with.")
-    metrics: dict[str, Any] = Field(default_factory=dict, description="Held-out metrics of this model.")
-    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    data: dict[str, Any] = Field(default_factory=dict, description="Provenance: dataset, split, counts, licence.")
-    training: dict[str, Any] = Field(default_factory=dict, description="Recipe: hyperparameters, epochs, seed.")
-
-    @field_validator("labels")
-    @classmethod
-    def _labels_are_counts(cls, labels: list[str]) -> list[str]:
-        if len(labels) < 2:
-            raise ValueError("at least two class labels are needed")
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"class labels repeat: {labels}")
-        for i, label in enumerate(labels):
-            if label.endswith("+"):
-                if i != len(labels) - 1 or not label[:-1].isdigit():
-                    raise ValueError(f"overflow label {label!r} must be the last label and look like 'N+'")
-            elif not label.isdigit():
-                raise ValueError(f"label {label!r} is not a count (digits) nor an overflow class ('N+')")
-        return labels
-
-    @model_validator(mode="after")
-    def _std_positive(self) -> "ModelMetadata":
-        if any(s <= 0 for s in self.std):
-            raise ValueError(f"std must be positive, got {self.std}")
-        return self
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.labels)
-
-    @property
-    def class_values(self) -> list[float]:
-        """Numeric count of each class; an overflow class 'N+' counts as N (a lower bound)."""
-        return [float(label.rstrip("+")) for label in self.labels]
-
-    @property
-    def has_overflow_class(self) -> bool:
-        return self.labels[-1].endswith("+")
-
-    def preprocess_spec(self) -> PreprocessSpec:
-        return PreprocessSpec(
-            input_size=self.input_size, resize=self.resize, mean=tuple(self.mean), std=tuple(self.std)
-        )
 
 
 def count_labels(max_count: int, overflow: bool) -> list[str]:

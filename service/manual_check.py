@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from service.predictor import Prediction
 from service.schemas import PhotoResult
+
+if TYPE_CHECKING:  # torch-free at run time: the Lambda function (binsight_aws.lambda_fn) uses this module
+    from service.predictor import Prediction
 
 #: Thresholds used when neither the settings nor the model's metadata give one.
 FALLBACK_THRESHOLD = 0.5

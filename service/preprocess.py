@@ -10,14 +10,12 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.image_formats import PHOTO_HINT, readable_formats
-
-ResizePolicy = Literal["squash", "letterbox", "center_crop"]
+from service.model_metadata import ResizePolicy
 
 #: Largest image accepted, in pixels (about 8k x 5k). ABID photos are under 1.5 megapixels;
 #: anything far larger is a mistake or a decompression bomb.

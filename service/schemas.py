@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.artifact import ModelMetadata
+from service.model_metadata import ModelMetadata  # not service.artifact: no torch import
 
 _PROBABILITIES_EXAMPLE = {"0": 0.001, "1": 0.012, "2": 0.081, "3": 0.702, "4": 0.15, "5": 0.04, "6+": 0.014}
 
