@@ -135,16 +135,15 @@ def _learning_curve_section(model_dir: Path) -> list[str]:
     return lines
 
 
-def render_model_card(metadata: ModelMetadata, recipe_command: str, model_dir: Path | None = None) -> str:
-    """Markdown text of the card, from ``metadata.metrics`` as the recipe writes them."""
-    metrics, data, training = metadata.metrics, metadata.data, metadata.training
+def _answer_section(metadata: ModelMetadata) -> list[str]:
+    """The served answer's figures on the held-out test split: headline, per class, confusion, manual check."""
+    metrics, data = metadata.metrics, metadata.data
     test = metrics["test"]
     overflow = metadata.labels[-1] if metadata.labels[-1].endswith("+") else None
     range_key = next((k for k in metrics if k.startswith("test_bins_0_")), None)
     in_range, task = metrics.get(range_key) if range_key else None, metrics.get("test_counts_task")
     top = range_key[len("test_bins_0_") :] if range_key else None
     full = metrics.get("test_full_size_photos", {})
-    split = data.get("split", {})
     lines = [
         f"# binsight default model: {metadata.architecture}, counts {', '.join(metadata.labels)}",
         "",
@@ -188,30 +187,40 @@ def render_model_card(metadata: ModelMetadata, recipe_command: str, model_dir: P
         "![Confusion matrix, all held-out bins](confusion_matrix.png)",
         "",
     ]
-    lines += _manual_check_section(metrics.get("manual_check"))
-    if model_dir is not None:
-        lines += _learning_curve_section(model_dir)
+    return lines + _manual_check_section(metrics.get("manual_check"))
+
+
+def _selection_section(metadata: ModelMetadata) -> list[str]:
+    """How the epoch and the answer rule were chosen (empty for a model that records no validation)."""
+    metrics, training = metadata.metrics, metadata.training
     val = metrics.get("validation", {})
-    if val:
-        lines += [
-            "## Training and selection",
-            "",
-            f"Epoch kept: {training.get('best_epoch')} (best validation accuracy of the served answer). "
-            f"Answer rule: one offset per class added to the log-probabilities, tuned on validation and folded "
-            f"into the classifier's bias (offsets {training.get('answer_rule_offsets')}); validation accuracy "
-            f"{_pct(val.get('before_rule', {}).get('accuracy'))} before, {_pct(val.get('served', {}).get('accuracy'))} "
-            "after. "
-            + (
-                "The weights shipped are a final fit on train + validation for that many epochs. "
-                if training.get("final_fit")
-                else ""
-            )
-            + "Per-epoch figures: `history.json`.",
-            "",
-            "![Training curves](training_curves.png)",
-            "",
-        ]
-    lines += [
+    if not val:
+        return []
+    return [
+        "## Training and selection",
+        "",
+        f"Epoch kept: {training.get('best_epoch')} (best validation accuracy of the served answer). "
+        f"Answer rule: one offset per class added to the log-probabilities, tuned on validation and folded "
+        f"into the classifier's bias (offsets {training.get('answer_rule_offsets')}); validation accuracy "
+        f"{_pct(val.get('before_rule', {}).get('accuracy'))} before, {_pct(val.get('served', {}).get('accuracy'))} "
+        "after. "
+        + (
+            "The weights shipped are a final fit on train + validation for that many epochs. "
+            if training.get("final_fit")
+            else ""
+        )
+        + "Per-epoch figures: `history.json`.",
+        "",
+        "![Training curves](training_curves.png)",
+        "",
+    ]
+
+
+def _recipe_and_data_section(metadata: ModelMetadata, recipe_command: str) -> list[str]:
+    """The command that reproduces the model, its settings, the data and the licence."""
+    data, training = metadata.data, metadata.training
+    split = data.get("split", {})
+    return [
         "## Recipe",
         "",
         "Reproduce with one command (needs `pip install -e '.[train]'` and the ABID sample):",
@@ -239,6 +248,15 @@ def render_model_card(metadata: ModelMetadata, recipe_command: str, model_dir: P
         f"Created {metadata.created_at}.",
         "",
     ]
+
+
+def render_model_card(metadata: ModelMetadata, recipe_command: str, model_dir: Path | None = None) -> str:
+    """Markdown text of the card, from ``metadata.metrics`` as the recipe writes them."""
+    lines = _answer_section(metadata)
+    if model_dir is not None:
+        lines += _learning_curve_section(model_dir)
+    lines += _selection_section(metadata)
+    lines += _recipe_and_data_section(metadata, recipe_command)
     return "\n".join(lines)
 
 
