@@ -26,7 +26,8 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -37,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from service.artifact import METADATA_FILE, WEIGHTS_FILE, ArtifactError, ModelMetadata, load_artifact
 from service.files import atomic_write, atomic_write_json
 from service.onnx_graph import export_onnx, file_sha256
+from service.options import add_options, cli_values, error_lines, load_options
 from service.preprocess import ImageDecodeError, preprocess_bytes
 from service.runtimes import (
     FP32_TOLERANCE,
@@ -181,30 +183,21 @@ def _points(after: float, before: float) -> float:
     return round((after - before) * 100, 2)
 
 
-def run(cfg: QuantizeConfig, log: Log = _print) -> dict[str, Any]:
-    """Quantize, evaluate both graphs, write ``model.int8.onnx`` and the ``model.json`` record (unless dry run)."""
-    version = onnxruntime_version()
-    if version is None:
-        raise RuntimeUnavailable("quantizing needs onnxruntime (pip install onnxruntime onnx)")
-    if not cfg.split_manifest.is_file():
-        raise ValueError(
-            f"{cfg.split_manifest} does not exist: calibration needs the training part and the "
-            "accuracy change the test part of the model's split (pass --split-manifest)"
-        )
-    start = time.monotonic()
-    artifact = load_artifact(cfg.model_dir)
+@dataclass
+class _Graphs:
+    """What quantizing produced: both graphs evaluated, the int8 graph's bytes and the calibration used."""
+
+    results: dict[str, dict[str, Any]]
+    int8_bytes: bytes
+    int8_sha256: str
+    calibrated_images: int
+
+
+def _quantize_and_evaluate(
+    cfg: QuantizeConfig, artifact, calibration: list, evaluation: list, threads: int, log: Log
+) -> _Graphs:
+    """Export fp32 (checked against torch), calibrate and quantize, then evaluate both graphs."""
     metadata = artifact.metadata
-    threads = cfg.threads or available_cpus()
-    # torch only preprocesses and runs one check batch here; one thread keeps its OpenMP team from
-    # spinning on the cores ONNX Runtime calibrates and evaluates on.
-    torch.set_num_threads(1)
-    weights_sha256 = file_sha256(cfg.model_dir / WEIGHTS_FILE)
-    calibration, calibration_info = _items(cfg, metadata, cfg.calibration_part, cfg.calibration_images, log)
-    evaluation, evaluation_info = _items(cfg, metadata, cfg.eval_part, cfg.eval_limit, log)
-    log(
-        f"quantize_model: {cfg.model_dir} architecture: {metadata.architecture} input_size: {metadata.input_size} "
-        f"calibration_images: {len(calibration)} eval_images: {len(evaluation)} onnxruntime: {version}"
-    )
     with tempfile.TemporaryDirectory(prefix="binsight-quantize-") as tmp:
         work = Path(tmp)
         fp32_path, int8_path = work / "model.onnx", work / INT8_GRAPH_FILE
@@ -241,15 +234,60 @@ def run(cfg: QuantizeConfig, log: Log = _print) -> dict[str, Any]:
                 f"accuracy: {metrics['accuracy']:.4f} rmse: {metrics['rmse']:.4f} "
                 f"seconds: {time.monotonic() - started:.1f}"
             )
-        int8_bytes, int8_sha256 = int8_path.read_bytes(), file_sha256(int8_path)
-    task_key = counts_task_key(metadata.labels)
+        return _Graphs(results, int8_path.read_bytes(), file_sha256(int8_path), reader.used)
+
+
+def _evaluation_record(cfg: QuantizeConfig, results: dict[str, dict[str, Any]], task_key: str) -> dict[str, Any]:
+    """Both graphs' figures on the evaluation part, and how far int8 moved the answers."""
     fp32_predicted = {p["id"]: p["predicted"] for p in results["fp32"].pop("predictions")}
     int8_predicted = {p["id"]: p["predicted"] for p in results["int8"].pop("predictions")}
     same = sum(fp32_predicted.get(i) == label for i, label in int8_predicted.items())
-    change = _points(results["int8"]["accuracy"], results["fp32"]["accuracy"])
+    evaluation = {
+        "part": cfg.eval_part,
+        "n": results["int8"]["n"],
+        "tta_flip": cfg.tta_flip,
+        "fp32": _summary(results["fp32"], task_key),
+        "int8": _summary(results["int8"], task_key),
+        "accuracy_change_points": _points(results["int8"]["accuracy"], results["fp32"]["accuracy"]),
+        "same_prediction_share": round(same / max(1, len(int8_predicted)), 4),
+        "note": "fp32 is the ONNX Runtime fp32 graph, equal to torch within the serving tolerance",
+    }
+    if task_key in results["fp32"] and task_key in results["int8"]:
+        evaluation[f"{task_key}_accuracy_change_points"] = _points(
+            results["int8"][task_key]["accuracy"], results["fp32"][task_key]["accuracy"]
+        )
+    return evaluation
+
+
+def run(cfg: QuantizeConfig, log: Log = _print) -> dict[str, Any]:
+    """Quantize, evaluate both graphs, write ``model.int8.onnx`` and the ``model.json`` record (unless dry run)."""
+    version = onnxruntime_version()
+    if version is None:
+        raise RuntimeUnavailable("quantizing needs onnxruntime (pip install onnxruntime onnx)")
+    if not cfg.split_manifest.is_file():
+        raise ValueError(
+            f"{cfg.split_manifest} does not exist: calibration needs the training part and the "
+            "accuracy change the test part of the model's split (pass --split-manifest)"
+        )
+    start = time.monotonic()
+    artifact = load_artifact(cfg.model_dir)
+    metadata = artifact.metadata
+    threads = cfg.threads or available_cpus()
+    # torch only preprocesses and runs one check batch here; one thread keeps its OpenMP team from
+    # spinning on the cores ONNX Runtime calibrates and evaluates on.
+    torch.set_num_threads(1)
+    weights_sha256 = file_sha256(cfg.model_dir / WEIGHTS_FILE)
+    calibration, calibration_info = _items(cfg, metadata, cfg.calibration_part, cfg.calibration_images, log)
+    evaluation, evaluation_info = _items(cfg, metadata, cfg.eval_part, cfg.eval_limit, log)
+    log(
+        f"quantize_model: {cfg.model_dir} architecture: {metadata.architecture} input_size: {metadata.input_size} "
+        f"calibration_images: {len(calibration)} eval_images: {len(evaluation)} onnxruntime: {version}"
+    )
+    graphs = _quantize_and_evaluate(cfg, artifact, calibration, evaluation, threads, log)
+    task_key = counts_task_key(metadata.labels)
     record: dict[str, Any] = {
         "file": INT8_GRAPH_FILE,
-        "graph_sha256": int8_sha256,
+        "graph_sha256": graphs.int8_sha256,
         "weights_sha256": weights_sha256,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m training.quantize",
@@ -258,37 +296,22 @@ def run(cfg: QuantizeConfig, log: Log = _print) -> dict[str, Any]:
         "format": "QDQ, per-channel int8 weights, uint8 activations",
         "calibration": {
             "part": cfg.calibration_part,
-            "images": reader.used,
+            "images": graphs.calibrated_images,
             "method": cfg.method,
             "seed": cfg.seed,
             "split_manifest": str(cfg.split_manifest),
         },
-        "evaluation": {
-            "part": cfg.eval_part,
-            "n": results["int8"]["n"],
-            "tta_flip": cfg.tta_flip,
-            "fp32": _summary(results["fp32"], task_key),
-            "int8": _summary(results["int8"], task_key),
-            "accuracy_change_points": change,
-            "same_prediction_share": round(same / max(1, len(int8_predicted)), 4),
-            "note": "fp32 is the ONNX Runtime fp32 graph, equal to torch within the serving tolerance",
-        },
+        "evaluation": _evaluation_record(cfg, graphs.results, task_key),
     }
-    if task_key in results["fp32"] and task_key in results["int8"]:
-        record["evaluation"][f"{task_key}_accuracy_change_points"] = _points(
-            results["int8"][task_key]["accuracy"], results["fp32"][task_key]["accuracy"]
-        )
+    evaluation_record = record["evaluation"]
+    task_change = evaluation_record.get(f"{task_key}_accuracy_change_points")
     log(
-        f"quantize_accuracy_change_points: {change:+.2f} same_prediction_share: "
-        f"{record['evaluation']['same_prediction_share']:.4f}"
-        + (
-            f" {task_key}_change_points: {record['evaluation'][f'{task_key}_accuracy_change_points']:+.2f}"
-            if f"{task_key}_accuracy_change_points" in record["evaluation"]
-            else ""
-        )
+        f"quantize_accuracy_change_points: {evaluation_record['accuracy_change_points']:+.2f} "
+        f"same_prediction_share: {evaluation_record['same_prediction_share']:.4f}"
+        + (f" {task_key}_change_points: {task_change:+.2f}" if task_change is not None else "")
     )
     if not cfg.dry_run:
-        atomic_write(cfg.model_dir / INT8_GRAPH_FILE, int8_bytes)
+        atomic_write(cfg.model_dir / INT8_GRAPH_FILE, graphs.int8_bytes)
         write_record(cfg.model_dir, record)
         log(f"quantize_wrote: {cfg.model_dir / INT8_GRAPH_FILE} {cfg.model_dir / METADATA_FILE}")
     record["seconds"] = round(time.monotonic() - start, 1)
@@ -305,32 +328,17 @@ def write_record(model_dir: Path, record: dict[str, Any]) -> None:
     atomic_write_json(path, payload)
 
 
-def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> QuantizeConfig:
-    """Options from ``BINSIGHT_QUANTIZE_*`` variables, overridden by the command line; exits 2 on bad input."""
+def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> QuantizeConfig:
+    """Options from ``BINSIGHT_QUANTIZE_*`` variables, overridden by the command line (:mod:`service.options`);
+    exits 2 on bad input."""
     environ = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(prog="python -m training.quantize", description=__doc__.split("\n\n")[0])
-    for name, field in QuantizeConfig.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        if field.annotation is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=field.description)
-        else:
-            parser.add_argument(flag, default=None, help=field.description)
+    add_options(parser, QuantizeConfig, ENV_PREFIX)
     args = parser.parse_args(argv)
-    values: dict[str, Any] = {}
-    for name in QuantizeConfig.model_fields:
-        env_value = environ.get(ENV_PREFIX + name.upper())
-        if env_value not in (None, ""):
-            values[name] = env_value
-        if getattr(args, name) is not None:
-            values[name] = getattr(args, name)
     try:
-        return QuantizeConfig.model_validate(values)
+        return load_options(QuantizeConfig, cli_values(args, QuantizeConfig), ENV_PREFIX, environ)
     except ValidationError as exc:
-        parser.error(
-            "; ".join(
-                f"--{'.'.join(map(str, e['loc'])).replace('_', '-') or 'options'}: {e['msg']}" for e in exc.errors()
-            )
-        )
+        parser.error("; ".join(error_lines(exc, env_prefix=ENV_PREFIX)))
         raise  # unreachable: parser.error exits
 
 
