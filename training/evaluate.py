@@ -349,6 +349,19 @@ def select_items(
     return items, info
 
 
+def log_metrics(metrics: dict[str, Any], labels: Sequence[str], dropped: int, log: Log = print_line) -> None:
+    """The evaluation's ``eval_*`` lines (what SageMaker's metric regexes read)."""
+    log(format_metrics(metrics, "eval_"))
+    task_key = counts_task_key(labels)
+    if task_key in metrics:
+        log(format_metrics(metrics[task_key], f"eval_{task_key}_"))
+    log(f"eval_loss: {metrics['loss']:.4f}")
+    log(f"eval_skipped: {metrics['skipped']}")
+    log(f"eval_dropped: {dropped}")
+    for name, accuracy in metrics["per_class_accuracy"].items():
+        log(f"eval_class_{name.replace('+', 'plus')}_accuracy: {'n/a' if accuracy is None else f'{accuracy:.4f}'}")
+
+
 def run(config: EvaluateConfig, log: Log = print_line) -> dict[str, Any]:
     """Evaluate and write ``metrics.json``, ``predictions.csv``, ``confusion_matrix.png`` and, when the
     model dir has a ``history.json``, ``training_curves.png`` into ``config.output_dir``."""
@@ -397,15 +410,7 @@ def run(config: EvaluateConfig, log: Log = print_line) -> dict[str, Any]:
         metadata.labels,
         title=f"{metadata.architecture}: {info['part']} (n={metrics['n']})",
     )
-    log(format_metrics(metrics, "eval_"))
-    task_key = counts_task_key(metadata.labels)
-    if task_key in metrics:
-        log(format_metrics(metrics[task_key], f"eval_{task_key}_"))
-    log(f"eval_loss: {metrics['loss']:.4f}")
-    log(f"eval_skipped: {metrics['skipped']}")
-    log(f"eval_dropped: {info['dropped_above_max_count']}")
-    for name, accuracy in metrics["per_class_accuracy"].items():
-        log(f"eval_class_{name.replace('+', 'plus')}_accuracy: {'n/a' if accuracy is None else f'{accuracy:.4f}'}")
+    log_metrics(metrics, metadata.labels, info["dropped_above_max_count"], log)
     for path in files:
         log(f"eval_wrote: {path}")
     result["files"] = [str(p) for p in files]
