@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from binsight_aws.serverless import ServerlessOptions
 from binsight_aws.validate import (
     TUNING_JOB_NAME_MAX,
     check_abid_id,
@@ -432,8 +433,8 @@ class PackageModelConfig(CommandConfig):
         return None if value is None else check_s3_uri(value)
 
 
-class DeployConfig(CommandConfig):
-    """deploy: a SageMaker model + endpoint config + endpoint (created, or updated when it exists)."""
+class DeployConfig(ServerlessOptions, CommandConfig):
+    """deploy: a SageMaker model + endpoint config + endpoint, real-time or --serverless (created, or updated)."""
 
     endpoint_name: str = Field("binsight", description="Endpoint name")
     image_uri: str = Field(..., description="Serving image in ECR (push-images prints it)")

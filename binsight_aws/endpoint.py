@@ -21,6 +21,7 @@ from botocore.exceptions import ClientError
 
 from binsight_aws.configs import DeleteEndpointConfig, DeployConfig, InvokeConfig
 from binsight_aws.model_package import package, upload_archive, upload_target
+from binsight_aws.serverless import check_switch, container_environment, variant_summary
 from binsight_aws.session import AwsClients
 from binsight_aws.status import wait_for_status
 from binsight_aws.validate import InputError, parse_s3_uri
@@ -50,8 +51,9 @@ def describe_endpoint(sagemaker: Any, name: str) -> dict[str, Any] | None:
 
 def model_request(name: str, config: DeployConfig, model_data: str) -> dict[str, Any]:
     container: dict[str, Any] = {"Image": config.image_uri, "ModelDataUrl": model_data, "Mode": "SingleModel"}
-    if config.env:
-        container["Environment"] = dict(config.env)
+    env = container_environment(config)  # --serverless adds its body limit
+    if env:
+        container["Environment"] = env
     return {
         "ModelName": name,
         "ExecutionRoleArn": config.role_arn,
@@ -64,13 +66,12 @@ def endpoint_config_request(name: str, model_name: str, config: DeployConfig) ->
     return {
         "EndpointConfigName": name,
         "ProductionVariants": [
-            {
-                "VariantName": VARIANT,
-                "ModelName": model_name,
-                "InitialInstanceCount": config.instance_count,
-                "InstanceType": config.instance_type,
-                "InitialVariantWeight": 1.0,
-            }
+            {"VariantName": VARIANT, "ModelName": model_name, "InitialVariantWeight": 1.0}
+            | (
+                {"ServerlessConfig": config.serverless_config()}
+                if config.serverless
+                else {"InitialInstanceCount": config.instance_count, "InstanceType": config.instance_type}
+            )
         ],
         "Tags": [{"Key": "project", "Value": "binsight"}],
     }
@@ -142,11 +143,12 @@ def run_deploy(
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     model_name = config.model_name or f"{config.endpoint_name[:47]}-{stamp}"
     config_name = model_name  # models and endpoint configs have separate namespaces; one name ties them
+    check_switch(sagemaker, config, existing, log)  # real-time -> serverless refused before anything is made
     model_data = resolve_model_data(config, clients, model_name, log)
     sagemaker.create_model(**model_request(model_name, config, model_data))
     log(f"model: {model_name} image: {config.image_uri} model_data: {model_data}")
     sagemaker.create_endpoint_config(**endpoint_config_request(config_name, model_name, config))
-    log(f"endpoint_config: {config_name} instance_type: {config.instance_type} instance_count: {config.instance_count}")
+    log(f"endpoint_config: {config_name} {variant_summary(config)}")
     if existing is None:
         sagemaker.create_endpoint(
             EndpointName=config.endpoint_name,

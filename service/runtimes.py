@@ -200,6 +200,40 @@ def int8_graph_path(model_dir: Path, metadata: ModelMetadata, weights_sha256: st
     return path
 
 
+_Session = tuple[Any, str, str | None, float | None, float]  # session, graph label, cache state, export s, tolerance
+
+
+def _int8_session(model_dir: Path, metadata: ModelMetadata, weights: Path, threads: int) -> _Session:
+    """The artifact's quantized graph (refused when made from other weights)."""
+    path = int8_graph_path(Path(model_dir), metadata, file_sha256(weights))
+    try:
+        session = new_session(str(path), threads)
+    except Exception as exc:
+        raise RuntimeUnavailable(f"ONNX Runtime cannot load {path}: {type(exc).__name__}: {exc}") from exc
+    return session, str(path), "artifact", None, INT8_TOLERANCE
+
+
+def _fp32_session(model: nn.Module, metadata: ModelMetadata, weights: Path, cache: CacheDir, threads: int) -> _Session:
+    """The fp32 graph exported from the weights (or read from the cache; a bad cache entry is exported again)."""
+    try:
+        graph = onnx_graph(model, metadata, weights, cache)
+        try:
+            session = new_session(graph.source, threads)
+        except Exception:
+            if graph.cache != "hit":
+                raise
+            logger.warning("onnx cache entry unreadable, exporting again: path: %s", graph.path)
+            graph = onnx_graph(model, metadata, weights, cache, refresh=True)
+            session = new_session(graph.source, threads)
+    except ExportError as exc:
+        raise RuntimeUnavailable(str(exc)) from exc
+    except Exception as exc:
+        raise RuntimeUnavailable(
+            f"ONNX Runtime cannot load the exported graph: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        ) from exc
+    return session, graph.describe(), graph.cache, graph.export_s, FP32_TOLERANCE
+
+
 def onnxruntime_module(
     model: nn.Module,
     metadata: ModelMetadata,
@@ -219,32 +253,10 @@ def onnxruntime_module(
     start = time.perf_counter()
     reference = _probabilities(model, check_batch)
     weights = Path(model_dir) / WEIGHTS_FILE
-    graph_label, cache_state, export_s = None, None, None
     if precision == "int8":
-        path = int8_graph_path(Path(model_dir), metadata, file_sha256(weights))
-        try:
-            session = new_session(str(path), threads)
-        except Exception as exc:
-            raise RuntimeUnavailable(f"ONNX Runtime cannot load {path}: {type(exc).__name__}: {exc}") from exc
-        graph_label, cache_state, tolerance = str(path), "artifact", INT8_TOLERANCE
+        session, graph_label, cache_state, export_s, tolerance = _int8_session(model_dir, metadata, weights, threads)
     else:
-        try:
-            graph = onnx_graph(model, metadata, weights, cache)
-            try:
-                session = new_session(graph.source, threads)
-            except Exception:
-                if graph.cache != "hit":
-                    raise
-                logger.warning("onnx cache entry unreadable, exporting again: path: %s", graph.path)
-                graph = onnx_graph(model, metadata, weights, cache, refresh=True)
-                session = new_session(graph.source, threads)
-        except ExportError as exc:
-            raise RuntimeUnavailable(str(exc)) from exc
-        except Exception as exc:
-            raise RuntimeUnavailable(
-                f"ONNX Runtime cannot load the exported graph: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-            ) from exc
-        graph_label, cache_state, export_s, tolerance = graph.describe(), graph.cache, graph.export_s, FP32_TOLERANCE
+        session, graph_label, cache_state, export_s, tolerance = _fp32_session(model, metadata, weights, cache, threads)
     module = OnnxRuntimeModule(session, label=f"onnxruntime {version} {precision} {graph_label}")
     try:
         candidate = _probabilities(module, check_batch)
