@@ -15,6 +15,7 @@ import argparse
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -49,7 +50,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--architecture", default="efficientnet_lite0")
@@ -64,7 +65,77 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 on CUDA")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="on CUDA")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def bench_loading(items, spec: PreprocessSpec, args: argparse.Namespace, cuda: bool) -> float:
+    """Data loading alone (decode + augmentation + collate), one pass over the items: img/s."""
+    loader = _loader(items, spec, args.batch_size, args.num_workers, 0, cuda)
+    start, n = time.perf_counter(), 0
+    for _, labels, _ in loader:
+        n += labels.numel()
+    return n / (time.perf_counter() - start)
+
+
+def make_step(args: argparse.Namespace, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """One training step of a fresh model: forward + loss + backward + clipped AdamW update."""
+    cuda = device.type == "cuda"
+    torch.manual_seed(0)
+    model = build_model(args.architecture, 7, pretrained=args.pretrained).to(device)
+    if cuda and args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    criterion = CountLoss([0, 1, 2, 3, 4, 5, 6], label_smoothing=0.1).to(device)
+    use_amp = cuda and args.amp
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        if cuda and args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss = criterion(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    return step
+
+
+def bench_model_step(step, args: argparse.Namespace, device: torch.device) -> float:
+    """The model step alone on tensors already on the device: seconds per step."""
+    x = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
+    y = torch.randint(0, 7, (args.batch_size,), device=device)
+    for _ in range(args.warmup):
+        step(x, y)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step(x, y)
+    _sync(device)
+    return (time.perf_counter() - start) / args.steps
+
+
+def bench_full_step(
+    step, items, spec: PreprocessSpec, args: argparse.Namespace, device: torch.device
+) -> tuple[int, float]:
+    """The loader feeding the model, as in training (at most --steps batches): (images, seconds)."""
+    loader = _loader(items, spec, args.batch_size, args.num_workers, 1, device.type == "cuda")
+    it = iter(loader)
+    for _ in range(min(args.warmup, len(loader) - 1)):
+        images, labels, _ = next(it)
+        step(images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
+    _sync(device)
+    start, n = time.perf_counter(), 0
+    for _, (images, labels, _) in zip(range(args.steps), it):
+        step(images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
+        n += labels.numel()
+    _sync(device)
+    return n, time.perf_counter() - start
+
+
+def main() -> None:
+    args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -85,61 +156,12 @@ def main() -> None:
         f"num_workers: {args.num_workers} images: {len(items)} amp: {cuda and args.amp}",
         flush=True,
     )
-
-    # 1. Data loading alone (decode + augmentation + collate), one pass over --limit images.
-    loader = _loader(items, spec, args.batch_size, args.num_workers, 0, cuda)
-    start, n = time.perf_counter(), 0
-    for images, labels, _ in loader:
-        n += labels.numel()
-    load_s = time.perf_counter() - start
-    print(f"data_loading_img_per_s: {n / load_s:.1f}", flush=True)
-
-    # 2. Model step alone on tensors already on the device.
-    torch.manual_seed(0)
-    model = build_model(args.architecture, 7, pretrained=args.pretrained).to(device)
-    if cuda and args.channels_last:
-        model.to(memory_format=torch.channels_last)
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    criterion = CountLoss([0, 1, 2, 3, 4, 5, 6], label_smoothing=0.1).to(device)
-    use_amp = cuda and args.amp
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        if cuda and args.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            loss = criterion(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-
-    x = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
-    y = torch.randint(0, 7, (args.batch_size,), device=device)
-    for _ in range(args.warmup):
-        step(x, y)
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step(x, y)
-    _sync(device)
-    step_s = (time.perf_counter() - start) / args.steps
+    print(f"data_loading_img_per_s: {bench_loading(items, spec, args, cuda):.1f}", flush=True)
+    step = make_step(args, device)
+    step_s = bench_model_step(step, args, device)
     print(f"model_step_img_per_s: {args.batch_size / step_s:.1f}", flush=True)
     print(f"model_step_ms: {1000 * step_s:.1f}", flush=True)
-
-    # 3. Full step: the loader feeding the model, as in training (at most --steps batches).
-    loader = _loader(items, spec, args.batch_size, args.num_workers, 1, cuda)
-    it = iter(loader)
-    for _ in range(min(args.warmup, len(loader) - 1)):
-        images, labels, _ = next(it)
-        step(images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
-    _sync(device)
-    start, n = time.perf_counter(), 0
-    for _, (images, labels, _) in zip(range(args.steps), it):
-        step(images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
-        n += labels.numel()
-    _sync(device)
-    full_s = time.perf_counter() - start
+    n, full_s = bench_full_step(step, items, spec, args, device)
     print(f"full_step_img_per_s: {n / full_s:.1f}", flush=True)
     print(f"full_step_images: {n}", flush=True)
 
