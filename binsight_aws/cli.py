@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[type[BaseModel], str]] = {
     "package-model": (configs.PackageModelConfig, "binsight_aws.model_package:run"),
     "deploy": (configs.DeployConfig, "binsight_aws.endpoint:run_deploy"),
     "delete-endpoint": (configs.DeleteEndpointConfig, "binsight_aws.endpoint:run_delete"),
+    "autoscale": (configs.AutoscaleConfig, "binsight_aws.autoscaling:run"),
     "invoke": (configs.InvokeConfig, "binsight_aws.endpoint:run_invoke"),
     "batch-transform": (configs.BatchTransformConfig, "binsight_aws.transform:run"),
 }

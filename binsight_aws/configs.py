@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from binsight_aws.scaling_options import ScalingOptions
 from binsight_aws.serverless import ServerlessOptions
 from binsight_aws.validate import (
     TUNING_JOB_NAME_MAX,
@@ -433,7 +434,7 @@ class PackageModelConfig(CommandConfig):
         return None if value is None else check_s3_uri(value)
 
 
-class DeployConfig(ServerlessOptions, CommandConfig):
+class DeployConfig(ScalingOptions, ServerlessOptions, CommandConfig):
     """deploy: a SageMaker model + endpoint config + endpoint, real-time or --serverless (created, or updated)."""
 
     endpoint_name: str = Field("binsight", description="Endpoint name")
@@ -500,6 +501,15 @@ class DeployConfig(ServerlessOptions, CommandConfig):
             )
         if self.model_dir is not None and not self.upload_uri:
             raise ValueError("--model-dir needs --upload-uri (where model.tar.gz goes in S3)")
+        if self.autoscaling:
+            if not self.wait:
+                raise ValueError("autoscaling is set once the endpoint is InService: drop --no-wait (or run autoscale)")
+            plan = self.scaling_plan(self.instance_type, self.instance_count)  # may raise: no measured capacity
+            if not plan.min_instances <= self.instance_count <= plan.max_instances:
+                raise ValueError(
+                    f"--instance-count {self.instance_count} is outside --min-instances {plan.min_instances} .. "
+                    f"--max-instances {plan.max_instances}"
+                )
         return self
 
 
@@ -511,6 +521,21 @@ class DeleteEndpointConfig(CommandConfig):
     keep_model: bool = Field(False, description="Keep the SageMaker model(s) the endpoint served")
 
     _name = field_validator("endpoint_name")(classmethod(lambda cls, v: check_sagemaker_name(v, "endpoint name")))
+
+
+class AutoscaleConfig(ScalingOptions, CommandConfig):
+    """autoscale: show, set (--max-instances) or --remove an endpoint's target-tracking autoscaling."""
+
+    endpoint_name: str = Field("binsight", description="Endpoint name")
+    remove: bool = Field(False, description="Remove the endpoint's autoscaling (its instance count stays)")
+
+    _name = field_validator("endpoint_name")(classmethod(lambda cls, v: check_sagemaker_name(v, "endpoint name")))
+
+    @model_validator(mode="after")
+    def _set_or_remove(self) -> AutoscaleConfig:
+        if self.remove and self.autoscaling:
+            raise ValueError("give --max-instances (set autoscaling) or --remove, not both")
+        return self
 
 
 class InvokeConfig(CommandConfig):

@@ -140,6 +140,10 @@ def run_deploy(
             f"endpoint {config.endpoint_name} is {existing['EndpointStatus']}; only an InService "
             "endpoint can be updated (wait, or delete-endpoint and deploy again)"
         )
+    from binsight_aws.autoscaling import DeployScaling  # imports this module
+
+    scaling = DeployScaling(config, clients, log)
+    scaling.check(existing)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     model_name = config.model_name or f"{config.endpoint_name[:47]}-{stamp}"
     config_name = model_name  # models and endpoint configs have separate namespaces; one name ties them
@@ -157,6 +161,7 @@ def run_deploy(
         )
         log(f"endpoint: {config.endpoint_name} action: create")
     else:
+        scaling.before_update()
         sagemaker.update_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
         log(f"endpoint: {config.endpoint_name} action: update previous_config: {existing['EndpointConfigName']}")
     if not config.wait:
@@ -173,14 +178,17 @@ def run_deploy(
     if status == "InService" and description.get("EndpointConfigName") == config_name:
         log(f"endpoint_ready: {config.endpoint_name} model: {model_name} config: {config_name}")
         log(f"try: binsight-aws invoke --endpoint-name {config.endpoint_name} --images photo.jpg")
+        scaling.after_ready()
         return EXIT_OK
+    scaling.after_failure()
     reason = description.get("FailureReason") or "the endpoint kept its previous config (the update rolled back)"
     log(f"endpoint_failed: {config.endpoint_name} status: {status} reason: {reason}")
     return EXIT_FAILED
 
 
 def run_delete(config: DeleteEndpointConfig, log: Log = print_line, clients: AwsClients | None = None) -> int:
-    sagemaker = (clients or AwsClients.for_command(config)).client("sagemaker")
+    clients = clients or AwsClients.for_command(config)
+    sagemaker = clients.client("sagemaker")
     existing = describe_endpoint(sagemaker, config.endpoint_name)
     if existing is None:
         raise InputError(f"there is no endpoint {config.endpoint_name}")
@@ -195,6 +203,9 @@ def run_delete(config: DeleteEndpointConfig, log: Log = print_line, clients: Aws
                 f"endpoint_config_unreadable: {config_name} ({exc.response.get('Error', {}).get('Code')}); "
                 "its models are kept"
             )
+    from binsight_aws.autoscaling import remove_scaling  # imports this module
+
+    remove_scaling(clients.client("application-autoscaling"), config.endpoint_name, log)
     sagemaker.delete_endpoint(EndpointName=config.endpoint_name)
     log(f"deleted_endpoint: {config.endpoint_name}")
     if not config.keep_config:

@@ -685,7 +685,12 @@ def test_deploy_update_with_stubber(aws, rolled_back) -> None:
     config = deploy_config(model_name="bs-model-2", instance_type="ml.m5.xlarge", instance_count=2)
     with stub:
         rc = endpoint_ops.run_deploy(
-            config, lines.append, FixedClients({"sagemaker": sagemaker, "s3": s3}), sleep=lambda _: None
+            config,
+            lines.append,
+            FixedClients(
+                {"sagemaker": sagemaker, "s3": s3, "application-autoscaling": client("application-autoscaling", aws)}
+            ),
+            sleep=lambda _: None,
         )
     stub.assert_no_pending_responses()
     assert "endpoint: bs-ep action: update previous_config: bs-ep-old" in lines
