@@ -467,23 +467,30 @@ def recipe_command(cfg: RecipeConfig) -> str:
 ENV_PREFIX = "BINSIGHT_RECIPE_"
 
 
-def parse_args(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> RecipeConfig:
-    """The recipe's config from ``--options`` and ``BINSIGHT_RECIPE_*`` variables (:mod:`service.options`)."""
+def parse_args(
+    argv: list[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config: type[RecipeConfig] = RecipeConfig,
+    prog: str = "python -m training.recipes.default_model",
+    description: str | None = None,
+) -> RecipeConfig:
+    """The recipe's config from ``--options`` and ``BINSIGHT_RECIPE_*`` variables (:mod:`service.options`).
+
+    ``config`` may be a subclass with options of its own (the learning curve's ``fractions``).
+    """
     import argparse
     import os
 
     from service.options import add_options, cli_values, load_options
 
     parser = argparse.ArgumentParser(
-        prog="python -m training.recipes.default_model",
-        description=__doc__.split("\n\n")[0],
+        prog=prog,
+        description=description or __doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_options(parser, RecipeConfig, ENV_PREFIX)
+    add_options(parser, config, ENV_PREFIX)
     args = parser.parse_args(argv)
-    return load_options(
-        RecipeConfig, cli_values(args, RecipeConfig), ENV_PREFIX, os.environ if environ is None else environ
-    )
+    return load_options(config, cli_values(args, config), ENV_PREFIX, os.environ if environ is None else environ)
 
 
 def main(argv: list[str] | None = None) -> int:

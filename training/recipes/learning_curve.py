@@ -18,11 +18,13 @@ import sys
 from pathlib import Path
 
 import torch
+from pydantic import Field, field_validator
 
 from service.architectures import build_model
 from service.files import atomic_write_json
 from training.recipes.decision import fold_offsets
 from training.recipes.default_model import (
+    ENV_PREFIX,
     RecipeConfig,
     evaluate_served,
     log,
@@ -87,19 +89,47 @@ def plot(points: list[dict], fit: tuple[float, float] | None, path: Path) -> Pat
     return path
 
 
+class LearningCurveConfig(RecipeConfig):
+    """The recipe's options plus the shares of the training part to train on (one model each)."""
+
+    fractions: tuple[float, ...] = Field(
+        (1.0,), description="comma-separated shares of the training bins, e.g. 0.25,0.5,1"
+    )
+
+    @field_validator("fractions", mode="before")
+    @classmethod
+    def _comma_separated_fractions(cls, value: object) -> object:
+        return tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else value
+
+    @field_validator("fractions")
+    @classmethod
+    def _shares(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or not all(0 < f <= 1 for f in value):
+            raise ValueError("each fraction must be in (0, 1]")
+        return tuple(sorted(set(value)))
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    fractions = [1.0]
-    if "--fractions" in argv:
-        i = argv.index("--fractions")
-        fractions = sorted(float(f) for f in argv[i + 1].split(","))
-        del argv[i : i + 2]
-    base = parse_args(argv)
+    from pydantic import ValidationError
+
+    from service.options import error_lines
+
+    try:
+        base = parse_args(
+            argv,
+            config=LearningCurveConfig,
+            prog="python -m training.recipes.learning_curve",
+            description=__doc__.split("\n\n")[0],
+        )
+    except ValidationError as exc:  # one line per problem, not a traceback
+        for line in error_lines(exc, env_prefix=ENV_PREFIX):
+            print(f"error: {line}", file=sys.stderr)
+        return 2
     torch.set_num_threads(base.threads)
     points = []
-    for fraction in fractions:
-        cfg = base.model_copy(update={"train_fraction": fraction, "final_fit": False})
-        cfg = RecipeConfig.model_validate(cfg.model_dump())
+    for fraction in base.fractions:
+        update = {"train_fraction": fraction, "final_fit": False}
+        cfg = RecipeConfig.model_validate(base.model_dump(exclude={"fractions"}) | update)
         bins = select_bins(cfg)
         features = tuning_features(cfg, build_model(cfg.architecture, bins.policy.num_classes, pretrained=True), bins)
         selected = train_and_select(cfg, bins, features)
@@ -120,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     curve: dict = {
         "points": points,
-        "recipe": base.model_dump(mode="json", exclude={"data_dir", "output_dir", "cache_dir"}),
+        "recipe": base.model_dump(mode="json", exclude={"data_dir", "output_dir", "cache_dir", "fractions"}),
         "note": "Each point is the train-only model (no final fit on train + validation).",
     }
     fit = None
