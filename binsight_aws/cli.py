@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from binsight_aws import configs
+from binsight_aws import configs, lambda_configs
 from binsight_aws.configs import ENV_PREFIX
 from binsight_aws.validate import InputError
 from service.options import add_options, error_lines, load_options
@@ -40,6 +40,8 @@ COMMANDS: dict[str, tuple[type[BaseModel], str]] = {
     "autoscale": (configs.AutoscaleConfig, "binsight_aws.autoscaling:run"),
     "invoke": (configs.InvokeConfig, "binsight_aws.endpoint:run_invoke"),
     "batch-transform": (configs.BatchTransformConfig, "binsight_aws.transform:run"),
+    "deploy-lambda": (lambda_configs.DeployLambdaConfig, "binsight_aws.lambda_deploy:run_deploy"),
+    "delete-lambda": (lambda_configs.DeleteLambdaConfig, "binsight_aws.lambda_deploy:run_delete"),
 }
 
 
