@@ -13,8 +13,12 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from service.logs import configure_logging, logging_config
+
+if TYPE_CHECKING:
+    from service.settings import ServeSettings
 
 logger = logging.getLogger("service.serve")
 
@@ -52,6 +56,62 @@ def _ignore_signal(signum, frame) -> None:
     place that is a no-op, so a graceful SIGTERM shutdown exits with status 0 instead of 143."""
 
 
+def _log_start(settings: "ServeSettings") -> None:
+    if settings.model.path is None:
+        # Keep serving: /ping answers 503 with this reason, as SageMaker expects of a broken model.
+        logger.error("%s", settings.model.not_found_message())
+    logger.info(
+        "serve starting: host: %s port: %d workers: %d model_dir: %s model_source: %s max_payload_mb: %g "
+        "max_batch_size: %d batch_wait_ms: %g runtime: %s precision: %s model_server_timeout_s: %g "
+        "safe_port_range: %s grace_period_s: %d",
+        settings.host,
+        settings.port,
+        settings.workers,
+        settings.model.path,
+        settings.model.source or "none",
+        settings.max_payload_mb,
+        settings.max_batch_size,
+        settings.batch_wait_ms,
+        settings.runtime,
+        settings.precision,
+        settings.model_server_timeout_s,
+        settings.safe_port_range or "none",
+        settings.grace_period_s,
+    )
+    if settings.safe_port_range is not None and settings.port in settings.safe_port_range:
+        logger.warning(
+            "bind port %d lies inside SAGEMAKER_SAFE_PORT_RANGE=%s, the ports other containers on this host may take",
+            settings.port,
+            settings.safe_port_range,
+        )
+
+
+def uvicorn_config(settings: "ServeSettings"):
+    """uvicorn's configuration: one process serving ``create_app(settings)``, or workers building theirs."""
+    import uvicorn  # here, not at import time: `python -m service --help` stays fast
+
+    common = dict(
+        host=settings.host,
+        port=settings.port,
+        http="h11",  # service.server's drain reads h11 connection state
+        log_config=logging_config(settings.log_level, settings.access_log),
+        access_log=settings.access_log,
+        timeout_keep_alive=75,
+        timeout_graceful_shutdown=settings.grace_period_s,
+        proxy_headers=False,
+        server_header=False,
+    )
+    if settings.workers == 1:
+        from service.app import create_app
+
+        return uvicorn.Config(create_app(settings), **common)
+    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters:
+        # A worker imports torch before it can answer the supervisor's health check; uvicorn's
+        # default of 5 s would kill and restart it on a busy or slow machine.
+        common["timeout_worker_healthcheck"] = 120
+    return uvicorn.Config("service.app:create_app_from_env", factory=True, workers=settings.workers, **common)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     # Before torch loads its OpenMP runtime (it reads this once): idle intra-op threads sleep
@@ -71,57 +131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s", exc)
         return 2
     configure_logging(settings.log_level, settings.access_log)
-    if settings.model.path is None:
-        # Keep serving: /ping answers 503 with this reason, as SageMaker expects of a broken model.
-        logger.error("%s", settings.model.not_found_message())
-    logger.info(
-        "serve starting: host: %s port: %d workers: %d model_dir: %s model_source: %s max_payload_mb: %g "
-        "max_batch_size: %d batch_wait_ms: %g runtime: %s precision: %s model_server_timeout_s: %g "
-        "safe_port_range: %s",
-        settings.host,
-        settings.port,
-        settings.workers,
-        settings.model.path,
-        settings.model.source or "none",
-        settings.max_payload_mb,
-        settings.max_batch_size,
-        settings.batch_wait_ms,
-        settings.runtime,
-        settings.precision,
-        settings.model_server_timeout_s,
-        settings.safe_port_range or "none",
-    )
-    if settings.safe_port_range is not None and settings.port in settings.safe_port_range:
-        logger.warning(
-            "bind port %d lies inside SAGEMAKER_SAFE_PORT_RANGE=%s, the ports other containers on this host may take",
-            settings.port,
-            settings.safe_port_range,
-        )
-
-    import uvicorn  # here, not at import time: `python -m service --help` stays fast
+    _log_start(settings)
+    from service import server
 
     signal.signal(signal.SIGTERM, _ignore_signal)
     signal.signal(signal.SIGINT, _ignore_signal)
-    common = dict(
-        host=settings.host,
-        port=settings.port,
-        log_config=logging_config(settings.log_level, settings.access_log),
-        access_log=settings.access_log,
-        timeout_keep_alive=75,
-        timeout_graceful_shutdown=30,
-        proxy_headers=False,
-        server_header=False,
-    )
-    if settings.workers > 1:
-        if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters:
-            # A worker imports torch before it can answer the supervisor's health check; uvicorn's
-            # default of 5 s would kill and restart it on a busy or slow machine.
-            common["timeout_worker_healthcheck"] = 120
-        uvicorn.run("service.app:create_app_from_env", factory=True, workers=settings.workers, **common)
-    else:
-        from service.app import create_app
-
-        uvicorn.run(create_app(settings), **common)
+    server.run(uvicorn_config(settings))
     logger.info("serve stopped")
     return 0
 

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service import docs_ui, openapi_schema, ui
 from service.body_limit import BodySizeLimit
 from service.codecs import CodecError
+from service.drain import CloseWhileDraining
 from service.engine import InferenceError
 from service.model_state import Loader, ModelState, load_in_background, load_predictor, new_engine
 from service.predictor import Predictor
@@ -80,6 +81,7 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None, *, l
     docs_ui.install(app, app.title)
     ui.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_payload_bytes)
+    app.add_middleware(CloseWhileDraining)  # outermost: the 413 of BodySizeLimit gets it too
     _add_error_handlers(app)
     return app
 

@@ -19,6 +19,8 @@ TOO_LARGE = (
 LOADING = "model is loading (for 2.4 s); retry shortly"
 FAILED = "model failed to load: /opt/ml/model/model.json is missing: a model directory needs model.json and model.pth"
 
+DRAINING = "server is shutting down (SIGTERM 0.4 s ago, grace period 25 s); send requests to another instance"
+
 Example = tuple[str, str]  # (summary shown in the examples menu, the message)
 
 
@@ -46,12 +48,16 @@ NOT_READY = error_response(
 
 PING_NOT_READY: dict[str, Any] = {
     "model": PingResponse,
-    "description": "The model is loading or failed to load: `detail` says why.",
+    "description": "The model is loading or failed to load, or the server is shutting down: `detail` says why.",
     "content": {
         "application/json": {
             "examples": {
                 "loading": {"summary": "the model is still loading", "value": {"status": "loading", "detail": LOADING}},
                 "failed": {"summary": "the model failed to load", "value": {"status": "failed", "detail": FAILED}},
+                "draining": {
+                    "summary": "the server is shutting down (SIGTERM): it answers what it has received, then exits",
+                    "value": {"status": "draining", "detail": DRAINING},
+                },
             }
         }
     },

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, Uplo
 from fastapi.responses import JSONResponse, Response
 
 from service import codecs
+from service.drain import drain_of
 from service.engine import InferenceEngine
 from service.error_docs import INVOCATIONS_ERRORS, NOT_READY, PING_NOT_READY, PREDICT_ERRORS
 from service.execution_parameters import ExecutionParameters, ExecutionParametersOut
@@ -52,11 +53,15 @@ health = APIRouter(tags=["health"])
 
 
 @health.get("/ping", response_model=PingResponse, responses={503: PING_NOT_READY}, summary="Health check (SageMaker)")
-async def ping(state: StateDep) -> JSONResponse:
-    """200 only when the model is loaded **and** a warm-up inference succeeded; 503 while loading or after
-    a load failure, with the reason in `detail`."""
-    body = PingResponse(status=state.status, detail=None if state.status == "ready" else state.describe())
-    return JSONResponse(body.model_dump(), status_code=200 if state.status == "ready" else 503)
+async def ping(request: Request, state: StateDep) -> JSONResponse:
+    """200 only when the model is loaded **and** a warm-up inference succeeded; 503 while loading, after
+    a load failure, or while the server drains after SIGTERM (`draining`), with the reason in `detail`."""
+    drain = drain_of(request.scope)
+    if drain is not None and drain.draining:
+        body = PingResponse(status="draining", detail=drain.describe())
+    else:
+        body = PingResponse(status=state.status, detail=None if state.status == "ready" else state.describe())
+    return JSONResponse(body.model_dump(), status_code=200 if body.status == "ready" else 503)
 
 
 async def predict_within_timeout(

@@ -64,20 +64,18 @@ class InvocationResponse(BaseModel):
 class ErrorResponse(BaseModel):
     """Every error answer: what went wrong, in words."""
 
-    error: str = Field(
-        ...,
-        examples=[
-            "Content-Type 'text/plain' is not supported; send one of image/jpeg, "
-            "image/png, application/x-image, application/json, application/jsonlines"
-        ],
-    )
+    # No example here: one message would stand for every status in /docs (it showed the 415 one on 413 and
+    # 503); each response documents its own real messages as named examples (service/error_docs.py).
+    error: str = Field(..., description="What went wrong, and what to send instead.")
 
 
 class PingResponse(BaseModel):
     """Health: ``ready`` (HTTP 200) only once the model is loaded and a warm-up inference succeeded."""
 
-    status: Literal["ready", "loading", "failed"] = Field(..., examples=["ready"])
-    detail: str | None = Field(None, description="Why the model is not ready (load error).", examples=[None])
+    status: Literal["ready", "loading", "failed", "draining"] = Field(..., examples=["ready"])
+    detail: str | None = Field(
+        None, description="Why the server is not ready (loading, load error, shutting down).", examples=[None]
+    )
 
 
 class RuntimeOut(BaseModel):

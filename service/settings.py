@@ -47,6 +47,7 @@ ENV_FIELDS: dict[str, str] = {
     "BINSIGHT_MANUAL_CHECK_EXPECTED_PROBABILITY": "manual_check_expected_probability",
     "BINSIGHT_LOG_LEVEL": "log_level",
     "BINSIGHT_ACCESS_LOG": "access_log",
+    "BINSIGHT_GRACE_PERIOD_S": "grace_period_s",
 }
 
 
@@ -184,6 +185,16 @@ class ServeSettings(BaseModel):
     )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     access_log: bool = Field(True, description="Log one line per request (successful /ping calls are left out).")
+    grace_period_s: int = Field(
+        25,
+        ge=3,
+        le=3600,
+        description=(
+            "After SIGTERM: longest the server drains (answers what its connections have sent, /ping 503) "
+            "before it exits (BINSIGHT_GRACE_PERIOD_S); below SageMaker's 30 s before SIGKILL and compose's "
+            "stop_grace_period (service/server.py)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _int8_needs_onnxruntime(self) -> "ServeSettings":
