@@ -318,8 +318,14 @@ class TrainingJobConfig(JobConfig):
 
     job_name: str = Field(default_factory=lambda: f"binsight-train-{_stamp()}", description="Training job name")
     stream_logs: bool = Field(True, description="While waiting, print the job's CloudWatch log lines")
+    tensorboard_uri: str | None = Field(
+        None, description="S3 prefix the job's TensorBoard scalars (/opt/ml/output/tensorboard) are synced to"
+    )
 
     _name = field_validator("job_name")(classmethod(lambda cls, v: check_sagemaker_name(v, "training job name")))
+    _tensorboard = field_validator("tensorboard_uri")(
+        classmethod(lambda cls, v: None if v is None else check_s3_uri(v))
+    )
 
     @model_validator(mode="after")
     def _spot_checkpoint(self) -> TrainingJobConfig:

@@ -84,7 +84,16 @@ def job_parts(config: JobConfig) -> dict[str, Any]:
     return parts
 
 
+#: Where the training report writes TensorBoard scalars in the container (training.report.run_report).
+TENSORBOARD_LOCAL_PATH = "/opt/ml/output/tensorboard"
+
+
 def training_job_request(config: TrainingJobConfig) -> dict[str, Any]:
+    tensorboard = (
+        {"TensorBoardOutputConfig": {"S3OutputPath": config.tensorboard_uri, "LocalPath": TENSORBOARD_LOCAL_PATH}}
+        if config.tensorboard_uri
+        else {}
+    )
     return {
         "TrainingJobName": config.job_name,
         "HyperParameters": dict(config.hyperparameters),
@@ -95,6 +104,7 @@ def training_job_request(config: TrainingJobConfig) -> dict[str, Any]:
             "EnableSageMakerMetricsTimeSeries": True,
         },
         **job_parts(config),
+        **tensorboard,
         "Tags": [{"Key": "project", "Value": "binsight"}],
     }
 
