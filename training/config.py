@@ -27,7 +27,23 @@ ENV_PREFIX = "BINSIGHT_"
 
 
 #: Fields that do not change what is learned; a checkpoint made with other values of these resumes.
-RUNTIME_FIELDS = frozenset({"num_workers", "tta_flip", "eval_batch_size", "threads", "log_every_steps"})
+RUNTIME_FIELDS = frozenset(
+    {
+        "num_workers",
+        "tta_flip",
+        "eval_batch_size",
+        "threads",
+        "log_every_steps",
+        # the training report (training.report) watches a run; it changes nothing that is learned
+        "report",
+        "report_health_every_steps",
+        "report_sample_interval_s",
+        "report_thresholds",
+        "profile_steps",
+        "profile_wait_steps",
+        "profile_max_mb",
+    }
+)
 
 _NONE_WORDS = {"", "none", "null", "auto"}
 
@@ -94,6 +110,30 @@ class TrainConfig(BaseModel):
         description="Without a terminal, a step_progress line every this many "
         "steps (loss, lr, img/s, eta); 0: none. On a terminal: a progress bar.",
     )
+    # BatchNorm statistics (training.norms)
+    bn_recalibration: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Recompute BatchNorm running statistics on un-augmented training bins after each epoch, "
+        "before validation and saving; auto: on when a norm's momentum is below 0.05 (EfficientNet-Lite's 0.01 "
+        "leaves them ~100 steps behind the weights).",
+    )
+    bn_recalibration_samples: int = Field(512, ge=2, description="Training bins the statistics are recomputed on.")
+    # The training report (training.report): step timing lines are printed whatever these say
+    report: bool = Field(
+        True,
+        description="System sampler, model-health checks, rules and the HTML report + findings JSON "
+        "in the output data dir, TensorBoard scalars beside it.",
+    )
+    report_health_every_steps: int = Field(
+        50, ge=1, description="Gradient/weight checks every this many steps (and the first 5)."
+    )
+    report_sample_interval_s: float = Field(1.0, ge=0.1, le=60, description="System sampler period.")
+    report_thresholds: str = Field(
+        "", description="Rule thresholds to change, name=value,... (see training.report.thresholds)."
+    )
+    profile_steps: int = Field(0, ge=0, le=100, description="torch.profiler window of this many steps; 0: none.")
+    profile_wait_steps: int = Field(10, ge=0, description="Steps trained before the profiler window opens.")
+    profile_max_mb: float = Field(50.0, gt=0, description="Gzipped trace larger than this is not kept.")
 
     @field_validator(
         "input_size", "eval_batch_size", "limit", "num_workers", "nproc_per_node", "threads", mode="before"
@@ -111,6 +151,14 @@ class TrainConfig(BaseModel):
             get_architecture(value)
         except ArchitectureError as exc:
             raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("report_thresholds")
+    @classmethod
+    def _known_thresholds(cls, value: str) -> str:
+        from training.report.thresholds import parse_thresholds  # pydantic only
+
+        parse_thresholds(value)
         return value
 
     @model_validator(mode="after")

@@ -32,6 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.profiler import record_function
 from torch.utils.data import DataLoader
 
 from service.architectures import build_model, get_architecture
@@ -54,6 +55,7 @@ from training.dataset import BadSample
 from training.device import Placement
 from training.distributed import DistContext, all_reduce, init_distributed, shutdown_distributed
 from training.evaluate import HISTORY_FILE, evaluate_model
+from training.labels import class_counts
 from training.layouts import DataError
 from training.loaders import (
     EpochSampler,
@@ -68,7 +70,10 @@ from training.log import Log, fields_text, print_line, quiet
 from training.log import Progress as ProgressDisplay
 from training.losses import CountLoss, class_weights
 from training.metrics import scalar_metrics
+from training.norms import recalibrate, sample_items, smallest_momentum
+from training.norms import wanted as recalibration_wanted
 from training.optim import apply_freeze, frozen_norms_to_eval, make_optimizer, make_scheduler, param_groups
+from training.report.run_report import NoWatch, RunReport
 from training.sagemaker_env import RunPaths
 from training.splits import SPLIT_MANIFEST_FILE, write_split_manifest
 
@@ -120,6 +125,7 @@ class RunParts:
     scaler: torch.amp.GradScaler
     train_loader: DataLoader
     val_loader: DataLoader | None  # this worker's shard of the validation part
+    norm_loader: DataLoader | None  # un-augmented training bins BatchNorm statistics are recomputed on, or None
     steps: int  # optimiser steps per epoch (per worker)
     num_workers: int
     trainable_params: int
@@ -169,6 +175,10 @@ def build_run(config: TrainConfig, ctx: DistContext, data: PreparedData, log: Lo
         net = DistributedDataParallel(model, device_ids=[ctx.device.index] if placement.cuda else None)
     num_workers = config.num_workers if config.num_workers is not None else auto_num_workers(ctx.local_world_size)
     val_shard = data.split.val[ctx.rank :: ctx.world_size]
+    norm_loader = None
+    if recalibration_wanted(config.bn_recalibration, model):  # the same bins on every worker
+        norm_items = sample_items(train_items, config.bn_recalibration_samples, config.seed)
+        norm_loader = eval_loader(norm_items, spec, config.batch_size, 0, placement.cuda)
     return RunParts(
         config=config,
         ctx=ctx,
@@ -189,6 +199,7 @@ def build_run(config: TrainConfig, ctx: DistContext, data: PreparedData, log: Lo
             if data.split.val
             else None
         ),
+        norm_loader=norm_loader,
         steps=steps,
         num_workers=num_workers,
         trainable_params=trainable,
@@ -285,19 +296,29 @@ def train_step(
     targets: torch.Tensor,
     grad_clip: float,
     params: Sequence[torch.Tensor],
+    before_update: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
-    """One optimiser step; returns ``[loss * n, correct, n]`` (float64, on the device, not synchronised)."""
+    """One optimiser step; returns ``[loss * n, correct, n]`` (float64, on the device, not synchronised).
+
+    ``before_update(loss, images)``, when given, sees the gradients unscaled and not yet clipped (the
+    report's health probe). The ``record_function`` ranges split a profiler window's time by phase.
+    """
     images, targets = placement.place_batch(images, targets)
-    with placement.autocast():
+    with record_function("binsight.forward"), placement.autocast():
         logits = net(images)
         loss = criterion(logits, targets)
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if grad_clip > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
+    with record_function("binsight.backward"):
+        scaler.scale(loss).backward()
+    with record_function("binsight.optimizer"):
+        if grad_clip > 0 or before_update is not None:
+            scaler.unscale_(optimizer)
+        if before_update is not None:
+            before_update(loss, images)
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
     n = targets.numel()
     correct = (logits.detach().argmax(1) == targets).sum()
     return torch.stack(
@@ -375,13 +396,16 @@ def train_one_epoch(
     log: Log = quiet,
     log_every: int = 0,
     after_step: AfterStep | None = None,
+    watch: RunReport | NoWatch | None = None,
 ) -> torch.Tensor:
     """Train the rest of epoch ``epoch`` from ``progress.step_in_epoch``; returns the train sums
     ``[loss * n, correct, n]`` of the whole epoch (a resumed epoch starts from ``progress.partial``).
 
     Each step is seeded from ``(seed, epoch, step, rank)`` and the loader's order from ``(seed,
-    epoch)``, so an epoch resumed part-way sees the batches the uninterrupted run saw.
+    epoch)``, so an epoch resumed part-way sees the batches the uninterrupted run saw. ``watch`` (the
+    run's :class:`training.report.run_report.RunReport`) times each step and checks the model's health.
     """
+    watch = watch or NoWatch()
     sums = torch.tensor(progress.partial.get("sums", [0.0, 0.0, 0.0]), dtype=torch.float64, device=ctx.device)
     start = step = progress.step_in_epoch
     if start >= steps:
@@ -396,25 +420,36 @@ def train_one_epoch(
         if ctx.is_main and log_every > 0
         else None
     )
+    watch.batch_wanted()
     for images, targets, skipped in iterate_until_stopped(loader, stop):
+        watch.batch_arrived()
         if skipped:
             on_skipped(skipped)
         too_small = _agree_to_stop(stop, targets.numel() < min(2, batch_size), ctx)
         if stop.requested:
             break
+        step_sums = None
         if not too_small:
             torch.manual_seed(mix_seed("step", seed, epoch, step, ctx.rank))
-            sums += train_step(net, criterion, optimizer, scaler, placement, images, targets, grad_clip, params)
+            images, targets = placement.place_batch(images, targets)  # here, to time the copy apart
+            watch.batch_placed()
+            probe = watch.health_probe(progress.global_step + 1)
+            step_sums = train_step(
+                net, criterion, optimizer, scaler, placement, images, targets, grad_clip, params, before_update=probe
+            )
+            sums += step_sums
         scheduler.step()
         step += 1
         progress.step_in_epoch = step
         progress.global_step += 1
+        watch.step_done(step, progress.global_step, step_sums)
         if display is not None:
             display.update(1)
         if after_step is not None:
             after_step(progress.global_step, stop)
         if step >= steps:
             break
+        watch.batch_wanted()
     if display is not None:
         display.close()
     return sums
@@ -508,12 +543,21 @@ def _keep_if_best(parts: RunParts, state: RunState, entry: dict[str, Any]) -> No
 
 
 def run_epoch(
-    parts: RunParts, state: RunState, epoch: int, stop: GracefulStop, checkpoint: Path, log: Log, hooks: TrainHooks
+    parts: RunParts,
+    state: RunState,
+    epoch: int,
+    stop: GracefulStop,
+    checkpoint: Path,
+    log: Log,
+    hooks: TrainHooks,
+    report: RunReport,
 ) -> bool:
-    """Train, validate and checkpoint epoch ``epoch``; ``False`` when stopped (after saving)."""
+    """Train, recalibrate BatchNorm statistics, validate and checkpoint epoch ``epoch``; ``False`` when
+    stopped (after saving)."""
     cfg, ctx, progress = parts.config, parts.ctx, state.progress
     started = time.monotonic()
     on_skipped = SkippedImages(progress, parts.data, cfg.max_bad_fraction, log)
+    report.start_epoch(epoch)
     sums = train_one_epoch(
         parts.net,
         parts.criterion,
@@ -533,8 +577,14 @@ def run_epoch(
         log=log,
         log_every=cfg.log_every_steps,
         after_step=hooks.after_step,
+        watch=report,
     )
+    timing = report.end_training()
     stopped = stop.requested and progress.step_in_epoch < parts.steps
+    recalibration = None
+    if not stopped and parts.norm_loader is not None:
+        # The statistics validation uses and the checkpoint, best weights and artifact keep (training.norms).
+        recalibration = recalibrate(parts.model, parts.norm_loader, parts.placement)
     if not stopped:
         val_sums, stopped = validate(
             parts.model, parts.val_loader, parts.placement, parts.class_values, stop, on_skipped
@@ -551,6 +601,7 @@ def run_epoch(
     progress.history.append(entry)
     _keep_if_best(parts, state, entry)
     log(fields_text(entry))
+    report.end_epoch(entry, progress.history, timing, recalibration.as_dict() if recalibration else None)
     progress.epoch, progress.step_in_epoch, progress.partial = epoch, 0, {}
     save(parts, state, checkpoint)
     return True
@@ -566,6 +617,7 @@ def run_training(
     hooks = hooks or TrainHooks()
     log = log if ctx.is_main else quiet
     started = time.monotonic()
+    report = RunReport(config, paths.output_data_dir, ctx.device, is_main=ctx.is_main, log=log, started=started)
     try:
         with GracefulStop() as stop:
             log(
@@ -576,13 +628,19 @@ def run_training(
             checkpoint = paths.checkpoint_dir / CHECKPOINT_FILE
             state = resume(parts, checkpoint, log)
             progress = state.progress
+            report.start(
+                run_info(parts),
+                [p for p in parts.model.parameters() if p.requires_grad],
+                resumed=state.resumed,
+                global_step=progress.global_step,
+            )
             log(
                 f"train_plan: epochs: {config.epochs} steps_per_epoch: {parts.steps} batch_size: {config.batch_size} "
                 f"num_workers: {parts.num_workers} trainable_params: {parts.trainable_params} "
                 f"total_params: {parts.total_params} start_epoch: {progress.epoch + 1}"
             )
             for epoch in range(progress.epoch + 1, config.epochs + 1):
-                if not run_epoch(parts, state, epoch, stop, checkpoint, log, hooks):
+                if not run_epoch(parts, state, epoch, stop, checkpoint, log, hooks, report):
                     log(
                         f"training_interrupted: {stop.reason} epoch: {epoch} "
                         f"step: {progress.step_in_epoch}/{parts.steps} checkpoint: {checkpoint}"
@@ -592,9 +650,30 @@ def run_training(
             stop.release()
             if not ctx.is_main:
                 return RunResult("completed", progress.epoch, progress.best_epoch, progress.history)
-            return write_outputs(parts, state, paths, time.monotonic() - started, log)
+            result = write_outputs(parts, state, paths, time.monotonic() - started, log)
+            report.finish()
+            return result
     finally:
+        report.close()
         shutdown_distributed()
+
+
+def run_info(parts: RunParts) -> dict[str, Any]:
+    """What the report's rules read of the run besides its records (training.report.rules)."""
+    split, k = parts.data.split, len(parts.labels)
+    return {
+        "labels": parts.labels,
+        "train_class_counts": [int(c) for c in parts.data.train_class_counts],
+        "val_class_counts": [int(c) for c in class_counts(split.val, k)] if split.val else [],
+        "num_workers": parts.num_workers,
+        "steps_per_epoch": parts.steps,
+        "world_size": parts.ctx.world_size,
+        "trainable_parameters": parts.trainable_params,
+        "batchnorm": {
+            "recalibration": parts.norm_loader is not None,
+            "smallest_momentum": smallest_momentum(parts.model),
+        },
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -619,6 +698,7 @@ def _recipe(parts: RunParts, state: RunState) -> dict[str, Any]:
         "trainable_parameters": parts.trainable_params,
         "total_parameters": parts.total_params,
         "resumed": state.resumed,
+        "bn_recalibration_used": parts.norm_loader is not None,
         "torch": torch.__version__,
     }
 

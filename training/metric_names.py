@@ -29,5 +29,28 @@ TEST_N, TEST_SKIPPED = "test_n", "test_skipped"
 #: The name of the step lines' :class:`training.log.Progress` and the fields it adds.
 STEP_PROGRESS = "step"
 STEP_LOSS, STEP_LR, IMAGES_PER_S = "step_loss", "step_lr", "img_per_s"
-#: Everything SageMaker should chart, in the order of the lines.
-CHARTED = (*EPOCH_METRICS, *TEST_METRICS.values(), STEP_LOSS, IMAGES_PER_S)
+#: The step timer's line at the same steps (training.report.timing): means per step over the window since
+#: the last one, ``step_timing: epoch: 2 step: 50 data_wait_ms: 3.1 h2d_ms: 0.4 compute_ms: 80.2 step_ms: 84.0
+#: data_wait_share: 0.0370 window_img_per_s: 380.9``.
+STEP_TIMING = "step_timing"
+STEP_TIMING_METRICS = ("data_wait_ms", "h2d_ms", "compute_ms", "step_ms", "data_wait_share", "window_img_per_s")
+#: One per epoch after its line: ``epoch_timing: epoch: 2 epoch_img_per_s: 371.2 epoch_data_wait_share: 0.0410
+#: peak_memory_mb: 2210.5 grad_norm: 1.2130`` (grad_norm: the mean of the epoch's health checks, with the report).
+EPOCH_TIMING = "epoch_timing"
+EPOCH_IMAGES_PER_S, EPOCH_DATA_WAIT_SHARE = "epoch_img_per_s", "epoch_data_wait_share"
+PEAK_MEMORY_MB, GRAD_NORM = "peak_memory_mb", "grad_norm"
+#: The report's last line: ``report_done: report_issues: 2 report: .../report.html issues: data_wait, ...``.
+REPORT_ISSUES = "report_issues"
+#: Everything SageMaker should chart, in the order of the lines (SageMaker takes at most 40).
+CHARTED = (
+    *EPOCH_METRICS,
+    *TEST_METRICS.values(),
+    STEP_LOSS,
+    IMAGES_PER_S,
+    *STEP_TIMING_METRICS,
+    EPOCH_IMAGES_PER_S,
+    EPOCH_DATA_WAIT_SHARE,
+    PEAK_MEMORY_MB,
+    GRAD_NORM,
+    REPORT_ISSUES,
+)

@@ -23,7 +23,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from training.metric_names import CHARTED, EPOCH_METRICS, IMAGES_PER_S, STEP_LOSS, TEST_METRICS
+from training.metric_names import (
+    CHARTED,
+    EPOCH_DATA_WAIT_SHARE,
+    EPOCH_IMAGES_PER_S,
+    EPOCH_METRICS,
+    GRAD_NORM,
+    IMAGES_PER_S,
+    PEAK_MEMORY_MB,
+    REPORT_ISSUES,
+    STEP_LOSS,
+    STEP_TIMING_METRICS,
+    TEST_METRICS,
+)
 
 RESERVED_PREFIX = "sagemaker_"
 TUNING_OBJECTIVE_KEY = "_tuning_objective_metric"
@@ -83,13 +95,16 @@ class PlatformHyperparameters:
         )
 
 
-def printed_metrics(*, has_validation: bool, has_test: bool, step_lines: bool) -> tuple[str, ...]:
+def printed_metrics(*, has_validation: bool, has_test: bool, step_lines: bool, report: bool = True) -> tuple[str, ...]:
     """The charted figures a run with this data prints (the names of :mod:`training.metric_names`)."""
     printed = [m for m in EPOCH_METRICS if has_validation or not m.startswith("val_")]
+    printed += [EPOCH_IMAGES_PER_S, EPOCH_DATA_WAIT_SHARE, PEAK_MEMORY_MB]
     if has_test:
         printed += TEST_METRICS.values()
     if step_lines:
-        printed += [STEP_LOSS, IMAGES_PER_S]
+        printed += [STEP_LOSS, IMAGES_PER_S, *STEP_TIMING_METRICS]
+    if report:
+        printed += [GRAD_NORM, REPORT_ISSUES]
     return tuple(printed)
 
 

@@ -23,6 +23,7 @@ def printed_by(config: TrainConfig, paths: RunPaths) -> tuple[str, ...]:
         has_validation=paths.validation is not None or config.val_fraction > 0,
         has_test=paths.test is not None or config.test_fraction > 0,
         step_lines=config.log_every_steps > 0,
+        report=config.report,
     )
 
 
