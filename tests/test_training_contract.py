@@ -156,6 +156,7 @@ def test_two_process_gloo_ddp_run_completes(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "distributed_launch: nnodes: 1 nproc_per_node: 2" in proc.stdout
     assert "world_size: 2" in proc.stdout
+    assert "replicas: world_size: 2 parameters_equal: true" in proc.stdout  # DDP kept one model
     assert [int(m.group(1)) for m in EPOCH_LINE.finditer(proc.stdout)] == [1, 2]  # rank 0 logs, once
     meta = load_artifact(root / "model").metadata
     assert meta.training["world_size"] == 2 and meta.training["steps_per_epoch"] == 2

@@ -8,10 +8,13 @@ because torchrun sets ``LOCAL_RANK`` and ``WORLD_SIZE``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Callable, Mapping, Sequence
@@ -24,6 +27,10 @@ from training.device import resolve_device
 from training.sagemaker_env import ResourceConfig
 
 DEFAULT_MASTER_PORT = 29500
+#: SageMaker's DNS names for the other hosts (algo-2, ...) may appear a while after a container starts.
+HOST_RESOLUTION_TIMEOUT_S = 300.0
+#: The variables that pick the interface gloo and NCCL talk over; resourceconfig.json names it.
+SOCKET_IFNAME_VARIABLES = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
 #: Collectives wait this long (rank 0 evaluates while the others wait at most this).
 PROCESS_GROUP_TIMEOUT = timedelta(minutes=60)
 
@@ -71,6 +78,31 @@ def init_distributed(config: TrainConfig, environ: Mapping[str, str] | None = No
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, local_world_size=local_world, device=device)
 
 
+def check_replicas(model: torch.nn.Module, ctx: DistContext) -> str | None:
+    """After training: do all workers hold the same weights? One ``replicas:`` log line (``None`` alone).
+
+    DistributedDataParallel keeps the parameters identical bit for bit (every worker applies the same
+    all-reduced gradients); a difference means the workers did not train one model. Buffers (BatchNorm
+    statistics) are compared by their largest difference. Collective: every worker calls it.
+    """
+    if not ctx.enabled:
+        return None
+    params = [p.detach().to("cpu", torch.float32).contiguous() for p in model.parameters()]
+    digest = hashlib.sha256(b"".join(p.numpy().tobytes() for p in params)).hexdigest()
+    floats = [b.detach().to("cpu", torch.float64).reshape(-1) for b in model.buffers() if b.is_floating_point()]
+    buffers = torch.cat(floats) if floats else torch.zeros(0, dtype=torch.float64)
+    gathered: list[object] = [None] * ctx.world_size
+    dist.all_gather_object(gathered, (digest, buffers))
+    digests = [g[0] for g in gathered]  # type: ignore[index]
+    buffer_diff = max(float((g[1] - buffers).abs().max()) if buffers.numel() else 0.0 for g in gathered)  # type: ignore[index]
+    equal = len(set(digests)) == 1
+    return (
+        f"replicas: world_size: {ctx.world_size} parameters_equal: {str(equal).lower()} "
+        f"parameters_sha256: {digest[:16]} buffers_max_abs_diff: {buffer_diff:.3g}"
+        + ("" if equal else " digests: " + ",".join(d[:16] for d in digests))
+    )
+
+
 def shutdown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
@@ -95,6 +127,8 @@ class LaunchPlan:
     node_rank: int
     master_addr: str
     master_port: int
+    hosts: tuple[str, ...] = ()
+    network_interface: str | None = None
 
     @property
     def world_size(self) -> int:
@@ -115,7 +149,58 @@ def plan_launch(config: TrainConfig, resources: ResourceConfig, environ: Mapping
         node_rank=resources.node_rank,
         master_addr=resources.master_host,
         master_port=port,
+        hosts=resources.hosts,
+        network_interface=resources.network_interface_name,
     )
+
+
+def wait_for_hosts(
+    hosts: Sequence[str],
+    log: Callable[[str], None],
+    timeout_s: float = HOST_RESOLUTION_TIMEOUT_S,
+    resolve: Callable[[str], str] = socket.gethostbyname,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, str]:
+    """Every host's address, waiting for names that do not resolve yet; :class:`ConfigError` past ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    addresses: dict[str, str] = {}
+    while True:
+        for host in hosts:
+            if host not in addresses:
+                try:
+                    addresses[host] = resolve(host)
+                except OSError:
+                    pass
+        missing = [h for h in hosts if h not in addresses]
+        if not missing:
+            log("hosts_resolved: " + " ".join(f"{h}={a}" for h, a in addresses.items()))
+            return addresses
+        if time.monotonic() >= deadline:
+            raise ConfigError(
+                f"hosts {', '.join(missing)} of resourceconfig.json did not resolve within {timeout_s:.0f} s "
+                "(multi-host training needs every host's name in DNS or /etc/hosts)"
+            )
+        sleep(1.0)
+
+
+def socket_interface_env(plan: LaunchPlan, environ: Mapping[str, str], log: Callable[[str], None]) -> dict[str, str]:
+    """GLOO/NCCL_SOCKET_IFNAME from resourceconfig's ``network_interface_name`` on a multi-host run.
+
+    Left to gloo, each process picks the address its own hostname resolves to, which on a host-network
+    container or a multi-homed instance is not the interface the hosts share. Variables already set win;
+    an interface this host does not have is logged and left out (gloo's own choice then applies).
+    """
+    name = plan.network_interface
+    if plan.nnodes < 2 or not name:
+        return {}
+    present = {n for _, n in socket.if_nameindex()} if hasattr(socket, "if_nameindex") else {name}
+    if name not in present:
+        log(f"network_interface_missing: {name} present: {','.join(sorted(present))}")
+        return {}
+    chosen = {var: name for var in SOCKET_IFNAME_VARIABLES if not environ.get(var)}
+    if chosen:
+        log(f"network_interface: {name} (" + ", ".join(chosen) + ")")
+    return chosen
 
 
 def torchrun_command(plan: LaunchPlan, argv: Sequence[str]) -> list[str]:
@@ -141,9 +226,12 @@ def launch(plan: LaunchPlan, argv: Sequence[str], log: Callable[[str], None]) ->
     cmd = torchrun_command(plan, argv)
     log(
         f"distributed_launch: nnodes: {plan.nnodes} nproc_per_node: {plan.nproc_per_node} "
-        f"node_rank: {plan.node_rank} world_size: {plan.world_size}"
+        f"node_rank: {plan.node_rank} world_size: {plan.world_size} master: {plan.master_addr}:{plan.master_port}"
     )
     env = dict(os.environ)
+    if plan.nnodes > 1:
+        wait_for_hosts(plan.hosts or (plan.master_addr,), log)
+        env.update(socket_interface_env(plan, env, log))
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // plan.nproc_per_node)))
     proc = subprocess.Popen(cmd, env=env)
     interrupted = False

@@ -53,7 +53,7 @@ from training.checkpoint import (
 from training.config import TrainConfig
 from training.dataset import BadSample
 from training.device import Placement
-from training.distributed import DistContext, all_reduce, init_distributed, shutdown_distributed
+from training.distributed import DistContext, all_reduce, check_replicas, init_distributed, shutdown_distributed
 from training.evaluate import HISTORY_FILE, evaluate_model
 from training.labels import class_counts
 from training.layouts import DataError
@@ -646,6 +646,8 @@ def run_training(
                         f"step: {progress.step_in_epoch}/{parts.steps} checkpoint: {checkpoint}"
                     )
                     return RunResult("interrupted", progress.epoch, progress.best_epoch, progress.history)
+            if replicas := check_replicas(parts.model, ctx):  # every worker: a collective
+                log(replicas)
             # Everything worth keeping is in the checkpoint: from here a SIGTERM may end the process at once.
             stop.release()
             if not ctx.is_main:
