@@ -110,7 +110,7 @@ def build_zip(model_json: bytes | None, dependencies_dir: Path | None = None) ->
     if heavy:
         raise InputError(f"the function zip must not carry {', '.join(heavy)} (the model runs in the endpoint)")
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
         entries = sorted(files.items())
         if model_json is not None:
             entries.append((BUNDLED_MODEL_JSON, None))

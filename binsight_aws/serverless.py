@@ -32,11 +32,12 @@ PAYLOAD_LIMIT_MB = 4
 PAYLOAD_ENV = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
 #: One worker: every worker holds its own copy of the model, and serverless memory is what is billed.
 WORKERS_ENV = "SAGEMAKER_MODEL_SERVER_WORKERS"
-#: Peak resident memory of the serving container under load, measured with the image built here
-#: (benchmarks/serverless_bench.py, README "Serverless"), and the headroom over it. The default memory size is
-#: the smallest allowed size at or above peak x headroom: more memory also brings more vCPUs, but the
-#: measured latency does not need them, and a container over its memory is killed mid-request.
-MEASURED_PEAK_RSS_MB = 600
+#: Peak memory of the serving container under load (cgroup peak, page cache included; resident memory was
+#: 408 MB), measured with the image built here by benchmarks/serverless_bench.py (README "Serverless, Lambda
+#: and batch": 4 concurrent requests, 12-megapixel photos), and the headroom over it. The default memory size
+#: is the smallest allowed size at or above peak x headroom: a container over its memory is killed
+#: mid-request, and more memory (which also brings more vCPU) is for the user to choose.
+MEASURED_PEAK_MB = 450
 MEMORY_HEADROOM = 1.5
 DEFAULT_MAX_CONCURRENCY = 10
 
@@ -48,7 +49,7 @@ def memory_size_for(peak_rss_mb: float, headroom: float = MEMORY_HEADROOM) -> in
     return min(MEMORY_MAX_MB, steps * MEMORY_STEP_MB)
 
 
-DEFAULT_MEMORY_MB = memory_size_for(MEASURED_PEAK_RSS_MB)
+DEFAULT_MEMORY_MB = memory_size_for(MEASURED_PEAK_MB)
 
 
 class ServerlessOptions(BaseModel):

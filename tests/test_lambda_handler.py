@@ -27,7 +27,8 @@ BUCKET = "station-photos"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("lambda-serve")
-    process = ServeProcess(make_artifact(root / "model"), root / "serve.log")
+    # torch serves: no ONNX export at start-up (the runtime is not what these tests are about)
+    process = ServeProcess(make_artifact(root / "model"), root / "serve.log", {"BINSIGHT_RUNTIME": "torch"})
     try:
         process.wait_ready()
         yield process
