@@ -167,32 +167,17 @@ def _tally(result: dict[str, Any], outcome: FileOutcome) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-class AbidDownloader:
-    """Fetches bins from ``bucket`` into ``dest``; ``s3`` is a boto3 S3 client (botocore retries off)."""
+class ObjectFetcher:
+    """One verified object into one file: fetched with retries, checked, written atomically (or skipped)."""
 
-    def __init__(
-        self,
-        s3: Any,
-        bucket: str,
-        dest: str | os.PathLike,
-        *,
-        workers: int = 16,
-        backoff: Backoff | None = None,
-        log: Log = print_line,
-        progress_factory: Callable[..., Progress] = Progress,
-    ) -> None:
-        self.s3, self.bucket, self.dest = s3, bucket, Path(dest)
-        self.workers = workers
-        self.backoff = backoff or Backoff()
-        self.log = log
-        self.progress_factory = progress_factory
-        self.stop = threading.Event()
+    def __init__(self, s3: Any, bucket: str, backoff: Backoff, stop: threading.Event) -> None:
+        self.s3, self.bucket, self.backoff, self.stop = s3, bucket, backoff, stop
         self._lock = threading.Lock()
-        self._retries = 0
+        self.retries = 0
 
     def _note_retry(self, attempt: int, exc: BaseException) -> None:
         with self._lock:
-            self._retries += 1
+            self.retries += 1
 
     def get_bytes(self, key: str, check: Callable[[bytes], Any]) -> bytes:
         """The object's bytes, verified by ``check``; transient errors and one corrupt read are retried."""
@@ -259,6 +244,33 @@ class AbidDownloader:
             atomic_write(path, data, suffix=PART_SUFFIX)
         return FileOutcome("downloaded", data=data, nbytes=len(data), refetched=refetch, reason=veto)
 
+
+class AbidDownloader:
+    """Fetches bins from ``bucket`` into ``dest``; ``s3`` is a boto3 S3 client (botocore retries off)."""
+
+    def __init__(
+        self,
+        s3: Any,
+        bucket: str,
+        dest: str | os.PathLike,
+        *,
+        workers: int = 16,
+        backoff: Backoff | None = None,
+        log: Log = print_line,
+        progress_factory: Callable[..., Progress] = Progress,
+    ) -> None:
+        self.s3, self.bucket, self.dest = s3, bucket, Path(dest)
+        self.workers = workers
+        self.backoff = backoff or Backoff()
+        self.log = log
+        self.progress_factory = progress_factory
+        self.stop = threading.Event()
+        self.files = ObjectFetcher(s3, bucket, self.backoff, self.stop)
+
+    def get_bytes(self, key: str, check: Callable[[bytes], Any]) -> bytes:
+        """See :meth:`ObjectFetcher.get_bytes` (the sampler reads metadata through it)."""
+        return self.files.get_bytes(key, check)
+
     # -- one bin ----------------------------------------------------------------------------------
     def fetch_bin(
         self,
@@ -294,7 +306,7 @@ class AbidDownloader:
                 atomic_write(meta_path, metadata, suffix=PART_SUFFIX)
                 meta = FileOutcome("downloaded", data=metadata, nbytes=len(metadata))
         else:
-            meta = self.ensure_file(
+            meta = self.files.ensure_file(
                 metadata_key(bin_id), meta_path, check_metadata, expected_size=metadata_size, accept=too_many
             )
         _tally(result, meta)
@@ -309,7 +321,7 @@ class AbidDownloader:
             return result
         image_path = self.dest / ABID_IMAGE_DIR / f"{bin_id}.jpg"
         try:
-            image = self.ensure_file(image_key(bin_id), image_path, check_jpeg)
+            image = self.files.ensure_file(image_key(bin_id), image_path, check_jpeg)
         except Interrupted:
             if meta.status == "downloaded" and not image_path.is_file():
                 meta_path.unlink(missing_ok=True)  # no half bins, even when stopped
@@ -368,7 +380,7 @@ class AbidDownloader:
             pool.shutdown(wait=True, cancel_futures=True)
             if summary.interrupted:  # bins that finished before or while shutting down still count
                 self._collect({f for f in inflight if f.done() and not f.cancelled()}, inflight, summary, None)
-        summary.retries = self._retries
+        summary.retries = self.files.retries
         summary.seconds = time.monotonic() - started
         self._write_summary(summary)
         return summary

@@ -114,6 +114,36 @@ class Sample:
     rejected: int = 0
     unreadable: int = 0
 
+    def consider(
+        self,
+        candidate: tuple[str, bytes | None, int, bool, str | None],
+        size: int,
+        *,
+        want: int,
+        max_count: int | None,
+        log: Log,
+    ) -> bool:
+        """Count one read candidate (see :func:`_read_candidate`); ``True`` when it joins the sample (which
+        holds at most ``want`` bins; candidates read past that are still counted)."""
+        bin_id, data, count, fetched, why = candidate
+        self.metadata_read += 1
+        if data is None:
+            self.unreadable += 1
+            if self.unreadable <= 5:
+                log(f"sample_unreadable: {metadata_key(bin_id)} reason: {why}")
+            return False
+        if fetched:
+            self.metadata_bytes += len(data)
+        if max_count is not None and count > max_count:
+            self.rejected += 1
+            return False
+        if len(self.ids) >= want:
+            return False
+        self.ids.append(bin_id)
+        self.metadata[bin_id] = data
+        self.sizes[bin_id] = size
+        return True
+
 
 def list_metadata(
     s3: Any, bucket: str, limit: int, dest: Path, *, refresh: bool = False, log: Log = print_line
@@ -209,22 +239,8 @@ def sample_bins(
         for start in range(0, len(candidates), chunk):
             if len(sample.ids) >= n:
                 break
-            for bin_id, data, count, fetched, why in pool.map(read, candidates[start : start + chunk]):
-                sample.metadata_read += 1
-                if data is None:
-                    sample.unreadable += 1
-                    if sample.unreadable <= 5:
-                        log(f"sample_unreadable: {metadata_key(bin_id)} reason: {why}")
-                    continue
-                if fetched:
-                    sample.metadata_bytes += len(data)
-                if max_count is not None and count > max_count:
-                    sample.rejected += 1
-                    continue
-                if len(sample.ids) < n:
-                    sample.ids.append(bin_id)
-                    sample.metadata[bin_id] = data
-                    sample.sizes[bin_id] = listing[bin_id]
+            for candidate in pool.map(read, candidates[start : start + chunk]):
+                if sample.consider(candidate, listing[candidate[0]], want=n, max_count=max_count, log=log):
                     progress.update(1)
     log(
         f"sample_done: chosen: {len(sample.ids)} metadata_read: {sample.metadata_read} rejected_over_max: "
