@@ -5,6 +5,7 @@ answering what ``POST /predict`` answers."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 import subprocess
 import sys
@@ -188,3 +189,71 @@ def test_handler_imports_without_torch() -> None:
         "'service.schemas', 'torch'], loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=Path(ROOT), check=True)
+
+
+def test_handler_entry_point_from_its_environment(server: ServeProcess, s3, moto_endpoint, monkeypatch) -> None:  # noqa: F811
+    from binsight_aws.lambda_fn import handler as entry
+
+    for name, value in {
+        "BINSIGHT_LAMBDA_INVOCATIONS_URL": server.url,
+        "BINSIGHT_LAMBDA_BUCKET": BUCKET,
+        "BINSIGHT_LAMBDA_INPUT_PREFIX": "incoming/",
+        "BINSIGHT_LAMBDA_RESULTS_PREFIX": "results/",
+        "AWS_ENDPOINT_URL_S3": moto_endpoint,  # the function's own boto3 client, pointed at moto
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(entry, "_STATE", {})
+    s3.put_object(Bucket=BUCKET, Key="incoming/bin-9_qty-4.jpg", Body=jpeg(9))
+    out = entry.handler(s3_event(s3, "incoming/bin-9_qty-4.jpg"))
+    assert out["photos"][0]["status"] == "ok"
+    assert result(s3, "results/bin-9_qty-4.jpg.json")["results"][0]["expected_quantity"] == 4
+    assert entry.handler(s3_event(s3, "incoming/bin-9_qty-4.jpg"))["photos"][0]["status"] == "duplicate"
+
+
+def test_sagemaker_invoker_sorts_refusals_from_outages(tmp_path: Path) -> None:
+    import boto3
+    from botocore.response import StreamingBody
+    from botocore.stub import Stubber
+
+    from binsight_aws.lambda_fn.invokers import PhotoRejected, SageMakerInvoker
+
+    model_json = make_artifact(tmp_path / "model") / "model.json"
+    runtime = boto3.client("sagemaker-runtime", region_name="us-east-1")
+    invoker = SageMakerInvoker("bs-sls", runtime, model_json)
+    answer = json.dumps(
+        {
+            "predictions": [
+                {"count": 2, "label": "2", "confidence": 0.6, "probabilities": {"2": 0.6}, "expected_count": 2.1}
+            ]
+        }
+    ).encode()
+    request = {
+        "EndpointName": "bs-sls",
+        "Body": b"photo",
+        "ContentType": "application/x-image",
+        "Accept": "application/json",
+    }
+    with Stubber(runtime) as stub:
+        stub.add_response("invoke_endpoint", {"Body": StreamingBody(io.BytesIO(answer), len(answer))}, request)
+        stub.add_client_error(
+            "invoke_endpoint",
+            service_error_code="ModelError",
+            service_message="Received client error (400) from primary",
+            http_status_code=424,
+            modeled_fields={"OriginalStatusCode": 400, "OriginalMessage": '{"error": "image data is corrupt"}'},
+        )
+        stub.add_client_error("invoke_endpoint", service_error_code="ThrottlingException", http_status_code=400)
+        stub.add_client_error(
+            "invoke_endpoint",
+            service_error_code="ModelError",
+            http_status_code=424,
+            modeled_fields={"OriginalStatusCode": 503, "OriginalMessage": '{"error": "model loading"}'},
+        )
+        assert invoker.predict(b"photo").count == 2
+        with pytest.raises(PhotoRejected, match="image data is corrupt"):
+            invoker.predict(b"photo")
+        with pytest.raises(ModelUnavailable, match="ThrottlingException"):
+            invoker.predict(b"photo")
+        with pytest.raises(ModelUnavailable):
+            invoker.predict(b"photo")
+    assert invoker.metadata().labels == json.loads(model_json.read_text())["labels"]
