@@ -15,7 +15,6 @@ torch operation happens in :meth:`forward`, on one thread. The pixels are the sa
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import time
@@ -24,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch import nn
 
 from service.artifact import ModelMetadata, load_artifact
+from service.check_pictures import check_jpegs
 from service.onnx_graph import CacheDir, resolve_cache_dir
 from service.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, normalize, resize_image
 from service.runtimes import (
@@ -259,26 +258,8 @@ class Predictor:
         return [p if isinstance(p, ImageFailure) else next(predictions) for p in prepared]
 
     def check_images(self) -> list[bytes]:
-        """Two JPEGs (a structured picture and its mirror image) that warm up the model and check runtimes."""
-        width, height = self._spec.input_size + 13, self._spec.input_size + 7
-        ramp = Image.linear_gradient("L").resize((width, height))
-        image = Image.merge(
-            "RGB",
-            (
-                ramp,
-                ramp.transpose(Image.Transpose.ROTATE_90).resize((width, height)),
-                Image.new("L", (width, height), 110),
-            ),
-        )
-        for i, colour in enumerate(((200, 40, 30), (30, 160, 60), (250, 250, 240))):
-            x, y = (i * 2 + 1) * width // 8, (i + 1) * height // 5
-            image.paste(colour, (x, y, x + width // 6, y + height // 7))
-        out = []
-        for picture in (image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)):
-            buffer = io.BytesIO()
-            picture.save(buffer, "JPEG", quality=90)
-            out.append(buffer.getvalue())
-        return out
+        """The JPEGs that warm up the model and check runtimes (:func:`service.check_pictures.check_jpegs`)."""
+        return check_jpegs(self._spec.input_size)
 
     def check_batch(self) -> torch.Tensor:
         """The check images through the serving preprocessing: the batch runtimes are compared on."""
