@@ -7,7 +7,8 @@ command line wins. The model validates both, and :func:`error_lines` is the one 
 
 It lives in ``service`` because every entry point may import it: ``serve`` (whose package imports
 nothing else of binsight), ``train`` and ``python -m training.evaluate``, and ``binsight-aws``.
-A field may carry ``json_schema_extra={"flags": [...], "metavar": "..."}`` for extra spellings.
+A field may carry ``json_schema_extra={"flags": [...], "metavar": "..."}`` for extra spellings, and
+``{"env": "NAME"}`` for a variable outside the prefix (``serve`` reads SageMaker's ``SAGEMAKER_*``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,19 @@ def option_flag(field: str) -> str:
 
 def env_name(prefix: str, field: str) -> str:
     return prefix + field.upper()
+
+
+def env_names(model: type[BaseModel], env_prefix: str) -> dict[str, str]:
+    """Field -> its environment variable: ``<PREFIX><FIELD>``, unless the field names its own with
+    ``json_schema_extra={"env": "NAME"}`` (a variable another system defines, e.g. SageMaker's), or
+    ``{"env": None}`` for a field no variable sets."""
+    names = {}
+    for name, info in model.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        own = extra.get("env", env_name(env_prefix, name))
+        if own is not None:
+            names[name] = str(own)
+    return names
 
 
 def field_kind(annotation: Any) -> str:
@@ -71,7 +85,8 @@ def add_options(
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         flags = [option_flag(name)] + [f for f in extra.get("flags", []) if f != option_flag(name)]
         kind = "scalar" if as_strings else field_kind(info.annotation)
-        help_text = f"{info.description or ''} [{_shown_default(info, unset)}; env {env_name(env_prefix, name)}]"
+        variable = env_names(model, env_prefix).get(name, "none")
+        help_text = f"{info.description or ''} [{_shown_default(info, unset)}; env {variable}]"
         kwargs: dict[str, Any] = {
             "dest": dest_prefix + name,
             "default": argparse.SUPPRESS,
@@ -97,8 +112,8 @@ def cli_values(
 
 
 def env_values(model: type[BaseModel], env_prefix: str, environ: Mapping[str, str]) -> dict[str, str]:
-    """``<PREFIX><FIELD>`` variables of ``model``'s fields that are set and not empty."""
-    found = {name: environ.get(env_name(env_prefix, name), "") for name in model.model_fields}
+    """The variables of ``model``'s fields (see :func:`env_names`) that are set and not empty."""
+    found = {name: environ.get(variable, "") for name, variable in env_names(model, env_prefix).items()}
     return {name: value for name, value in found.items() if value.strip() != ""}
 
 

@@ -18,6 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from service.artifact import METADATA_FILE
+from service.options import env_names, env_values, error_lines
 from service.port_range import SafePortRange
 
 #: SageMaker's fixed model location inside a serving container.
@@ -26,29 +27,12 @@ SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
 #: A model shipped inside the package (package data), used when nothing else is configured.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 
-#: Environment variable -> settings field.
-ENV_FIELDS: dict[str, str] = {
-    "BINSIGHT_HOST": "host",
-    "SAGEMAKER_BIND_TO_PORT": "port",
-    "SAGEMAKER_MODEL_SERVER_WORKERS": "workers",
-    "SAGEMAKER_MAX_PAYLOAD_IN_MB": "max_payload_mb",
-    "SAGEMAKER_MODEL_SERVER_TIMEOUT": "model_server_timeout_s",
-    "SAGEMAKER_SAFE_PORT_RANGE": "safe_port_range",
-    "BINSIGHT_MAX_BATCH_SIZE": "max_batch_size",
-    "BINSIGHT_BATCH_WAIT_MS": "batch_wait_ms",
-    "BINSIGHT_RUNTIME": "runtime",
-    "BINSIGHT_PRECISION": "precision",
-    "BINSIGHT_CACHE_DIR": "cache_dir",
-    "BINSIGHT_ORT_THREADS": "ort_threads",
-    "BINSIGHT_TORCH_THREADS": "torch_threads",
-    "BINSIGHT_DECODE_THREADS": "decode_threads",
-    "BINSIGHT_MAX_IMAGE_PIXELS": "max_image_pixels",
-    "BINSIGHT_MANUAL_CHECK_CONFIDENCE": "manual_check_confidence",
-    "BINSIGHT_MANUAL_CHECK_EXPECTED_PROBABILITY": "manual_check_expected_probability",
-    "BINSIGHT_LOG_LEVEL": "log_level",
-    "BINSIGHT_ACCESS_LOG": "access_log",
-    "BINSIGHT_GRACE_PERIOD_S": "grace_period_s",
-}
+#: The prefix of serve's own variables; SageMaker's keep their names (``json_schema_extra["env"]``).
+ENV_PREFIX = "BINSIGHT_"
+
+
+def _sagemaker(name: str) -> dict[str, str]:
+    return {"env": name}
 
 
 class SettingsError(ValueError):
@@ -98,14 +82,28 @@ class ServeSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model: ModelLocation = Field(..., description="The resolved model directory.")
+    model: ModelLocation = Field(..., description="The resolved model directory.", json_schema_extra={"env": None})
     host: str = Field("0.0.0.0", description="Interface to bind (BINSIGHT_HOST).")
-    port: int = Field(8080, ge=1, le=65535, description="Port (SAGEMAKER_BIND_TO_PORT).")
+    port: int = Field(
+        8080,
+        ge=1,
+        le=65535,
+        description="Port (SAGEMAKER_BIND_TO_PORT).",
+        json_schema_extra=_sagemaker("SAGEMAKER_BIND_TO_PORT"),
+    )
     workers: int = Field(
-        1, ge=1, le=64, description="Worker processes, each with its own model copy (SAGEMAKER_MODEL_SERVER_WORKERS)."
+        1,
+        ge=1,
+        le=64,
+        description="Worker processes, each with its own model copy (SAGEMAKER_MODEL_SERVER_WORKERS).",
+        json_schema_extra=_sagemaker("SAGEMAKER_MODEL_SERVER_WORKERS"),
     )
     max_payload_mb: float = Field(
-        6.0, gt=0, le=1024, description="Largest request body in MiB (SAGEMAKER_MAX_PAYLOAD_IN_MB)."
+        6.0,
+        gt=0,
+        le=1024,
+        description="Largest request body in MiB (SAGEMAKER_MAX_PAYLOAD_IN_MB).",
+        json_schema_extra=_sagemaker("SAGEMAKER_MAX_PAYLOAD_IN_MB"),
     )
     model_server_timeout_s: float = Field(
         60.0,
@@ -115,6 +113,7 @@ class ServeSettings(BaseModel):
             "Longest an inference request may take once its body is read; then 504 (SAGEMAKER_MODEL_SERVER_TIMEOUT, "
             "seconds; SageMaker's own default, and its real-time endpoints' limit, is 60)."
         ),
+        json_schema_extra=_sagemaker("SAGEMAKER_MODEL_SERVER_TIMEOUT"),
     )
     safe_port_range: SafePortRange = Field(
         None,
@@ -122,6 +121,7 @@ class ServeSettings(BaseModel):
             "The ports a container may take besides its bind port (SAGEMAKER_SAFE_PORT_RANGE, LOW-HIGH): binsight "
             "takes none; read, checked and logged (service/port_range.py)."
         ),
+        json_schema_extra=_sagemaker("SAGEMAKER_SAFE_PORT_RANGE"),
     )
     max_batch_size: int = Field(
         16,
@@ -231,26 +231,29 @@ class ServeSettings(BaseModel):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "ServeSettings":
-        """Read the settings from ``environ`` (default ``os.environ``); ``overrides`` win over it."""
+        """Read the settings from ``environ`` (default ``os.environ``); ``overrides`` win over it.
+
+        Through the shared bridge (:func:`service.options.env_values`): ``BINSIGHT_<FIELD>``, or the
+        SageMaker variable a field names; values are stripped, choices read case-insensitively."""
         environ = os.environ if environ is None else environ
         values: dict[str, object] = {}
-        for var, field in ENV_FIELDS.items():
-            raw = environ.get(var)
-            if raw is not None and raw.strip() != "":
-                lowered = field in ("log_level", "runtime", "precision")
-                values[field] = raw.strip().lower() if lowered else raw.strip()
+        for field, raw in env_values(cls, ENV_PREFIX, environ).items():
+            values[field] = raw.strip().lower() if field in ("log_level", "runtime", "precision") else raw.strip()
         values.update(overrides)
         values.setdefault("model", resolve_model_dir(environ))
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
-            by_field = {field: var for var, field in ENV_FIELDS.items()}
-            problems = []
-            for error in exc.errors():
-                field = str(error["loc"][0]) if error["loc"] else ""
-                if not field:  # a check across fields: its message names the variables
-                    problems.append(error["msg"].removeprefix("Value error, "))
-                    continue
-                name = by_field.get(field, field) if field not in overrides else field
-                problems.append(f"{name}={values.get(field)!r}: {error['msg']}")
+
+            def where(field: str | None) -> str | None:
+                # a check across fields names its variables itself; an override is named by its field
+                if field is None:
+                    return None
+                return field if field in overrides else f"{ENV_FIELDS.get(field, field)}={values.get(field)!r}"
+
+            problems = error_lines(exc, where)
             raise SettingsError("invalid serving configuration: " + "; ".join(problems)) from None
+
+
+#: Settings field -> the environment variable that sets it.
+ENV_FIELDS: dict[str, str] = env_names(ServeSettings, ENV_PREFIX)

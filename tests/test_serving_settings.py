@@ -125,3 +125,19 @@ def test_threads_default_to_each_workers_share_of_the_cpus(monkeypatch) -> None:
         {"SAGEMAKER_MODEL_SERVER_WORKERS": "8", "BINSIGHT_ORT_THREADS": "3", "BINSIGHT_DECODE_THREADS": "5"}
     )
     assert (many.cpus_per_worker, many.runtime_threads, many.decode_workers) == (1, 3, 5)
+
+
+def test_every_variable_keeps_its_name_through_the_options_bridge() -> None:
+    from service.settings import ENV_FIELDS
+
+    sagemaker = {
+        "port": "SAGEMAKER_BIND_TO_PORT",
+        "workers": "SAGEMAKER_MODEL_SERVER_WORKERS",
+        "max_payload_mb": "SAGEMAKER_MAX_PAYLOAD_IN_MB",
+        "model_server_timeout_s": "SAGEMAKER_MODEL_SERVER_TIMEOUT",
+        "safe_port_range": "SAGEMAKER_SAFE_PORT_RANGE",
+    }
+    expected = {field: sagemaker.get(field, "BINSIGHT_" + field.upper()) for field in ServeSettings.model_fields}
+    del expected["model"]  # MODEL_DIR / SM_MODEL_DIR / /opt/ml/model: resolve_model_dir
+    assert ENV_FIELDS == expected
+    assert ServeSettings.from_env({"BINSIGHT_MODEL": "x", "BINSIGHT_PORT": "1"}).port == 8080  # no such variables
