@@ -40,6 +40,8 @@ EXIT_OK = 0
 POLICY_NAME = "binsight-lambda"
 CREATED_BY_TAG = "binsight:created-by"
 REAL_TIME_PAYLOAD_MB = 6
+#: Key under which served_model keeps the serving container's environment in the endpoint description.
+CONTAINER_ENV = "binsight:ContainerEnvironment"
 TRUST_POLICY = {
     "Version": "2012-10-17",
     "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}],
@@ -132,11 +134,13 @@ def served_model(config: DeployLambdaConfig, clients: AwsClients, log: Log) -> t
             if exc.response.get("Error", {}).get("Code") == "ValidationException":
                 raise InputError(f"there is no endpoint {config.endpoint_name} (deploy it first)") from None
             raise
+        variant = sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])[
+            "ProductionVariants"
+        ][0]
+        container = sagemaker.describe_model(ModelName=variant["ModelName"])["PrimaryContainer"]
+        # the serving container's own settings (manual-check thresholds, body limit) are the function's defaults
+        endpoint[CONTAINER_ENV] = container.get("Environment") or {}
         if raw is None:
-            variant = sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])[
-                "ProductionVariants"
-            ][0]
-            container = sagemaker.describe_model(ModelName=variant["ModelName"])["PrimaryContainer"]
             raw = model_json_from_archive(clients.client("s3"), container["ModelDataUrl"])
             log(f"model_json: from {container['ModelDataUrl']}")
     if raw is not None:
@@ -154,8 +158,26 @@ def is_serverless(endpoint: dict[str, Any]) -> bool:
     )
 
 
+def _container_value(endpoint: dict[str, Any], name: str) -> float | None:
+    try:
+        return float(endpoint.get(CONTAINER_ENV, {})[name])
+    except (KeyError, ValueError):
+        return None
+
+
 def function_environment(config: DeployLambdaConfig, endpoint: dict[str, Any]) -> dict[str, str]:
-    payload = config.max_payload_mb or (PAYLOAD_LIMIT_MB if is_serverless(endpoint) else REAL_TIME_PAYLOAD_MB)
+    """The function's BINSIGHT_LAMBDA_* variables; thresholds and body limit default to the endpoint's own, so the
+    URL answers what the endpoint's /predict would."""
+    payload = (
+        config.max_payload_mb
+        or _container_value(endpoint, "SAGEMAKER_MAX_PAYLOAD_IN_MB")
+        or (PAYLOAD_LIMIT_MB if is_serverless(endpoint) else REAL_TIME_PAYLOAD_MB)
+    )
+    confidence, expected = config.manual_check_confidence, config.manual_check_expected_probability
+    if confidence is None:
+        confidence = _container_value(endpoint, "BINSIGHT_MANUAL_CHECK_CONFIDENCE")
+    if expected is None:
+        expected = _container_value(endpoint, "BINSIGHT_MANUAL_CHECK_EXPECTED_PROBABILITY")
     values: dict[str, Any] = {
         "endpoint_name": config.endpoint_name,
         "invocations_url": config.invocations_url,
@@ -164,8 +186,8 @@ def function_environment(config: DeployLambdaConfig, endpoint: dict[str, Any]) -
         "results_prefix": config.results_prefix,
         "max_payload_mb": payload,
         "timeout_s": max(1, config.timeout_s - 5),
-        "manual_check_confidence": config.manual_check_confidence,
-        "manual_check_expected_probability": config.manual_check_expected_probability,
+        "manual_check_confidence": confidence,
+        "manual_check_expected_probability": expected,
     }
     return {
         ENV_PREFIX + k.upper(): f"{v:g}" if isinstance(v, float) else str(v) for k, v in values.items() if v is not None

@@ -47,6 +47,8 @@ def aws(moto_endpoint: str, model_dir: Path) -> str:  # noqa: F811
             f"s3://{BUCKET}/models/",
             "--poll-s",
             "0.01",
+            "--env",
+            "BINSIGHT_MANUAL_CHECK_CONFIDENCE=0.3",
             "--endpoint-url",
             moto_endpoint,
         ],
@@ -74,6 +76,8 @@ def test_deploy_describe_update_delete(aws: str, model_dir: Path, tmp_path: Path
     env = function["Environment"]["Variables"]
     assert env["BINSIGHT_LAMBDA_ENDPOINT_NAME"] == "bs-sls" and env["BINSIGHT_LAMBDA_MAX_PAYLOAD_MB"] == "4"
     assert (env["BINSIGHT_LAMBDA_INPUT_PREFIX"], env["BINSIGHT_LAMBDA_RESULTS_PREFIX"]) == ("incoming/", "results/")
+    assert env["BINSIGHT_LAMBDA_MANUAL_CHECK_CONFIDENCE"] == "0.3"  # the endpoint's own threshold
+    assert "BINSIGHT_LAMBDA_MANUAL_CHECK_EXPECTED_PROBABILITY" not in env  # the model's recommendation then
     assert lam.get_function_url_config(FunctionName="binsight-count")["AuthType"] == "AWS_IAM"
     retries = lam.get_function_event_invoke_config(FunctionName="binsight-count")
     assert (retries["MaximumRetryAttempts"], retries["MaximumEventAgeInSeconds"]) == (2, 3600)
