@@ -161,6 +161,14 @@ def variant_instance_type(sagemaker: Any, description: dict[str, Any]) -> str:
     )
 
 
+def current_count(description: dict[str, Any]) -> int:
+    """The variant's instance count now (DescribeEndpoint), 1 when it does not say."""
+    for variant in description.get("ProductionVariants") or []:
+        if variant.get("VariantName") == VARIANT and variant.get("CurrentInstanceCount"):
+            return int(variant["CurrentInstanceCount"])
+    return 1
+
+
 class DeployScaling:
     """deploy's part: check before anything changes, lift before a type-changing update, set once InService."""
 
@@ -224,7 +232,7 @@ def run(config: AutoscaleConfig, log: Log = print_line, clients: AwsClients | No
         if existing["EndpointStatus"] != "InService":
             raise InputError(f"endpoint {name} is {existing['EndpointStatus']}; autoscaling needs it InService")
         try:
-            plan = config.scaling_plan(variant_instance_type(sagemaker, existing), default_min=1)
+            plan = config.scaling_plan(variant_instance_type(sagemaker, existing), default_min=current_count(existing))
         except ValueError as exc:
             raise InputError(str(exc)) from None
         apply_scaling(client, name, plan, log)

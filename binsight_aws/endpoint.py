@@ -117,17 +117,8 @@ def wait_for_endpoint(
     )
 
 
-def run_deploy(
-    config: DeployConfig,
-    log: Log = print_line,
-    clients: AwsClients | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-) -> int:
-    if config.model_dir is not None and not config.model_dir.is_dir():
-        raise InputError(f"--model-dir {config.model_dir} is not a folder")
-    clients = clients or AwsClients.for_command(config)
-    sagemaker = clients.client("sagemaker")
-    existing = describe_endpoint(sagemaker, config.endpoint_name)
+def check_mode(config: DeployConfig, existing: dict[str, Any] | None) -> None:
+    """``--mode`` against what exists: :class:`InputError` before anything is made."""
     if existing is not None and config.mode == "create":
         raise InputError(
             f"endpoint {config.endpoint_name} exists (status {existing['EndpointStatus']}); use "
@@ -140,6 +131,20 @@ def run_deploy(
             f"endpoint {config.endpoint_name} is {existing['EndpointStatus']}; only an InService "
             "endpoint can be updated (wait, or delete-endpoint and deploy again)"
         )
+
+
+def run_deploy(
+    config: DeployConfig,
+    log: Log = print_line,
+    clients: AwsClients | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    if config.model_dir is not None and not config.model_dir.is_dir():
+        raise InputError(f"--model-dir {config.model_dir} is not a folder")
+    clients = clients or AwsClients.for_command(config)
+    sagemaker = clients.client("sagemaker")
+    existing = describe_endpoint(sagemaker, config.endpoint_name)
+    check_mode(config, existing)
     from binsight_aws.autoscaling import DeployScaling  # imports this module
 
     scaling = DeployScaling(config, clients, log)

@@ -50,7 +50,7 @@ class ScalingOptions(BaseModel):
         None,
         ge=1,
         le=INSTANCES_MAX,
-        description="Autoscaling: fewest instances (default: deploy's --instance-count; autoscale: 1)",
+        description="Autoscaling: fewest instances (default: deploy's --instance-count; autoscale: the current count)",
     )
     target_invocations: float | None = Field(
         None,

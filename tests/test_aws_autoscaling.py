@@ -146,7 +146,7 @@ def test_deploy_with_autoscaling_then_delete_endpoint_removes_it(aws: str) -> No
 
 
 def test_autoscale_an_existing_endpoint_update_and_remove(aws: str) -> None:
-    assert cli(aws, *DEPLOY, "--endpoint-name", "bs-scale")[0] == 0
+    assert cli(aws, *DEPLOY, "--endpoint-name", "bs-scale", "--instance-count", "2")[0] == 0
     assert scaling_of(aws) == ([], [])
     rc, lines = cli(
         aws,
@@ -161,10 +161,13 @@ def test_autoscale_an_existing_endpoint_update_and_remove(aws: str) -> None:
         "600",
     )
     assert rc == 0, lines
-    rc, lines = cli(aws, "autoscale", "--endpoint-name", "bs-scale", "--min-instances", "2", "--max-instances", "6")
+    assert lines[0].startswith(
+        "autoscaling: min_instances: 2 max_instances: 3 target_invocations_per_instance_per_min: 500"
+    )
+    rc, lines = cli(aws, "autoscale", "--endpoint-name", "bs-scale", "--min-instances", "1", "--max-instances", "6")
     assert rc == 0, lines
     targets, (policy,) = scaling_of(aws)
-    assert (targets[0]["MinCapacity"], targets[0]["MaxCapacity"]) == (2, 6)  # registered again: updated in place
+    assert (targets[0]["MinCapacity"], targets[0]["MaxCapacity"]) == (1, 6)  # registered again: updated in place
     assert policy["TargetTrackingScalingPolicyConfiguration"]["TargetValue"] == 1986.0  # ml.m5.large, derived
     rc, lines = cli(aws, "autoscale", "--endpoint-name", "bs-scale", "--remove")
     assert rc == 0 and scaling_of(aws) == ([], [])
