@@ -61,7 +61,7 @@ class ServerlessOptions(BaseModel):
     memory_size_mb: int | None = Field(
         None,
         description=f"Serverless memory, {MEMORY_MIN_MB}-{MEMORY_MAX_MB} MB in {MEMORY_STEP_MB} MB steps "
-        f"(default {DEFAULT_MEMORY_MB}: the measured peak resident memory with headroom; see README)",
+        f"(default {DEFAULT_MEMORY_MB}: the measured peak memory with headroom; see README)",
     )
     max_concurrency: int | None = Field(
         None,
@@ -81,7 +81,8 @@ class ServerlessOptions(BaseModel):
         ]
         if not self.serverless:
             if given:
-                raise ValueError(f"{', '.join(given)} apply to --serverless deployments only; add --serverless")
+                verb = "apply" if len(given) > 1 else "applies"
+                raise ValueError(f"{', '.join(given)} {verb} to --serverless deployments only; add --serverless")
             return self
         memory = self.memory_size_mb if self.memory_size_mb is not None else DEFAULT_MEMORY_MB
         if not (MEMORY_MIN_MB <= memory <= MEMORY_MAX_MB and memory % MEMORY_STEP_MB == 0):
@@ -109,8 +110,9 @@ class ServerlessOptions(BaseModel):
             if name in fields_set and getattr(self, name, None) is not None
         ]
         if instance:
+            verb = "apply" if len(instance) > 1 else "applies"
             raise ValueError(
-                f"{', '.join(instance)} apply to instance-based endpoints; a serverless endpoint scales by "
+                f"{', '.join(instance)} {verb} to instance-based endpoints; a serverless endpoint scales by "
                 "itself up to --max-concurrency"
             )
         env = getattr(self, "env", None) or {}

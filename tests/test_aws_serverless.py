@@ -114,8 +114,9 @@ def test_default_memory_is_the_measured_peak_with_headroom() -> None:
         (["--serverless", "--max-concurrency", "201"], "serverless concurrency is 1-200"),
         (["--serverless", "--max-concurrency", "4", "--provisioned-concurrency", "5"], "must be 1..--max-concurrency"),
         (["--serverless", "--provisioned-concurrency", "0"], "must be 1..--max-concurrency"),
-        (["--memory-size-mb", "2048"], "apply to --serverless deployments only"),
-        (["--serverless", "--instance-type", "ml.c5.xlarge"], "apply to instance-based endpoints"),
+        (["--memory-size-mb", "2048"], "--memory-size-mb applies to --serverless deployments only"),
+        (["--serverless", "--instance-type", "ml.c5.xlarge"], "--instance-type applies to instance-based endpoints"),
+        (["--serverless", "--max-instances", "3"], "--max-instances applies to instance-based endpoints"),
         (["--serverless", "--env", f"{PAYLOAD_ENV}=6"], "takes request bodies up to 4 MB"),
     ],
 )
