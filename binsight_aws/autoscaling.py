@@ -177,7 +177,7 @@ class DeployScaling:
         self.client = clients.client("application-autoscaling")
         self.sagemaker = clients.client("sagemaker")
         self.lifted: ScalingState | None = None
-        self.must_lift = False
+        self.must_lift = self.keeps = False
 
     def check(self, existing: dict[str, Any] | None) -> None:
         """Raises :class:`InputError` for an update SageMaker would refuse, before anything is created."""
@@ -188,6 +188,7 @@ class DeployScaling:
             return
         old_type = variant_instance_type(self.sagemaker, existing)
         self.must_lift = old_type != self.config.instance_type
+        self.keeps = not self.must_lift
         if self.must_lift and not self.config.autoscaling:
             raise InputError(
                 f"endpoint {self.config.endpoint_name} autoscales {state.min_instances}-{state.max_instances} "
@@ -200,9 +201,19 @@ class DeployScaling:
             f"max_instances: {state.max_instances} action: {'lift for the update' if self.must_lift else 'keep'}"
         )
 
-    def before_update(self) -> None:
+    def before_update(self) -> dict[str, Any]:
+        """Lift the autoscaling a type change would break; returns UpdateEndpoint's extra arguments.
+
+        An update that keeps the autoscaling keeps the instance count it scaled to, unless --instance-count
+        is given: the new config's InitialInstanceCount would otherwise drop a scaled-out endpoint to it
+        (at its peak, for minutes, until autoscaling scales out again).
+        """
         if self.must_lift:
             self.lifted = remove_scaling(self.client, self.config.endpoint_name, self.log)
+        elif self.keeps and "instance_count" not in self.config.model_fields_set:
+            self.log("instance_count: kept (RetainAllVariantProperties; the autoscaled count stays through the update)")
+            return {"RetainAllVariantProperties": True}
+        return {}
 
     def after_ready(self) -> None:
         if self.config.autoscaling:

@@ -166,8 +166,8 @@ def run_deploy(
         )
         log(f"endpoint: {config.endpoint_name} action: create")
     else:
-        scaling.before_update()
-        sagemaker.update_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
+        keep = scaling.before_update()  # lifts autoscaling a type change breaks, or keeps the scaled count
+        sagemaker.update_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name, **keep)
         log(f"endpoint: {config.endpoint_name} action: update previous_config: {existing['EndpointConfigName']}")
     if not config.wait:
         return EXIT_OK

@@ -195,7 +195,8 @@ class MixedClients(AwsClients):
         return self.sagemaker if service == "sagemaker" else super().client(service, **kwargs)
 
 
-def stub_type_change(stub: Stubber, final_config: str) -> None:
+def stub_update(stub: Stubber, final_config: str, retain: bool = False) -> None:
+    """An update of bs-scale (on ml.m5.large) as the Stubber sees it; ``retain``: RetainAllVariantProperties."""
     arn = "arn:aws:sagemaker:us-east-1:123456789012:endpoint/bs-scale"
     described = {
         "EndpointName": "bs-scale",
@@ -219,7 +220,10 @@ def stub_type_change(stub: Stubber, final_config: str) -> None:
     )
     stub.add_response("create_model", {"ModelArn": arn + "-model"}, ANY_MODEL)
     stub.add_response("create_endpoint_config", {"EndpointConfigArn": arn + "-config"}, ANY_CONFIG)
-    stub.add_response("update_endpoint", {"EndpointArn": arn}, {"EndpointName": "bs-scale", "EndpointConfigName": ANY})
+    update = {"EndpointName": "bs-scale", "EndpointConfigName": ANY}
+    if retain:
+        update["RetainAllVariantProperties"] = True
+    stub.add_response("update_endpoint", {"EndpointArn": arn}, update)
     stub.add_response("describe_endpoint", {**described, "EndpointConfigName": final_config}, {"EndpointName": ANY})
 
 
@@ -234,7 +238,7 @@ def test_type_change_lifts_autoscaling_and_restores_it_on_rollback(aws: str, rol
     autoscaling.apply_scaling(aas, "bs-scale", old, lambda _: None)
     sagemaker = boto3.client("sagemaker", region_name=REGION)
     stub = Stubber(sagemaker)
-    stub_type_change(stub, "bs-scale-old" if rolled_back else "bs-scale-new")
+    stub_update(stub, "bs-scale-old" if rolled_back else "bs-scale-new")
     config = DeployConfig(
         image_uri=SERVE_IMAGE,
         role_arn=ROLE_ARN,
@@ -258,3 +262,31 @@ def test_type_change_lifts_autoscaling_and_restores_it_on_rollback(aws: str, rol
     else:  # the new type's range and derived target (8 vCPUs)
         assert rc == 0
         assert (targets[0]["MaxCapacity"], tracking["TargetValue"]) == (5, 7944.0)
+
+
+@pytest.mark.parametrize("count_given", [False, True])
+def test_a_model_update_keeps_autoscaling_and_the_scaled_count(aws: str, count_given: bool) -> None:
+    """Same instance type: the autoscaling stays, and so does the count it scaled to unless --instance-count says."""
+    aas = client("application-autoscaling", aws)
+    autoscaling.apply_scaling(
+        aas, "bs-scale", ScalingOptions(max_instances=4).scaling_plan("ml.m5.large", 1), lambda _: None
+    )
+    sagemaker = boto3.client("sagemaker", region_name=REGION)
+    stub = Stubber(sagemaker)
+    stub_update(stub, "bs-scale-new", retain=not count_given)
+    extra = {"instance_count": 2} if count_given else {}
+    config = DeployConfig(
+        image_uri=SERVE_IMAGE,
+        role_arn=ROLE_ARN,
+        endpoint_name="bs-scale",
+        model_data=MODEL_DATA,
+        model_name="bs-scale-new",
+        poll_s=1,
+        **extra,
+    )
+    lines: list[str] = []
+    with stub:
+        rc = endpoint.run_deploy(config, lines.append, MixedClients(sagemaker, aws), sleep=lambda _: None)
+    stub.assert_no_pending_responses()
+    assert rc == 0 and "autoscaling_found: bs-scale min_instances: 1 max_instances: 4 action: keep" in lines
+    assert scaling_of(aws)[0][0]["MaxCapacity"] == 4  # untouched
