@@ -63,6 +63,25 @@ def host_tree(root: Path, host: str) -> Path:
     return root
 
 
+def wait_all(docker: Docker, names: list[str], limit_s: float = 300) -> list[int | None]:  # noqa: F811
+    """Exit codes once every container ended; a failed one ends the others (a lone host would wait for its peer
+    until the rendezvous timeout); ``None`` for one still running at ``limit_s`` (then stopped)."""
+    deadline = time.monotonic() + limit_s
+    codes: dict[str, int] = {}
+    while len(codes) < len(names) and time.monotonic() < deadline:
+        for name in names:
+            state = docker.run("inspect", "--format", "{{.State.Running}} {{.State.ExitCode}}", name).stdout.split()
+            if state[0] == b"false":
+                codes[name] = int(state[1])
+        if any(code != 0 for code in codes.values()):
+            break
+        time.sleep(1)
+    for name in names:
+        if name not in codes:
+            docker.run("kill", name, check=False)
+    return [codes.get(name) for name in names]
+
+
 def test_two_training_containers_train_one_model(docker: Docker, train_image: str, workdir: Path) -> None:  # noqa: F811
     roots = [host_tree(workdir / f"multihost-{host}", host) for host in HOSTS]
     names = [f"binsight-test-{host}-{os.getpid()}" for host in HOSTS]
@@ -85,7 +104,7 @@ def test_two_training_containers_train_one_model(docker: Docker, train_image: st
                 train_image,
                 "train",
             )
-        codes = [int(docker.run("wait", name, timeout=600).stdout) for name in names]
+        codes = wait_all(docker, names)
         logs = [docker.run("logs", name, check=False) for name in names]
         outputs = [(log.stdout + log.stderr).decode(errors="replace") for log in logs]
     finally:
