@@ -34,6 +34,7 @@ SUMMARY_COLUMNS = (
     "data_wait_share",
     "peak_memory_mb",
     "grad_norm",
+    "report_cost_share",
 )
 PERCENTILES = (("max", 100), ("p99", 99), ("p95", 95), ("p50", 50), ("min", 0))
 
@@ -50,7 +51,10 @@ def summary_rows(records: RunRecords) -> list[dict[str, Any]]:
             if h.get("epoch") == epoch and isinstance(h.get("grad_norm"), (int, float))
         ]
         extra = timing.get(epoch, {})
-        row = {**entry, **{k: extra.get(k) for k in ("img_per_s", "data_wait_share", "peak_memory_mb")}}
+        row = {
+            **entry,
+            **{k: extra.get(k) for k in ("img_per_s", "data_wait_share", "peak_memory_mb", "report_cost_share")},
+        }
         row["grad_norm"] = round(sum(norms) / len(norms), 6) if norms else None
         rows.append(row)
     return rows
@@ -195,7 +199,7 @@ table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px soli
 th{background:#f3f5f9}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .issue{background:#fde2e1;font-weight:600}.ok{background:#e3f6e5}.not{background:#eef0f3;color:#667}
 .cards span{display:inline-block;margin-right:14px;padding:6px 10px;border-radius:6px}
-figure{margin:10px 0}figcaption{font-size:12px;color:#556}small{color:#667}
+.wide{overflow-x:auto}figure{margin:10px 0}figcaption{font-size:12px;color:#556}small{color:#667}
 """
 
 
@@ -209,7 +213,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], numeric_from: i
             cls = ' class="num"' if i >= numeric_from else ""
             cells.append(f"<td{cls}>{html.escape(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+    return f'<div class="wide"><table><tr>{head}</tr>{"".join(body)}</table></div>'
 
 
 def _findings_html(findings: Sequence[Finding]) -> str:
@@ -258,14 +262,24 @@ def render_html(records: RunRecords, findings: Sequence[Finding]) -> str:
     title = f"binsight training report: {config.get('architecture', '?')} on {run.get('device', '?')}"
     summary = summary_rows(records)
     test = (records.metrics.get("test") or {}) if records.metrics else {}
+    costs = [e["report_cost_s"] for e in records.epochs if e.get("report_cost_s") is not None]
+    trained = sum(e.get("train_s") or 0 for e in records.epochs if e.get("report_cost_s") is not None)
+    cost_line = (
+        f"<p><small>The report itself took {100 * sum(costs) / trained:.2f}% of the training time "
+        "(its sampler thread's CPU time, health checks and writes).</small></p>"
+        if costs and trained > 0
+        else ""
+    )
     sections = [
         f"<h1>{html.escape(title)}</h1>",
         f"<p><small>{html.escape(str(records.folder))} &middot; started {html.escape(str(run.get('started', '?')))}"
         f" &middot; {run.get('cores')} cores, {run.get('num_workers')} loader workers, batch {config.get('batch_size')}"
         f", {run.get('steps_per_epoch')} steps per epoch</small></p>",
         '<div class="cards">'
-        f'<span class="issue">{counts[ISSUE]} issues</span><span class="ok">{counts[OK]} ok</span>'
+        f'<span class="issue">{counts[ISSUE]} issue{"" if counts[ISSUE] == 1 else "s"}</span>'
+        f'<span class="ok">{counts[OK]} ok</span>'
         f'<span class="not">{counts[NOT_EVALUATED]} not evaluated</span></div>',
+        cost_line,
         "<h2>Findings</h2>",
         _findings_html(findings),
         "<h2>Epochs</h2>",

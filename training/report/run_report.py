@@ -117,6 +117,10 @@ class RunReport:
         self._global_step = 0
         self._grad_norms: list[float] = []
         self._epoch = 0
+        # What the report itself costs: wall time of its health checks and writes in the loop's thread,
+        # plus the sampler thread's CPU time (reported per epoch as report_cost_share).
+        self._cost_s = 0.0
+        self._epoch_cost_start = (0.0, 0.0)
 
     # -------------------------------------------------------------------------------------- run
 
@@ -173,6 +177,10 @@ class RunReport:
         self.timer.start_epoch(epoch)
         self._epoch = epoch
         self._grad_norms = []
+        self._epoch_cost_start = (self._cost_s, self._sampler_cpu_s())
+
+    def _sampler_cpu_s(self) -> float:
+        return self._sampler.cpu_s if self._sampler is not None else 0.0
 
     def batch_wanted(self) -> None:
         if self._profile is not None:
@@ -193,12 +201,19 @@ class RunReport:
             return None
         self._active_probe = probe
         epoch = self._epoch
-        return lambda loss, images: probe.before_update(global_step, epoch, loss, images)
+
+        def before_update(loss: torch.Tensor, images: torch.Tensor) -> None:
+            started = time.perf_counter()
+            probe.before_update(global_step, epoch, loss, images)
+            self._cost_s += time.perf_counter() - started
+
+        return before_update
 
     def step_done(self, step: int, global_step: int, sums: torch.Tensor | None) -> None:
         self._global_step = global_step
         self.timer.done(step, sums)
         if self._active_probe is not None:
+            started = time.perf_counter()
             record = self._active_probe.after_update()
             self._active_probe = None
             if record is not None and self.is_main:
@@ -207,6 +222,7 @@ class RunReport:
                     self._grad_norms.append(record["grad_norm"])
                 if self._scalars is not None:
                     self._scalars.add("health", record, global_step)
+            self._cost_s += time.perf_counter() - started
         if self._profile is not None:
             self._profile.after_step()
         if self.is_main and "first_step_s" not in self._run:
@@ -219,6 +235,14 @@ class RunReport:
         window = self.timer.flush()
         if not self.is_main or not window.records:
             return window
+        started = time.perf_counter()
+        try:
+            self._write_window(window)
+        finally:
+            self._cost_s += time.perf_counter() - started
+        return window
+
+    def _write_window(self, window: Window) -> None:
         if self._steps is not None:
             self._steps.write(r.row() for r in window.records)
         fields = window.fields()
@@ -230,7 +254,6 @@ class RunReport:
             if losses:
                 fields["loss"] = sum(losses) / len(losses)
             self._scalars.add("step", fields, self._global_step)
-        return window
 
     # -------------------------------------------------------------------------------------- epochs
 
@@ -240,9 +263,12 @@ class RunReport:
         if self._profile is not None:
             self._profile.finish()
         timing = self.timer.epoch_timing
+        cost = self._cost_s - self._epoch_cost_start[0] + self._sampler_cpu_s() - self._epoch_cost_start[1]
         timing.extra = {
             "peak_memory_mb": round(peak_memory_mb(self.device), 1),
             "device_memory_mb": (round(m, 1) if (m := device_memory_mb(self.device)) is not None else None),
+            "report_cost_s": round(cost, 4) if self.enabled else None,
+            "report_cost_share": round(cost / timing.train_s, 5) if self.enabled and timing.train_s > 0 else None,
         }
         return timing.as_dict()
 

@@ -44,6 +44,7 @@ class SystemSampler:
             self.psutil = psutil
         self.gpus = 0
         self.samples = 0
+        self.cpu_s = 0.0  # this thread's own CPU time: what sampling costs
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -72,6 +73,13 @@ class SystemSampler:
         return total / 2**20
 
     def _run(self) -> None:
+        started = time.thread_time()
+        try:
+            self._sample_until_stopped()
+        finally:
+            self.cpu_s = time.thread_time() - started
+
+    def _sample_until_stopped(self) -> None:
         psutil = self.psutil
         nvml = _nvml()
         self.gpus = len(nvml[1]) if nvml else 0
@@ -88,6 +96,7 @@ class SystemSampler:
         started = last = time.monotonic()
         try:
             while not self._stop.wait(self.interval_s):
+                cpu_started = time.thread_time()
                 now = time.monotonic()
                 dt = max(now - last, 1e-6)
                 last = now
@@ -114,6 +123,7 @@ class SystemSampler:
                 self.samples += 1
                 if self.sink is not None:
                     self.sink(row, row["t"])
+                self.cpu_s += time.thread_time() - cpu_started
         finally:
             out.close()
             if nvml:
