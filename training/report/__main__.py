@@ -1,4 +1,4 @@
-"""``python -m training.report RUN``: render a training run's report again from what the run left.
+"""``python -m training.report --run RUN``: render a training run's report again from what the run left.
 
 ``RUN`` is the run's output data dir (``report/run.json`` inside), a folder above it (a local run's root),
 or a downloaded ``output.tar.gz`` (extracted beside it into a folder of the archive's name, or into

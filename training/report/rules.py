@@ -178,7 +178,7 @@ def dataloader_workers(r: RunRecords, t: Thresholds) -> Finding:
         return Finding("dataloader_workers", "performance", NOT_EVALUATED, "worker or core count unknown", limit)
     shares = list(_epoch_waits(r).values())
     waiting = bool(shares) and max(shares) > t.data_wait_share
-    evidence = f"{workers} workers on {cores} cores"
+    evidence = f"{workers} loader workers on {cores} cores"
     if workers > t.workers_max_share * cores:
         return Finding("dataloader_workers", "performance", ISSUE, evidence + ": they compete for the cores", limit)
     if waiting and workers < t.workers_min_share * cores and workers < cores - 1:

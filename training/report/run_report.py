@@ -11,6 +11,7 @@ The loop calls, per step, :meth:`batch_wanted`, :meth:`batch_arrived`, :meth:`ba
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -71,8 +72,11 @@ class _Scalars:
         except ImportError:
             log("report_tensorboard: off (the tensorboard package is not installed)")
             return
-        folder.mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(log_dir=str(folder), flush_secs=30)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.writer = SummaryWriter(log_dir=str(folder), flush_secs=30)
+        except Exception as exc:  # an unwritable folder, a broken install: the run goes on without scalars
+            log(f"report_tensorboard: off ({type(exc).__name__}: {exc})")
 
     def add(self, prefix: str, values: dict[str, Any], step: int, walltime: float | None = None) -> None:
         if self.writer is None:
@@ -133,6 +137,7 @@ class RunReport:
         if not resumed:  # a new run in an old folder: its records are not this run's
             for name in (EPOCHS_FILE, STEPS_FILE, HEALTH_FILE, SYSTEM_FILE):
                 (self.raw / name).unlink(missing_ok=True)
+            shutil.rmtree(self.raw / PROFILE_DIR, ignore_errors=True)
         self._run = {
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "config": self.config.model_dump(mode="json"),
