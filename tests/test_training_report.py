@@ -289,3 +289,37 @@ def test_binsight_aws_train_sets_tensorboard_output_and_metric_definitions() -> 
     assert len(definitions) <= 40  # SageMaker's limit
     assert {"data_wait_share", "epoch_img_per_s", "grad_norm", "report_issues"} <= {d["Name"] for d in definitions}
     assert "TensorBoardOutputConfig" not in training_job_request(TrainingJobConfig(**base))
+
+
+def test_gpu_rules_on_recorded_samples() -> None:
+    """No GPU here: the GPU rules read what a GPU run's sampler and epochs record (the same columns NVML fills)."""
+    from training.report.rules import batch_too_small, cpu_bottleneck, gpu_memory_growth, low_gpu_utilization
+    from training.report.store import RunRecords
+
+    idle = RunRecords(
+        folder=Path("."),
+        run={"config": {"batch_size": 8}},
+        system={
+            "cpu_percent": [95.0] * 8 + [40.0] * 2,
+            "gpu0_util": [5.0] * 8 + [60.0] * 2,
+            "gpu0_mem_percent": [10.0] * 10,
+        },
+        epochs=[{"epoch": 1, "device_memory_mb": 1000.0}, {"epoch": 2, "device_memory_mb": 1300.0}],
+    )
+    t = parse_thresholds("")
+    assert low_gpu_utilization(idle, t).status == "issue"
+    assert cpu_bottleneck(idle, t).status == "issue"  # 80% of samples: CPU busy, GPU idle
+    assert gpu_memory_growth(idle, t).status == "issue"
+    busy = RunRecords(
+        folder=Path("."),
+        system={"cpu_percent": [50.0] * 10, "gpu0_util": [97.0] * 10, "gpu0_mem_percent": [85.0] * 10},
+        epochs=[{"epoch": 1, "device_memory_mb": 1000.0}, {"epoch": 2, "device_memory_mb": 1001.0}],
+    )
+    assert [r(busy, t).status for r in (low_gpu_utilization, cpu_bottleneck, gpu_memory_growth)] == ["ok"] * 3
+    assert batch_too_small(busy, t).status == "ok"
+    small = RunRecords(
+        folder=Path("."),
+        run={"config": {"batch_size": 4}},
+        system={"cpu_percent": [30.0] * 10, "gpu0_util": [40.0] * 10, "gpu0_mem_percent": [5.0] * 10},
+    )
+    assert batch_too_small(small, t).status == "issue" and "batch_size 4" in batch_too_small(small, t).evidence
