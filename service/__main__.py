@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from service.allocator import configure_allocator
 from service.logs import configure_logging, logging_config
 
 if TYPE_CHECKING:
@@ -56,14 +57,14 @@ def _ignore_signal(signum, frame) -> None:
     place that is a no-op, so a graceful SIGTERM shutdown exits with status 0 instead of 143."""
 
 
-def _log_start(settings: "ServeSettings") -> None:
+def _log_start(settings: "ServeSettings", allocator: str) -> None:
     if settings.model.path is None:
         # Keep serving: /ping answers 503 with this reason, as SageMaker expects of a broken model.
         logger.error("%s", settings.model.not_found_message())
     logger.info(
         "serve starting: host: %s port: %d workers: %d model_dir: %s model_source: %s max_payload_mb: %g "
         "max_batch_size: %d batch_wait_ms: %g runtime: %s precision: %s model_server_timeout_s: %g "
-        "safe_port_range: %s grace_period_s: %d",
+        "safe_port_range: %s grace_period_s: %d allocator: %s",
         settings.host,
         settings.port,
         settings.workers,
@@ -77,6 +78,7 @@ def _log_start(settings: "ServeSettings") -> None:
         settings.model_server_timeout_s,
         settings.safe_port_range or "none",
         settings.grace_period_s,
+        allocator,
     )
     if settings.safe_port_range is not None and settings.port in settings.safe_port_range:
         logger.warning(
@@ -104,7 +106,7 @@ def uvicorn_config(settings: "ServeSettings"):
     if settings.workers == 1:
         from service.app import create_app
 
-        return uvicorn.Config(create_app(settings), **common)
+        return uvicorn.Config(create_app(settings, settle_heap=True), **common)
     if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters:
         # A worker imports torch before it can answer the supervisor's health check; uvicorn's
         # default of 5 s would kill and restart it on a busy or slow machine.
@@ -118,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # instead of spinning, so they do not steal the cores that decode images and run the event
     # loop. On a busy CPU spinning threads made a forward pass 10-40x slower in our measurements.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    allocator = configure_allocator()  # before any thread starts: glibc's arenas are made per thread
     from service.settings import ServeSettings, SettingsError  # imports torch
 
     for option, var in _OPTION_ENV.items():
@@ -131,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s", exc)
         return 2
     configure_logging(settings.log_level, settings.access_log)
-    _log_start(settings)
+    _log_start(settings, allocator)
     from service import server
 
     signal.signal(signal.SIGTERM, _ignore_signal)

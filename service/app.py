@@ -45,9 +45,16 @@ Counts the objects in warehouse bin photos.
 """
 
 
-def create_app(settings: ServeSettings, predictor: Predictor | None = None, *, loader: Loader | None = None) -> FastAPI:
+def create_app(
+    settings: ServeSettings,
+    predictor: Predictor | None = None,
+    *,
+    loader: Loader | None = None,
+    settle_heap: bool = False,
+) -> FastAPI:
     """The app; with ``predictor`` it serves that one at once, else ``loader`` (default: the
-    configured artifact) runs in the background at startup."""
+    configured artifact) runs in the background at startup. ``settle_heap``: the ``serve`` process
+    freezes what loading leaves alive (:func:`service.model_state.settle_heap`); tests leave it off."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -58,7 +65,7 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None, *, l
             await engine.start()
             state.set_ready(predictor, engine)
         else:
-            loading = asyncio.create_task(load_in_background(state, settings, loader or load_predictor))
+            loading = asyncio.create_task(load_in_background(state, settings, loader or load_predictor, settle_heap))
         try:
             yield
         finally:
@@ -88,7 +95,7 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None, *, l
 
 def create_app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory service.app:create_app_from_env`` (one call per worker process)."""
-    return create_app(ServeSettings.from_env())
+    return create_app(ServeSettings.from_env(), settle_heap=True)
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
