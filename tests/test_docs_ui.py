@@ -215,9 +215,11 @@ def documented_examples(openapi: dict) -> dict[tuple[str, str, str], dict]:
 
 
 def test_every_documented_example_is_checked(openapi: dict) -> None:
-    checked = set(EXAMPLE_REQUESTS) | {
-        (path, "503", state) for path in NOT_READY_PATHS for state in ("loading", "failed")
-    } | {("/ping", "503", "draining")}  # checked in test_serving_drain.py
+    checked = (
+        set(EXAMPLE_REQUESTS)
+        | {(path, "503", state) for path in NOT_READY_PATHS for state in ("loading", "failed")}
+        | {("/ping", "503", "draining")}
+    )  # checked in test_serving_drain.py
     assert set(documented_examples(openapi)) == checked
 
 
