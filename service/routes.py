@@ -192,6 +192,7 @@ upload = APIRouter(tags=["inference"])
     responses=PREDICT_ERRORS,
 )
 async def predict(
+    request: Request,
     engine: EngineDep,
     settings: SettingsDep,
     files: Annotated[
@@ -213,6 +214,9 @@ async def predict(
     """Counts the objects in each photo. Photos that cannot be read are reported one by one; the request
     fails (400) only when none can be read. Each file's format comes from its bytes, as on `/invocations`
     (browsers label a file by its name's extension, so its part's Content-Type is not relied on)."""
+    repeated = len((await request.form()).getlist("expected_quantity"))  # the form FastAPI already parsed
+    if repeated > 1:  # FastAPI would take one of them silently (found by tests/test_serving_api_fuzz.py)
+        raise HTTPException(422, detail=f"invalid request: expected_quantity: sent {repeated} times; send it once")
     images = [await f.read() for f in files]
     results = await predict_within_timeout(engine, images, settings)
     if all(isinstance(r, ImageFailure) for r in results):
