@@ -109,6 +109,47 @@ class LearningCurveConfig(RecipeConfig):
         return tuple(sorted(set(value)))
 
 
+def curve_point(base: LearningCurveConfig, fraction: float) -> dict:
+    """Train the recipe on ``fraction`` of the training bins (train-only) and answer the test bins as served."""
+    cfg = RecipeConfig.model_validate(
+        base.model_dump(exclude={"fractions"}) | {"train_fraction": fraction, "final_fit": False}
+    )
+    bins = select_bins(cfg)
+    features = tuning_features(cfg, build_model(cfg.architecture, bins.policy.num_classes, pretrained=True), bins)
+    selected = train_and_select(cfg, bins, features)
+    del features
+    if selected.offsets is not None:
+        fold_offsets(selected.model._fc, selected.offsets)
+    report, _ = evaluate_served(selected.model, recipe_metadata(cfg, bins), bins.split.test, cfg.input_size)
+    point = {
+        "fraction": fraction,
+        "train_bins": len(bins.split.train),
+        "best_epoch": selected.best_epoch,
+        **{k: v for k, v in headline(report["served"]).items()},
+    }
+    log(learning_curve_fraction=fraction, **{k: round(v, 4) if isinstance(v, float) else v for k, v in point.items()})
+    return point
+
+
+def extrapolate(curve: dict) -> tuple[float, float] | None:
+    """A straight line in log(training bins) through the challenge-protocol points, written into ``curve``."""
+    points = curve["points"]
+    if len(points) < 2 or not all("counts_task_acc" in p for p in points):
+        return None
+    fit = log_linear_fit([p["train_bins"] for p in points], [p["counts_task_acc"] for p in points])
+    need = bins_for(TARGET, *fit)
+    curve["fit"] = {"a": fit[0], "b_per_ln_bins": fit[1]}
+    curve["extrapolation"] = (
+        f"A straight line in log(training bins) through these points gains {100 * fit[1] * math.log(2):.1f} points "
+        "of challenge-protocol accuracy per doubling of the data"
+        + (f" and reaches {TARGET:.0%} at about {need:,.0f} training bins" if need else "")
+        + " with this recipe (a CPU recipe tuning the last stages only; the published ResNet-34 results reached "
+        "51.8% at ~105k and 56.2% at ~259k bins with full fine-tuning)."
+    )
+    log(extrapolated_bins_for_56pct=round(need) if need else "n/a", gain_per_doubling=round(fit[1] * math.log(2), 4))
+    return fit
+
+
 def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
@@ -126,52 +167,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {line}", file=sys.stderr)
         return 2
     torch.set_num_threads(base.threads)
-    points = []
-    for fraction in base.fractions:
-        update = {"train_fraction": fraction, "final_fit": False}
-        cfg = RecipeConfig.model_validate(base.model_dump(exclude={"fractions"}) | update)
-        bins = select_bins(cfg)
-        features = tuning_features(cfg, build_model(cfg.architecture, bins.policy.num_classes, pretrained=True), bins)
-        selected = train_and_select(cfg, bins, features)
-        del features
-        if selected.offsets is not None:
-            fold_offsets(selected.model._fc, selected.offsets)
-        report, _ = evaluate_served(selected.model, recipe_metadata(cfg, bins), bins.split.test, cfg.input_size)
-        point = {
-            "fraction": fraction,
-            "train_bins": len(bins.split.train),
-            "best_epoch": selected.best_epoch,
-            **{k: v for k, v in headline(report["served"]).items()},
-        }
-        points.append(point)
-        log(
-            learning_curve_fraction=fraction,
-            **{k: round(v, 4) if isinstance(v, float) else v for k, v in point.items()},
-        )
     curve: dict = {
-        "points": points,
+        "points": [curve_point(base, fraction) for fraction in base.fractions],
         "recipe": base.model_dump(mode="json", exclude={"data_dir", "output_dir", "cache_dir", "fractions"}),
         "note": "Each point is the train-only model (no final fit on train + validation).",
     }
-    fit = None
-    if len(points) >= 2 and all("counts_task_acc" in p for p in points):
-        fit = log_linear_fit([p["train_bins"] for p in points], [p["counts_task_acc"] for p in points])
-        need = bins_for(TARGET, *fit)
-        curve["fit"] = {"a": fit[0], "b_per_ln_bins": fit[1]}
-        curve["extrapolation"] = (
-            f"A straight line in log(training bins) through these points gains {100 * fit[1] * math.log(2):.1f} points "
-            "of challenge-protocol accuracy per doubling of the data"
-            + (f" and reaches {TARGET:.0%} at about {need:,.0f} training bins" if need else "")
-            + " with this recipe (a CPU recipe tuning the last stages only; the published ResNet-34 results reached "
-            "51.8% at ~105k and 56.2% at ~259k bins with full fine-tuning)."
-        )
-        log(
-            extrapolated_bins_for_56pct=round(need) if need else "n/a", gain_per_doubling=round(fit[1] * math.log(2), 4)
-        )
+    fit = extrapolate(curve)
     out = Path(base.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "learning_curve.json", curve)
-    plot(points, fit, out / "learning_curve.png")
+    plot(curve["points"], fit, out / "learning_curve.png")
     log(saved=out / "learning_curve.json")
     return 0
 
