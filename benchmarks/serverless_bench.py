@@ -36,6 +36,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -259,7 +260,7 @@ def load(container: Container, images: list[bytes], requests: int, concurrency: 
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image", default="binsight-serve:test")
     parser.add_argument("--memory", default="2g", help="Container memory limit (a serverless memory size)")
@@ -270,17 +271,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large-requests", type=int, default=40, help="12-megapixel photos sent after the load")
     parser.add_argument("--headroom", type=float, default=MEMORY_HEADROOM)
     parser.add_argument("--json", type=Path, help="Also write the figures here")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    size = int(docker("image", "inspect", "--format", "{{.Size}}", args.image))
-    print(f"image: {args.image} image_size_mb: {size / 1e6:.0f} memory_limit: {args.memory} cpus: {args.cpus}")
-    images, source = photos(64)
-    print(f"photos: {len(images)} source: {source} mean_kb: {statistics.mean(map(len, images)) / 1024:.0f}")
-    runs = cold_starts(args, images[0])
-    pings = [p for p, _ in runs if p is not None]
-    firsts = [f for _, f in runs if f is not None]
-    if pings:
-        print(f"cold_start_s: median: {statistics.median(pings):.2f} max: {max(pings):.2f} runs: {len(runs)}")
+
+@dataclass
+class Warm:
+    """What one warm container measured: the statuses either side of the 4 MB limit and the two loads."""
+
+    under: int  # a photo just under the limit
+    over: int  # a body just over it
+    figures: dict  # the load with ``--requests`` photos
+    large: list[bytes]  # the 12-megapixel photos
+    heavy: dict  # the load with them
+
+
+def measure_warm(args: argparse.Namespace, images: list[bytes]) -> Warm:
+    """Start one container, check the payload limit, then run the two loads on it (it is stopped after)."""
     container = Container(args.image, args.memory, args.cpus)
     try:
         if container.wait_ping(PING_LIMIT_S) is None:
@@ -294,6 +300,11 @@ def main(argv: list[str] | None = None) -> int:
         heavy = load(container, large, args.large_requests, args.concurrency)
     finally:
         container.stop()
+    return Warm(under, over, figures, large, heavy)
+
+
+def print_loads(args: argparse.Namespace, warm: Warm) -> None:
+    figures, heavy = warm.figures, warm.heavy
     print(
         f"load: requests: {args.requests} concurrency: {args.concurrency} ok: {figures['ok']} "
         f"failed: {figures['failed']} img_per_s: {figures['img_per_s']:.1f} p50_ms: {figures['p50_ms']:.0f} "
@@ -301,9 +312,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"load_12mp: requests: {args.large_requests} concurrency: {args.concurrency} ok: {heavy['ok']} "
-        f"mean_kb: {statistics.mean(map(len, large)) / 1024:.0f} img_per_s: {heavy['img_per_s']:.1f} "
+        f"mean_kb: {statistics.mean(map(len, warm.large)) / 1024:.0f} img_per_s: {heavy['img_per_s']:.1f} "
         f"p50_ms: {heavy['p50_ms']:.0f} p95_ms: {heavy['p95_ms']:.0f} anon_max_mb: {heavy['anon_max_mb']:.0f}"
     )
+
+
+def memory_peak(args: argparse.Namespace, warm: Warm) -> float:
+    """The peak over both loads (printed with the suggested size); ``warm.figures``' resident memory becomes
+    the larger of the two loads'."""
+    figures, heavy = warm.figures, warm.heavy
     # the cgroup peak covers both phases (it only grows); resident memory is the larger of the two phases'
     peak = max(heavy["peak_mb"], figures["peak_mb"])
     figures["anon_max_mb"] = max(heavy["anon_max_mb"], figures["anon_max_mb"])
@@ -311,29 +328,63 @@ def main(argv: list[str] | None = None) -> int:
         f"memory: peak_mb: {peak:.0f} ({figures['peak_source']}) anon_max_mb: {figures['anon_max_mb']:.0f} "
         f"headroom: {args.headroom:g} suggested_memory_size_mb: {memory_size_for(peak, args.headroom)}"
     )
-    limits = {
+    return peak
+
+
+def limits_met(runs: list[tuple[float | None, float | None]], warm: Warm) -> dict[str, bool]:
+    """The serverless limits, each met or not."""
+    pings = [p for p, _ in runs if p is not None]
+    firsts = [f for _, f in runs if f is not None]
+    return {
         "ping_within_3_min": len(pings) == len(runs) and max(pings, default=0) <= PING_LIMIT_S,
         "first_invocation_within_60_s": len(firsts) == len(runs) and max(firsts, default=0) <= INVOKE_LIMIT_S,
-        "under_4mb_answered": under in (200, 400),  # noise has no bins; read and answered, not refused for size
-        "over_4mb_413": over == 413,
-        "no_failed_requests": figures["failed"] == 0 and heavy["failed"] == 0,
+        "under_4mb_answered": warm.under in (200, 400),  # noise has no bins; read and answered, not refused for size
+        "over_4mb_413": warm.over == 413,
+        "no_failed_requests": warm.figures["failed"] == 0 and warm.heavy["failed"] == 0,
     }
+
+
+def write_record(
+    args: argparse.Namespace,
+    size: int,
+    runs: list[tuple[float | None, float | None]],
+    warm: Warm,
+    peak: float,
+    limits: dict[str, bool],
+) -> None:
+    record = {
+        "image": args.image,
+        "image_size_mb": size / 1e6,
+        "memory_limit": args.memory,
+        "cpus": args.cpus,
+        "cold_starts": runs,
+        "payload": {"under": warm.under, "over": warm.over},
+        "load": warm.figures,
+        "load_12mp": warm.heavy,
+        "suggested_memory_size_mb": memory_size_for(peak, args.headroom),
+        "limits": limits,
+        "machine_cpus": os.cpu_count(),
+    }
+    args.json.write_text(json.dumps(record, indent=1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    size = int(docker("image", "inspect", "--format", "{{.Size}}", args.image))
+    print(f"image: {args.image} image_size_mb: {size / 1e6:.0f} memory_limit: {args.memory} cpus: {args.cpus}")
+    images, source = photos(64)
+    print(f"photos: {len(images)} source: {source} mean_kb: {statistics.mean(map(len, images)) / 1024:.0f}")
+    runs = cold_starts(args, images[0])
+    pings = [p for p, _ in runs if p is not None]
+    if pings:
+        print(f"cold_start_s: median: {statistics.median(pings):.2f} max: {max(pings):.2f} runs: {len(runs)}")
+    warm = measure_warm(args, images)
+    print_loads(args, warm)
+    peak = memory_peak(args, warm)
+    limits = limits_met(runs, warm)
     print("limits_ok: " + " ".join(f"{k}: {v}" for k, v in limits.items()))
     if args.json:
-        record = {
-            "image": args.image,
-            "image_size_mb": size / 1e6,
-            "memory_limit": args.memory,
-            "cpus": args.cpus,
-            "cold_starts": runs,
-            "payload": {"under": under, "over": over},
-            "load": figures,
-            "load_12mp": heavy,
-            "suggested_memory_size_mb": memory_size_for(peak, args.headroom),
-            "limits": limits,
-            "machine_cpus": os.cpu_count(),
-        }
-        args.json.write_text(json.dumps(record, indent=1))
+        write_record(args, size, runs, warm, peak, limits)
     return 0 if all(limits.values()) else 1
 
 
