@@ -25,7 +25,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import torch
 import torch.distributed as dist
@@ -154,31 +154,13 @@ def build_run(config: TrainConfig, ctx: DistContext, data: PreparedData, log: Lo
     trainable, total = apply_freeze(model, arch, config.freeze)
     placement.place_model(model)
     optimizer = make_optimizer(param_groups(model, arch, config), config)
-    weights = None
-    if config.class_weighting == "inverse":
-        weights = class_weights(data.train_class_counts, power=config.class_weight_power)
-        log(f"class_weights: {[round(float(w), 4) for w in weights]}")
-    criterion = CountLoss(
-        class_values, config.label_smoothing, weights, config.ordinal_weight if config.loss == "ordinal" else 0.0
-    ).to(ctx.device)
+    criterion = _make_criterion(config, data, class_values, log).to(ctx.device)
     train_items = data.split.train
-    sampler = EpochSampler(
-        len(train_items),
-        config.seed,
-        ctx.rank,
-        ctx.world_size,
-        weights=(sampling_weights(train_items, len(labels)) if config.class_weighting == "balanced_sampler" else None),
-    )
+    sampler = _train_sampler(config, ctx, train_items, len(labels))
     steps = steps_per_epoch(sampler, config.batch_size)
-    net: nn.Module = model
-    if ctx.enabled:
-        net = DistributedDataParallel(model, device_ids=[ctx.device.index] if placement.cuda else None)
+    net = _wrap_distributed(model, ctx, placement)
     num_workers = config.num_workers if config.num_workers is not None else auto_num_workers(ctx.local_world_size)
-    val_shard = data.split.val[ctx.rank :: ctx.world_size]
-    norm_loader = None
-    if recalibration_wanted(config.bn_recalibration, model):  # the same bins on every worker
-        norm_items = sample_items(train_items, config.bn_recalibration_samples, config.seed)
-        norm_loader = eval_loader(norm_items, spec, config.batch_size, 0, placement.cuda)
+    norm_loader = _norm_loader(config, model, train_items, spec, placement)
     return RunParts(
         config=config,
         ctx=ctx,
@@ -194,17 +176,67 @@ def build_run(config: TrainConfig, ctx: DistContext, data: PreparedData, log: Lo
         scheduler=make_scheduler(optimizer, config, steps),
         scaler=torch.amp.GradScaler(ctx.device.type, enabled=placement.scales_gradients),
         train_loader=train_loader(train_items, sampler, spec, config, num_workers, placement.cuda),
-        val_loader=(
-            eval_loader(val_shard, spec, config.effective_eval_batch_size, num_workers, placement.cuda)
-            if data.split.val
-            else None
-        ),
+        val_loader=_val_loader(config, ctx, data, spec, num_workers, placement),
         norm_loader=norm_loader,
         steps=steps,
         num_workers=num_workers,
         trainable_params=trainable,
         total_params=total,
     )
+
+
+def _make_criterion(config: TrainConfig, data: PreparedData, class_values: list[float], log: Log) -> CountLoss:
+    """The count loss, its class weights (logged) when ``class_weighting`` is ``inverse``."""
+    weights = None
+    if config.class_weighting == "inverse":
+        weights = class_weights(data.train_class_counts, power=config.class_weight_power)
+        log(f"class_weights: {[round(float(w), 4) for w in weights]}")
+    ordinal_weight = config.ordinal_weight if config.loss == "ordinal" else 0.0
+    return CountLoss(class_values, config.label_smoothing, weights, ordinal_weight)
+
+
+def _train_sampler(config: TrainConfig, ctx: DistContext, train_items: Sequence[Any], num_classes: int) -> EpochSampler:
+    """This worker's epoch order over the training part (weighted with ``class_weighting=balanced_sampler``)."""
+    balanced = config.class_weighting == "balanced_sampler"
+    return EpochSampler(
+        len(train_items),
+        config.seed,
+        ctx.rank,
+        ctx.world_size,
+        weights=(sampling_weights(train_items, num_classes) if balanced else None),
+    )
+
+
+def _wrap_distributed(model: nn.Module, ctx: DistContext, placement: Placement) -> nn.Module:
+    """What trains: ``model`` itself, or DistributedDataParallel around it under torchrun."""
+    if not ctx.enabled:
+        return model
+    return DistributedDataParallel(model, device_ids=[ctx.device.index] if placement.cuda else None)
+
+
+def _norm_loader(
+    config: TrainConfig, model: nn.Module, train_items: Sequence[Any], spec: PreprocessSpec, placement: Placement
+) -> DataLoader | None:
+    """Un-augmented training bins to recompute BatchNorm statistics on (the same on every worker), or None."""
+    if not recalibration_wanted(config.bn_recalibration, model):
+        return None
+    norm_items = sample_items(train_items, config.bn_recalibration_samples, config.seed)
+    return eval_loader(norm_items, spec, config.batch_size, 0, placement.cuda)
+
+
+def _val_loader(
+    config: TrainConfig,
+    ctx: DistContext,
+    data: PreparedData,
+    spec: PreprocessSpec,
+    num_workers: int,
+    placement: Placement,
+) -> DataLoader | None:
+    """This worker's shard of the validation part, or None without validation data."""
+    if not data.split.val:
+        return None
+    val_shard = data.split.val[ctx.rank :: ctx.world_size]
+    return eval_loader(val_shard, spec, config.effective_eval_batch_size, num_workers, placement.cuda)
 
 
 # --------------------------------------------------------------------------------------------
@@ -350,8 +382,12 @@ def _step_display(
     optimizer: torch.optim.Optimizer,
     images_per_step: int,
     log: Log,
-) -> ProgressDisplay:
-    """A bar on a terminal; else a ``step_progress:`` line every ``every`` steps (loss, lr, img/s, eta)."""
+    wanted: bool = True,
+) -> ProgressDisplay | None:
+    """A bar on a terminal; else a ``step_progress:`` line every ``every`` steps (loss, lr, img/s, eta);
+    None when not ``wanted``."""
+    if not wanted:
+        return None
     started = time.monotonic()
 
     def describe() -> dict[str, Any]:
@@ -411,48 +447,114 @@ def train_one_epoch(
     if start >= steps:
         return sums
     batch_size = loader.batch_size or 1
+    tools = StepTools(net, criterion, optimizer, scaler, placement, grad_clip, _enter_epoch(net, loader, epoch, start))
+    wanted = ctx.is_main and log_every > 0
+    display = _step_display(epoch, steps, start, log_every, sums, optimizer, batch_size * ctx.world_size, log, wanted)
+    for images, targets, too_small in _batches(loader, batch_size, stop, on_skipped, ctx, watch):
+        step_sums = None
+        if not too_small:
+            torch.manual_seed(mix_seed("step", seed, epoch, step, ctx.rank))
+            step_sums = _placed_step(tools, images, targets, watch, progress.global_step + 1)
+            sums += step_sums
+        scheduler.step()
+        step += 1
+        _count_step(progress, step, step_sums, watch, display, after_step, stop)
+        if step >= steps:
+            break
+    if display is not None:
+        display.close()
+    return sums
+
+
+@dataclass(frozen=True)
+class StepTools:
+    """What every optimiser step of an epoch uses besides its batch (:func:`train_step`'s other inputs)."""
+
+    net: nn.Module
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    placement: Placement
+    grad_clip: float
+    params: list[torch.Tensor]  # the trainable ones, clipped together
+
+
+def _enter_epoch(net: nn.Module, loader: DataLoader, epoch: int, start: int) -> list[torch.Tensor]:
+    """Train mode (frozen norms kept in eval), the loader's order for ``epoch`` from step ``start`` on;
+    returns the trainable parameters."""
     net.train()
     frozen_norms_to_eval(net)
-    loader.sampler.set_epoch(epoch, start * batch_size)
-    params = [p for p in net.parameters() if p.requires_grad]
-    display = (
-        _step_display(epoch, steps, start, log_every, sums, optimizer, batch_size * ctx.world_size, log)
-        if ctx.is_main and log_every > 0
-        else None
-    )
-    watch.batch_wanted()
-    for images, targets, skipped in iterate_until_stopped(loader, stop):
+    loader.sampler.set_epoch(epoch, start * (loader.batch_size or 1))
+    return [p for p in net.parameters() if p.requires_grad]
+
+
+def _batches(
+    loader: DataLoader,
+    batch_size: int,
+    stop: GracefulStop,
+    on_skipped: Callable[[list], None],
+    ctx: DistContext,
+    watch: RunReport | NoWatch,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
+    """``(images, targets, too_small)`` per step until the loader ends or a stop (on any worker) is agreed;
+    tells ``watch`` when each batch is wanted and when it arrived, and ``on_skipped`` what failed to load.
+
+    The caller's leaving the loop (the epoch's last step) means no next batch is wanted."""
+    batches = iterate_until_stopped(loader, stop)
+    while True:
+        watch.batch_wanted()
+        try:
+            images, targets, skipped = next(batches)
+        except StopIteration:
+            return
         watch.batch_arrived()
         if skipped:
             on_skipped(skipped)
         too_small = _agree_to_stop(stop, targets.numel() < min(2, batch_size), ctx)
         if stop.requested:
-            break
-        step_sums = None
-        if not too_small:
-            torch.manual_seed(mix_seed("step", seed, epoch, step, ctx.rank))
-            images, targets = placement.place_batch(images, targets)  # here, to time the copy apart
-            watch.batch_placed()
-            probe = watch.health_probe(progress.global_step + 1)
-            step_sums = train_step(
-                net, criterion, optimizer, scaler, placement, images, targets, grad_clip, params, before_update=probe
-            )
-            sums += step_sums
-        scheduler.step()
-        step += 1
-        progress.step_in_epoch = step
-        progress.global_step += 1
-        watch.step_done(step, progress.global_step, step_sums)
-        if display is not None:
-            display.update(1)
-        if after_step is not None:
-            after_step(progress.global_step, stop)
-        if step >= steps:
-            break
-        watch.batch_wanted()
+            return
+        yield images, targets, too_small
+
+
+def _placed_step(
+    tools: StepTools, images: torch.Tensor, targets: torch.Tensor, watch: RunReport | NoWatch, global_step: int
+) -> torch.Tensor:
+    """:func:`train_step` on the batch, placed here to time the copy apart, with the health probe for the
+    step that becomes ``global_step`` when it is checked."""
+    images, targets = tools.placement.place_batch(images, targets)
+    watch.batch_placed()
+    probe = watch.health_probe(global_step)
+    return train_step(
+        tools.net,
+        tools.criterion,
+        tools.optimizer,
+        tools.scaler,
+        tools.placement,
+        images,
+        targets,
+        tools.grad_clip,
+        tools.params,
+        before_update=probe,
+    )
+
+
+def _count_step(
+    progress: Progress,
+    step: int,
+    step_sums: torch.Tensor | None,
+    watch: RunReport | NoWatch,
+    display: ProgressDisplay | None,
+    after_step: AfterStep | None,
+    stop: GracefulStop,
+) -> None:
+    """Step ``step`` of the epoch is done (trained, or skipped as too small): progress, report, display, hook."""
+    progress.step_in_epoch = step
+    progress.global_step += 1
+    watch.step_done(step, progress.global_step, step_sums)
     if display is not None:
-        display.close()
-    return sums
+        display.update(1)
+    if after_step is not None:
+        after_step(progress.global_step, stop)
 
 
 @torch.no_grad()
@@ -554,31 +656,11 @@ def run_epoch(
 ) -> bool:
     """Train, recalibrate BatchNorm statistics, validate and checkpoint epoch ``epoch``; ``False`` when
     stopped (after saving)."""
-    cfg, ctx, progress = parts.config, parts.ctx, state.progress
+    ctx, progress = parts.ctx, state.progress
     started = time.monotonic()
-    on_skipped = SkippedImages(progress, parts.data, cfg.max_bad_fraction, log)
+    on_skipped = SkippedImages(progress, parts.data, parts.config.max_bad_fraction, log)
     report.start_epoch(epoch)
-    sums = train_one_epoch(
-        parts.net,
-        parts.criterion,
-        parts.optimizer,
-        parts.scheduler,
-        parts.scaler,
-        parts.train_loader,
-        parts.placement,
-        ctx,
-        epoch=epoch,
-        steps=parts.steps,
-        seed=cfg.seed,
-        grad_clip=cfg.grad_clip,
-        progress=progress,
-        stop=stop,
-        on_skipped=on_skipped,
-        log=log,
-        log_every=cfg.log_every_steps,
-        after_step=hooks.after_step,
-        watch=report,
-    )
+    sums = _train_phase(parts, progress, epoch, stop, on_skipped, log, hooks, report)
     timing = report.end_training()
     stopped = stop.requested and progress.step_in_epoch < parts.steps
     recalibration = None
@@ -598,13 +680,63 @@ def run_epoch(
     all_reduce(sums, ctx)
     all_reduce(val_sums, ctx)
     entry = epoch_entry(epoch, sums, val_sums, parts.optimizer.param_groups[0]["lr"], time.monotonic() - started)
+    _record_epoch(parts, state, entry, log, report, timing, recalibration.as_dict() if recalibration else None)
+    save(parts, state, checkpoint)
+    return True
+
+
+def _train_phase(
+    parts: RunParts,
+    progress: Progress,
+    epoch: int,
+    stop: GracefulStop,
+    on_skipped: SkippedImages,
+    log: Log,
+    hooks: TrainHooks,
+    report: RunReport,
+) -> torch.Tensor:
+    """:func:`train_one_epoch` with the run's parts and configuration; returns the epoch's train sums."""
+    cfg = parts.config
+    return train_one_epoch(
+        parts.net,
+        parts.criterion,
+        parts.optimizer,
+        parts.scheduler,
+        parts.scaler,
+        parts.train_loader,
+        parts.placement,
+        parts.ctx,
+        epoch=epoch,
+        steps=parts.steps,
+        seed=cfg.seed,
+        grad_clip=cfg.grad_clip,
+        progress=progress,
+        stop=stop,
+        on_skipped=on_skipped,
+        log=log,
+        log_every=cfg.log_every_steps,
+        after_step=hooks.after_step,
+        watch=report,
+    )
+
+
+def _record_epoch(
+    parts: RunParts,
+    state: RunState,
+    entry: dict[str, Any],
+    log: Log,
+    report: RunReport,
+    timing: dict[str, Any],
+    recalibration: dict[str, Any] | None,
+) -> None:
+    """A completed epoch: into the history (keeping the best weights), the log and the report; the
+    progress then points at the next epoch's start (the caller checkpoints)."""
+    progress = state.progress
     progress.history.append(entry)
     _keep_if_best(parts, state, entry)
     log(fields_text(entry))
-    report.end_epoch(entry, progress.history, timing, recalibration.as_dict() if recalibration else None)
-    progress.epoch, progress.step_in_epoch, progress.partial = epoch, 0, {}
-    save(parts, state, checkpoint)
-    return True
+    report.end_epoch(entry, progress.history, timing, recalibration)
+    progress.epoch, progress.step_in_epoch, progress.partial = entry[names.EPOCH], 0, {}
 
 
 def run_training(
