@@ -27,7 +27,7 @@ from training.report.health import HealthProbe
 from training.report.profiling import ProfileWindow
 from training.report.render import render, write_summary
 from training.report.rules import ISSUE, NOT_EVALUATED
-from training.report.sampler import SystemSampler
+from training.report.sampler import Sink, SystemSampler
 from training.report.store import (
     EPOCHS_FILE,
     HEALTH_FILE,
@@ -43,7 +43,7 @@ from training.report.store import (
     append_jsonl,
     load_records,
 )
-from training.report.thresholds import parse_thresholds
+from training.report.thresholds import Thresholds, parse_thresholds
 from training.report.timing import StepTimer, Window, device_memory_mb, peak_memory_mb
 
 TENSORBOARD_DIR = "tensorboard"
@@ -92,6 +92,8 @@ class _Scalars:
 
 
 class RunReport:
+    """Times every step; with ``report=true`` also samples, checks health, profiles and reports (see above)."""
+
     def __init__(
         self,
         config: TrainConfig,
@@ -135,39 +137,16 @@ class RunReport:
             return
         self.raw.mkdir(parents=True, exist_ok=True)
         if not resumed:  # a new run in an old folder: its records are not this run's
-            for name in (EPOCHS_FILE, STEPS_FILE, HEALTH_FILE, SYSTEM_FILE):
-                (self.raw / name).unlink(missing_ok=True)
-            shutil.rmtree(self.raw / PROFILE_DIR, ignore_errors=True)
-        self._run = {
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "config": self.config.model_dump(mode="json"),
-            "device": str(self.device),
-            "cores": _cores(),
-            "torch": torch.__version__,
-            "resumed": resumed,
-            "report": self.config.report,
-            **run_info,
-        }
+            _clear_records(self.raw)
+        self._run = _run_record(self.config, self.device, resumed, run_info)
         self._write_run()
         self._steps = CsvAppender(self.raw / STEPS_FILE, STEP_COLUMNS)
         if not self.enabled:
             return
         self._scalars = _Scalars(tensorboard_dir(self.out), self.log)
-        self._sampler = SystemSampler(
-            self.raw / SYSTEM_FILE, self.config.report_sample_interval_s, sink=self._system_scalars
-        )
-        if not self._sampler.available:
-            self.log("report_sampler: off (psutil is not installed)")
-        self._sampler.start()
+        self._sampler = _start_sampler(self.raw, self.config.report_sample_interval_s, self._system_scalars, self.log)
         self._probe = HealthProbe(params, self.config.report_health_every_steps)
-        if self.config.profile_steps > 0:
-            self._profile = ProfileWindow(
-                self.raw / PROFILE_DIR,
-                self.config.profile_steps,
-                self.config.profile_wait_steps,
-                self.config.profile_max_mb,
-                self.device.type == "cuda",
-            )
+        self._profile = _profile_window(self.config, self.raw, self.device)
 
     def _write_run(self) -> None:
         atomic_write_json(self.raw / RUN_FILE, self._run)
@@ -222,11 +201,7 @@ class RunReport:
             record = self._active_probe.after_update()
             self._active_probe = None
             if record is not None and self.is_main:
-                append_jsonl(self.raw / HEALTH_FILE, record)
-                if isinstance(record.get("grad_norm"), float):
-                    self._grad_norms.append(record["grad_norm"])
-                if self._scalars is not None:
-                    self._scalars.add("health", record, global_step)
+                _keep_health(record, self.raw, self._grad_norms, self._scalars, global_step)
             self._cost_s += time.perf_counter() - started
         if self._profile is not None:
             self._profile.after_step()
@@ -269,12 +244,7 @@ class RunReport:
             self._profile.finish()
         timing = self.timer.epoch_timing
         cost = self._cost_s - self._epoch_cost_start[0] + self._sampler_cpu_s() - self._epoch_cost_start[1]
-        timing.extra = {
-            "peak_memory_mb": round(peak_memory_mb(self.device), 1),
-            "device_memory_mb": (round(m, 1) if (m := device_memory_mb(self.device)) is not None else None),
-            "report_cost_s": round(cost, 4) if self.enabled else None,
-            "report_cost_share": round(cost / timing.train_s, 5) if self.enabled and timing.train_s > 0 else None,
-        }
+        timing.extra = _memory_and_cost(self.device, cost if self.enabled else None, timing.train_s)
         return timing.as_dict()
 
     def end_epoch(
@@ -287,14 +257,7 @@ class RunReport:
         """The epoch's history entry is in: log its timing line, record it, rewrite ``summary.csv``."""
         grad_norm = sum(self._grad_norms) / len(self._grad_norms) if self._grad_norms else None
         record = {**timing, "bn_recalibration": recalibration, "grad_norm": grad_norm}
-        figures = {
-            names.EPOCH: entry[names.EPOCH],
-            names.EPOCH_IMAGES_PER_S: timing.get("img_per_s"),
-            names.EPOCH_DATA_WAIT_SHARE: timing.get("data_wait_share"),
-            names.PEAK_MEMORY_MB: timing.get("peak_memory_mb"),
-            names.GRAD_NORM: grad_norm,
-        }
-        self.log(f"{names.EPOCH_TIMING}: " + fields_text(figures))
+        self.log(f"{names.EPOCH_TIMING}: " + fields_text(_epoch_figures(entry, timing, grad_norm)))
         if recalibration:
             self.log("bn_recalibrated: " + fields_text({names.EPOCH: entry[names.EPOCH], **recalibration}))
         if not self.is_main:
@@ -302,32 +265,15 @@ class RunReport:
         append_jsonl(self.raw / EPOCHS_FILE, record)
         if self._scalars is not None:
             self._scalars.add("epoch", {**entry, **{k: v for k, v in record.items() if k != "epoch"}}, entry["epoch"])
-        try:
-            records = load_records(self.out)
-            records.metrics = {"history": history}
-            write_summary(records, self.out / SUMMARY_FILE)
-        except Exception as exc:  # the report must never stop a run
-            self.log(f"report_error: summary.csv: {type(exc).__name__}: {exc}")
+        _rewrite_summary(self.out, history, self.log)
 
     # -------------------------------------------------------------------------------------- the end
 
     def finish(self) -> None:
         """The run completed (``metrics.json`` written): evaluate the rules and write the report."""
         self.close()
-        if not self.enabled:
-            return
-        try:
-            findings = render(load_records(self.out), self.thresholds)
-        except Exception as exc:  # the report must never fail a finished run
-            self.log(f"report_error: {type(exc).__name__}: {exc}")
-            return
-        issues = [f for f in findings if f.status == ISSUE]
-        for f in findings:
-            if f.status != NOT_EVALUATED:
-                family, status = f.family.replace(" ", "_"), f.status.replace(" ", "_")
-                self.log(f"report_finding: {f.rule} family: {family} status: {status} evidence: {f.evidence}")
-        listed = ", ".join(f.rule for f in issues) or "none"
-        self.log(f"report_done: {names.REPORT_ISSUES}: {len(issues)} report: {self.out / REPORT_FILE} issues: {listed}")
+        if self.enabled:
+            _write_report(self.out, self.thresholds, self.log)
 
     def close(self) -> None:
         """Stop the sampler, the profiler and the writers (idempotent; also for interrupted runs)."""
@@ -342,6 +288,111 @@ class RunReport:
         if self._scalars is not None:
             self._scalars.close()
             self._scalars = None
+
+
+# ------------------------------------------------------------------------------------------ the pieces
+
+
+def _clear_records(raw: Path) -> None:
+    """Remove an earlier run's records from ``raw`` (the run record itself is rewritten)."""
+    for name in (EPOCHS_FILE, STEPS_FILE, HEALTH_FILE, SYSTEM_FILE):
+        (raw / name).unlink(missing_ok=True)
+    shutil.rmtree(raw / PROFILE_DIR, ignore_errors=True)
+
+
+def _run_record(config: TrainConfig, device: torch.device, resumed: bool, run_info: dict[str, Any]) -> dict[str, Any]:
+    """``run.json``: when and where the run started, its configuration, and ``run_info``."""
+    return {
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": config.model_dump(mode="json"),
+        "device": str(device),
+        "cores": _cores(),
+        "torch": torch.__version__,
+        "resumed": resumed,
+        "report": config.report,
+        **run_info,
+    }
+
+
+def _start_sampler(raw: Path, interval_s: float, sink: Sink, log: Log) -> SystemSampler:
+    """The machine sampler, started (it samples nothing, and a line says so, without psutil)."""
+    sampler = SystemSampler(raw / SYSTEM_FILE, interval_s, sink=sink)
+    if not sampler.available:
+        log("report_sampler: off (psutil is not installed)")
+    sampler.start()
+    return sampler
+
+
+def _keep_health(
+    record: dict[str, Any], raw: Path, grad_norms: list[float], scalars: _Scalars | None, global_step: int
+) -> None:
+    """A health check's record: into ``health.jsonl``, the epoch's gradient norms and TensorBoard."""
+    append_jsonl(raw / HEALTH_FILE, record)
+    if isinstance(record.get("grad_norm"), float):
+        grad_norms.append(record["grad_norm"])
+    if scalars is not None:
+        scalars.add("health", record, global_step)
+
+
+def _profile_window(config: TrainConfig, raw: Path, device: torch.device) -> ProfileWindow | None:
+    """The profiler window ``profile_steps`` asks for, or None."""
+    if config.profile_steps <= 0:
+        return None
+    return ProfileWindow(
+        raw / PROFILE_DIR,
+        config.profile_steps,
+        config.profile_wait_steps,
+        config.profile_max_mb,
+        device.type == "cuda",
+    )
+
+
+def _memory_and_cost(device: torch.device, cost: float | None, train_s: float) -> dict[str, Any]:
+    """The epoch timing's extra figures: memory, and what the report cost (``cost`` None: report off)."""
+    return {
+        "peak_memory_mb": round(peak_memory_mb(device), 1),
+        "device_memory_mb": (round(m, 1) if (m := device_memory_mb(device)) is not None else None),
+        "report_cost_s": round(cost, 4) if cost is not None else None,
+        "report_cost_share": round(cost / train_s, 5) if cost is not None and train_s > 0 else None,
+    }
+
+
+def _epoch_figures(entry: dict[str, Any], timing: dict[str, Any], grad_norm: float | None) -> dict[str, Any]:
+    """The ``epoch_timing:`` line's fields."""
+    return {
+        names.EPOCH: entry[names.EPOCH],
+        names.EPOCH_IMAGES_PER_S: timing.get("img_per_s"),
+        names.EPOCH_DATA_WAIT_SHARE: timing.get("data_wait_share"),
+        names.PEAK_MEMORY_MB: timing.get("peak_memory_mb"),
+        names.GRAD_NORM: grad_norm,
+    }
+
+
+def _rewrite_summary(out: Path, history: list[dict[str, Any]], log: Log) -> None:
+    """``summary.csv`` from the records so far; a failure is logged, never raised (the run goes on)."""
+    try:
+        records = load_records(out)
+        records.metrics = {"history": history}
+        write_summary(records, out / SUMMARY_FILE)
+    except Exception as exc:  # the report must never stop a run
+        log(f"report_error: summary.csv: {type(exc).__name__}: {exc}")
+
+
+def _write_report(out: Path, thresholds: Thresholds, log: Log) -> None:
+    """Evaluate the rules on the records in ``out``, write the HTML report and log its findings; a failure is
+    logged, never raised (the run has finished)."""
+    try:
+        findings = render(load_records(out), thresholds)
+    except Exception as exc:  # the report must never fail a finished run
+        log(f"report_error: {type(exc).__name__}: {exc}")
+        return
+    issues = [f for f in findings if f.status == ISSUE]
+    for f in findings:
+        if f.status != NOT_EVALUATED:
+            family, status = f.family.replace(" ", "_"), f.status.replace(" ", "_")
+            log(f"report_finding: {f.rule} family: {family} status: {status} evidence: {f.evidence}")
+    listed = ", ".join(f.rule for f in issues) or "none"
+    log(f"report_done: {names.REPORT_ISSUES}: {len(issues)} report: {out / REPORT_FILE} issues: {listed}")
 
 
 class NoWatch:
