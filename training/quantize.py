@@ -30,7 +30,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -52,13 +52,9 @@ from service.runtimes import (
     onnxruntime_version,
 )
 from training.evaluate import EvaluateConfig, counts_task_key, evaluate_model, select_items
+from training.log import Log, print_line
 
 ENV_PREFIX = "BINSIGHT_QUANTIZE_"
-Log = Callable[[str], None]
-
-
-def _print(line: str) -> None:
-    print(line, flush=True)
 
 
 class QuantizeConfig(BaseModel):
@@ -259,7 +255,7 @@ def _evaluation_record(cfg: QuantizeConfig, results: dict[str, dict[str, Any]], 
     return evaluation
 
 
-def run(cfg: QuantizeConfig, log: Log = _print) -> dict[str, Any]:
+def run(cfg: QuantizeConfig, log: Log = print_line) -> dict[str, Any]:
     """Quantize, evaluate both graphs, write ``model.int8.onnx`` and the ``model.json`` record (unless dry run)."""
     version = onnxruntime_version()
     if version is None:

@@ -43,6 +43,7 @@ from service.files import atomic_write_json
 from training.dataset import check_images
 from training.labels import LabelledBin, LabelPolicy, apply_label_policy
 from training.layouts import read_abid
+from training.log import fields_text, print_line
 from training.recipes.decision import fold_offsets, tune_offsets
 from training.recipes.feature_cache import VARIANTS, Runtime, TrunkRunner, cache_key, cached_features, cached_images
 from training.recipes.lite_parts import blocks_forward
@@ -128,7 +129,8 @@ class RecipeConfig(BaseModel):
 
 
 def log(**fields: object) -> None:
-    print(" ".join(f"{k}: {v}" for k, v in fields.items()), flush=True)
+    """The recipe's ``key: value`` line, through the library's one printer."""
+    print_line(fields_text(fields))
 
 
 @dataclass
