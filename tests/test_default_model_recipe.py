@@ -216,3 +216,16 @@ def test_options_come_from_the_command_line_and_the_environment(tmp_path):
     cfg = default_model.parse_args(["--data-dir", str(tmp_path), "--final-fit", "--lr", "0.001"], environ)
     assert cfg.epochs == 3 and cfg.augment == ("orig", "vflip") and cfg.final_fit and cfg.lr == 0.001
     assert default_model.parse_args(["--data-dir", str(tmp_path), "--epochs", "2"], environ).epochs == 2
+
+
+def test_sweep_variants_keep_their_own_derived_input_size(tmp_path):
+    # A variant that changes the architecture gets that architecture's native size, unless a size was chosen.
+    base = default_model.RecipeConfig(data_dir=tmp_path, epochs=2)
+    lite2 = {"architecture": "efficientnet_lite2", "cache_block": "15", "first_tuned_block": "15"}
+    configs = sweep.variant_configs(base, [lite2, {}])
+    assert [(c.architecture, c.input_size, c.epochs) for c in configs] == [
+        ("efficientnet_lite2", 260, 2),
+        ("efficientnet_lite0", 224, 2),
+    ]
+    chosen = default_model.RecipeConfig(data_dir=tmp_path, input_size=64)
+    assert sweep.variant_configs(chosen, [lite2])[0].input_size == 64

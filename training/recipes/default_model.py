@@ -100,6 +100,7 @@ class RecipeConfig(BaseModel):
         blocks = LITE_VARIANTS[int(self.architecture[-1])][1]
         if self.input_size is None:
             self.input_size = get_architecture(self.architecture).input_size
+            self.__pydantic_fields_set__.discard("input_size")  # derived from the architecture, not chosen
         if not self.cache_block <= self.first_tuned_block < blocks:
             raise ValueError(
                 f"need cache_block ({self.cache_block}) <= first_tuned_block ({self.first_tuned_block}) "

@@ -32,6 +32,17 @@ def overrides(text: str) -> dict[str, str]:
     return {k: (tuple(v.split("+")) if k == "augment" else v) for k, v in pairs}
 
 
+def variant_configs(base: RecipeConfig, variants: list[dict[str, str]]) -> list[RecipeConfig]:
+    """``base`` with each variant's overrides; only the options that were set carry over.
+
+    Derived values stay derived: ``input_size`` left unset follows each variant's architecture
+    (a Lite2 variant gets its native 260 px, not the 224 px base's default).
+    """
+    return [
+        RecipeConfig.model_validate({**base.model_dump(exclude_unset=True), **variant}) for variant in variants or [{}]
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, required=True)
@@ -50,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--variant cannot change {', '.join(shared)}: the bins and labels are shared; use --base")
     try:
         base = RecipeConfig(data_dir=args.data_dir, cache_dir=args.cache_dir, **args.base)
-        configs = [RecipeConfig.model_validate({**base.model_dump(), **variant}) for variant in args.variant or [{}]]
+        configs = variant_configs(base, args.variant)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
