@@ -77,6 +77,12 @@ class RecipeConfig(BaseModel):
     ordinal_weight: float = Field(0.1, ge=0, description="weight of the squared error of the expected count")
     dropout: float = Field(0.3, ge=0, lt=1)
     feature_dropout: float = Field(0.2, ge=0, lt=1, description="channel dropout on the cached feature maps")
+    aux_weight: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the auxiliary item-metadata targets (distinct products, log volume, log weight; "
+        "training.item_targets), learnt by a train-time head that is not saved; 0: off",
+    )
     augment: tuple[Variant, ...] = Field(
         ("orig", "hflip", "vflip", "rot180"), description=f"comma-separated, of: {','.join(VARIANTS)}"
     )
@@ -126,6 +132,7 @@ class RecipeConfig(BaseModel):
             augment=tuple(self.augment),
             seed=self.seed,
             select_best=select_best,
+            aux_weight=self.aux_weight,
         )
 
 
@@ -151,6 +158,12 @@ class RecipeBins:
     @property
     def labels(self) -> torch.Tensor:
         return torch.tensor([item.label for item in self.items])
+
+    def item_targets(self, cfg: RecipeConfig) -> torch.Tensor | None:
+        """The auxiliary item-metadata targets of every bin, when the recipe uses them."""
+        from training.item_targets import read_item_targets
+
+        return read_item_targets(cfg.data_dir, [item.id for item in self.items]) if cfg.aux_weight else None
 
 
 def select_bins(cfg: RecipeConfig) -> RecipeBins:
@@ -226,6 +239,8 @@ def run_key(cfg: RecipeConfig, what: str) -> str:
         exclude={"data_dir", "output_dir", "cache_dir", "threads", "feature_runtime", "tune_decision", "final_fit"},
     )
     fields["norms"] = "recalibrated"  # runs before BatchNorm recalibration are not resumed
+    if not fields["aux_weight"]:
+        del fields["aux_weight"]  # runs from before the option resume
     return f"{what}_{hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]}"
 
 
@@ -252,7 +267,18 @@ def train_and_select(
     train_idx, val_idx = bins.indices(bins.split.train), bins.indices(bins.split.val)
     class_values = recipe_metadata(cfg, bins).class_values
     checkpoint = cfg.cache_dir / "runs" / f"{run_key(cfg, 'select')}.pt"
-    history = train_top(model, features, labels, train_idx, val_idx, class_values, cfg.top_training(), log, checkpoint)
+    history = train_top(
+        model,
+        features,
+        labels,
+        train_idx,
+        val_idx,
+        class_values,
+        cfg.top_training(),
+        log,
+        checkpoint,
+        aux_targets=bins.item_targets(cfg),
+    )
     best_epoch = max(history, key=lambda h: h["val_acc"])["epoch"]
     probs = top_probabilities(model, features["orig"], val_idx, cfg.first_tuned_block)
     val_y = labels[val_idx]
@@ -294,6 +320,7 @@ def final_fit(
         cfg.top_training(epochs=epochs, select_best=False),
         log,
         cfg.cache_dir / "runs" / f"{key}.pt",
+        aux_targets=bins.item_targets(cfg),
     )
     return model, history
 

@@ -29,12 +29,16 @@ def blocks_forward(model: nn.Module, x: torch.Tensor, start: int, stop: int) -> 
     return x
 
 
-def top_forward(model: nn.Module, x: torch.Tensor, first_block: int) -> torch.Tensor:
-    """Blocks ``first_block..`` and the head: logits."""
+def top_pooled(model: nn.Module, x: torch.Tensor, first_block: int) -> torch.Tensor:
+    """Blocks ``first_block..``, the head convolution and the pooling: the features the classifier reads."""
     x = blocks_forward(model, x, first_block, num_blocks(model))
     x = model._swish(model._bn1(model._conv_head(x)))
-    x = torch.flatten(model._avg_pooling(x), 1)
-    return model._fc(model._dropout(x))
+    return torch.flatten(model._avg_pooling(x), 1)
+
+
+def top_forward(model: nn.Module, x: torch.Tensor, first_block: int) -> torch.Tensor:
+    """Blocks ``first_block..`` and the head: logits."""
+    return model._fc(model._dropout(top_pooled(model, x, first_block)))
 
 
 def tuned_prefixes(model: nn.Module, first_block: int) -> tuple[str, ...]:

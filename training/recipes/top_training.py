@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from service.files import atomic_write
+from training.item_targets import masked_mse
 from training.losses import CountLoss
 from training.metrics import compute_metrics
 from training.optim import lr_factor
-from training.recipes.lite_parts import top_forward, tuned_prefixes
+from training.recipes.lite_parts import top_forward, top_pooled, tuned_prefixes
 
 Log = Callable[..., None]
 
@@ -45,15 +46,39 @@ class TopTraining:
     augment: tuple[str, ...]
     seed: int
     select_best: bool = True
+    aux_weight: float = 0.0  # weight of the item-metadata targets' loss (training.item_targets), 0: off
 
 
-def _param_groups(model: nn.Module, prefixes: tuple[str, ...], cfg: TopTraining) -> list[dict]:
+@dataclass
+class _AuxTask:
+    """A train-time head that predicts the item-metadata targets from the pooled features (not saved)."""
+
+    head: nn.Linear
+    targets: torch.Tensor  # (bins, targets), NaN where unknown
+    weight: float
+
+    def loss(self, pooled: torch.Tensor, batch: list[int]) -> torch.Tensor:
+        return self.weight * masked_mse(self.head(pooled), self.targets[batch])
+
+
+def _aux_task(model: nn.Module, targets: torch.Tensor | None, cfg: TopTraining) -> _AuxTask | None:
+    if not cfg.aux_weight or targets is None:
+        return None
+    return _AuxTask(nn.Linear(model._fc.in_features, targets.shape[1]), targets, cfg.aux_weight)
+
+
+def _param_groups(
+    model: nn.Module, prefixes: tuple[str, ...], cfg: TopTraining, aux: _AuxTask | None = None
+) -> list[dict]:
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         tuned = name.startswith(prefixes)
         param.requires_grad_(tuned)
         if tuned:
             groups.setdefault((name.startswith("_fc."), param.ndim > 1), []).append(param)
+    if aux is not None:  # trained like the classifier
+        for param in aux.head.parameters():
+            groups.setdefault((True, param.ndim > 1), []).append(param)
     return [
         {"params": params, "lr": cfg.head_lr if head else cfg.lr, "weight_decay": cfg.weight_decay if decay else 0.0}
         for (head, decay), params in sorted(groups.items())
@@ -136,12 +161,19 @@ class _Progress:
 
 
 def _restore(
-    checkpoint: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer, rng: random.Random, log: Log
+    checkpoint: Path | None,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rng: random.Random,
+    log: Log,
+    aux: _AuxTask | None = None,
 ) -> _Progress:
     if checkpoint is None or not checkpoint.is_file():
         return _Progress(history=[])
     saved = torch.load(checkpoint, weights_only=False)
     model.load_state_dict(saved["top"], strict=False)
+    if aux is not None:
+        aux.head.load_state_dict(saved["aux_head"])
     optimizer.load_state_dict(saved["optimizer"])
     rng.setstate(saved["rng"])
     torch.set_rng_state(saved["torch_rng"])
@@ -156,9 +188,11 @@ def _save(
     optimizer: torch.optim.Optimizer,
     rng: random.Random,
     progress: _Progress,
+    aux: _AuxTask | None = None,
 ) -> None:
     state = {
         "top": {n: t for n, t in model.state_dict().items() if n.startswith(prefixes)},
+        "aux_head": aux.head.state_dict() if aux is not None else None,
         "optimizer": optimizer.state_dict(),
         "rng": rng.getstate(),
         "torch_rng": torch.get_rng_state(),
@@ -196,6 +230,7 @@ def _train_epoch(
     criterion: nn.Module,
     cfg: TopTraining,
     rng: random.Random,
+    aux: _AuxTask | None = None,
 ) -> dict:
     """One pass over ``order`` (shuffled in place); returns the epoch's training figures."""
     started, seen, loss_sum, correct = time.time(), 0, 0.0, 0
@@ -211,8 +246,11 @@ def _train_epoch(
         if cfg.feature_dropout:
             x = F.dropout2d(x, cfg.feature_dropout, training=True)
         y = labels[batch]
-        logits = top_forward(model, x, cfg.first_block)
+        pooled = top_pooled(model, x, cfg.first_block)
+        logits = model._fc(model._dropout(pooled))
         loss = criterion(logits, y)
+        if aux is not None:
+            loss = loss + aux.loss(pooled, batch)
         opt.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         opt.optimizer.step()
@@ -252,15 +290,20 @@ def train_top(
     cfg: TopTraining,
     log: Log,
     checkpoint: Path | None = None,
+    aux_targets: torch.Tensor | None = None,
 ) -> list[dict]:
     """Fine-tune the top of ``model`` in place; returns the per-epoch history.
 
     With ``select_best`` (and a validation part) the weights of the best validation epoch are kept,
-    otherwise those of the last epoch (a final fit on train + validation).
+    otherwise those of the last epoch (a final fit on train + validation). With ``cfg.aux_weight``
+    and ``aux_targets`` (one row per bin, :func:`training.item_targets.read_item_targets`) a
+    train-time head also learns the item-metadata targets; it is dropped afterwards.
     """
     k = cfg.first_block
     prefixes = tuned_prefixes(model, k)
-    optimizer = torch.optim.AdamW(_param_groups(model, prefixes, cfg))
+    torch.manual_seed(cfg.seed)
+    aux = _aux_task(model, aux_targets, cfg)
+    optimizer = torch.optim.AdamW(_param_groups(model, prefixes, cfg, aux))
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
     opt = _Optimisation(
         optimizer,
@@ -272,10 +315,10 @@ def train_top(
     criterion = CountLoss(class_values, label_smoothing=cfg.label_smoothing, ordinal_weight=cfg.ordinal_weight)
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
-    progress = _restore(checkpoint, model, optimizer, rng, log)
+    progress = _restore(checkpoint, model, optimizer, rng, log, aux)
     order = list(train_idx)
     for epoch in range(len(progress.history) + 1, cfg.epochs + 1):
-        row = _train_epoch(model, features, labels, order, epoch, opt, criterion, cfg, rng)
+        row = _train_epoch(model, features, labels, order, epoch, opt, criterion, cfg, rng, aux)
         recalibrate_norms(model, features["orig"], train_idx, k, prefixes, seed=cfg.seed)
         if val_idx:
             row.update(_validate(model, features["orig"], labels, val_idx, k, class_values))
@@ -287,7 +330,7 @@ def train_top(
                 n: t.detach().clone() for n, t in model.state_dict().items() if n.startswith(prefixes)
             }
         if checkpoint is not None:
-            _save(checkpoint, model, prefixes, optimizer, rng, progress)
+            _save(checkpoint, model, prefixes, optimizer, rng, progress, aux)
     if progress.best_state is not None:
         model.load_state_dict(progress.best_state, strict=False)
     for param in model.parameters():
