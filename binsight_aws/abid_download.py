@@ -26,6 +26,7 @@ from botocore.exceptions import ClientError
 from PIL import Image
 
 from binsight_aws.retry import Backoff, IncompleteBody, describe_error
+from binsight_aws.validate import error_code
 from service.files import atomic_write, atomic_write_json
 from training.layouts import ABID_IMAGE_DIR, ABID_METADATA_DIR, parse_expected_quantity
 from training.log import Log, Progress, print_line
@@ -234,7 +235,7 @@ class ObjectFetcher:
         except CorruptObject as exc:
             return FileOutcome("failed", reason=f"corrupt in the bucket: {exc}", refetched=refetch)
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
+            code = error_code(exc)
             reason = "not in the bucket" if code in ("NoSuchKey", "404", "NotFound") else describe_error(exc)
             return FileOutcome("failed", reason=reason, refetched=refetch)
         except Exception as exc:  # noqa: BLE001 - connection errors after the last retry, disk errors

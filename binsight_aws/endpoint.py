@@ -24,7 +24,7 @@ from binsight_aws.model_package import package, upload_archive, upload_target
 from binsight_aws.serverless import check_switch, container_environment, variant_summary
 from binsight_aws.session import AwsClients
 from binsight_aws.status import wait_for_status
-from binsight_aws.validate import InputError, parse_s3_uri
+from binsight_aws.validate import InputError, error_code, parse_s3_uri
 from training.log import Log, print_line
 
 VARIANT = "AllTraffic"
@@ -41,10 +41,7 @@ def describe_endpoint(sagemaker: Any, name: str) -> dict[str, Any] | None:
         return sagemaker.describe_endpoint(EndpointName=name)
     except ClientError as exc:
         message = str(exc.response.get("Error", {}).get("Message", ""))
-        if (
-            exc.response.get("Error", {}).get("Code") in ("ValidationException", "ResourceNotFound")
-            and "not find" in message.lower()
-        ):
+        if error_code(exc) in ("ValidationException", "ResourceNotFound") and "not find" in message.lower():
             return None
         raise
 
@@ -96,7 +93,7 @@ def resolve_model_data(config: DeployConfig, clients: AwsClients, model_name: st
     try:
         s3.head_object(Bucket=uri.bucket, Key=uri.key)
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
             raise InputError(f"--model-data {uri.uri} does not exist") from None
         raise
     return uri.uri
@@ -204,10 +201,7 @@ def run_delete(config: DeleteEndpointConfig, log: Log = print_line, clients: Aws
             variants = sagemaker.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]
             models = [v["ModelName"] for v in variants]
         except ClientError as exc:
-            log(
-                f"endpoint_config_unreadable: {config_name} ({exc.response.get('Error', {}).get('Code')}); "
-                "its models are kept"
-            )
+            log(f"endpoint_config_unreadable: {config_name} ({error_code(exc)}); its models are kept")
     from binsight_aws.autoscaling import remove_scaling  # imports this module
 
     remove_scaling(clients.client("application-autoscaling"), config.endpoint_name, log)

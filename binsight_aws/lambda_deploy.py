@@ -33,7 +33,7 @@ from binsight_aws.lambda_fn.settings import ENV_PREFIX
 from binsight_aws.lambda_package import HANDLER, RUNTIME, build_zip
 from binsight_aws.serverless import PAYLOAD_LIMIT_MB
 from binsight_aws.session import AwsClients
-from binsight_aws.validate import InputError, parse_s3_uri
+from binsight_aws.validate import InputError, error_code, parse_s3_uri
 from training.log import Log, print_line
 
 EXIT_OK = 0
@@ -131,7 +131,7 @@ def served_model(config: DeployLambdaConfig, clients: AwsClients, log: Log) -> t
         try:
             endpoint = sagemaker.describe_endpoint(EndpointName=config.endpoint_name)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ValidationException":
+            if error_code(exc) == "ValidationException":
                 raise InputError(f"there is no endpoint {config.endpoint_name} (deploy it first)") from None
             raise
         variant = sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])[
@@ -209,7 +209,7 @@ def ensure_role(
         arn = iam.get_role(RoleName=name)["Role"]["Arn"]
         action = "reused"
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "NoSuchEntity":
+        if error_code(exc) != "NoSuchEntity":
             raise
         arn = iam.create_role(
             RoleName=name,
@@ -269,7 +269,7 @@ def ensure_function(
         lam.get_function_configuration(FunctionName=config.function_name)
         exists = True
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
+        if error_code(exc) != "ResourceNotFoundException":
             raise
         exists = False
     if exists:
@@ -320,7 +320,7 @@ def _add_permission(lam: Any, name: str, statement_id: str, **permission: Any) -
     try:
         lam.remove_permission(FunctionName=name, StatementId=statement_id)
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
+        if error_code(exc) != "ResourceNotFoundException":
             raise
     lam.add_permission(FunctionName=name, StatementId=statement_id, **permission)
 
@@ -361,7 +361,7 @@ def ensure_url(config: DeployLambdaConfig, lam: Any, log: Log) -> str:
         url = lam.get_function_url_config(FunctionName=config.function_name)["FunctionUrl"]
         lam.update_function_url_config(FunctionName=config.function_name, AuthType=config.url_auth)
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
+        if error_code(exc) != "ResourceNotFoundException":
             raise
         url = lam.create_function_url_config(FunctionName=config.function_name, AuthType=config.url_auth)["FunctionUrl"]
     if config.url_auth == "NONE":
@@ -419,7 +419,7 @@ def run_delete(config: DeleteLambdaConfig, log: Log = print_line, clients: AwsCl
     try:
         function = lam.get_function_configuration(FunctionName=config.function_name)
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+        if error_code(exc) == "ResourceNotFoundException":
             raise InputError(f"there is no function {config.function_name}") from None
         raise
     bucket = (function.get("Environment") or {}).get("Variables", {}).get(ENV_PREFIX + "BUCKET")
@@ -440,7 +440,7 @@ def run_delete(config: DeleteLambdaConfig, log: Log = print_line, clients: AwsCl
         lam.delete_function_url_config(FunctionName=config.function_name)
         log(f"deleted_function_url: {config.function_name}")
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
+        if error_code(exc) != "ResourceNotFoundException":
             raise
     lam.delete_function(FunctionName=config.function_name)
     log(f"deleted_function: {config.function_name}")

@@ -168,3 +168,10 @@ def check_abid_id(value: str) -> str:
     if not ABID_ID_RE.match(value):
         raise ValueError(f"{value!r} is not a bin id (letters, digits, '_' or '-', e.g. 00010 or 104573)")
     return value
+
+
+def error_code(exc: Exception) -> str:
+    """The AWS error code of a botocore ``ClientError`` (``"NoSuchKey"``, ``"ValidationException"``); "" otherwise."""
+    response = getattr(exc, "response", None)
+    error = response.get("Error") if isinstance(response, dict) else None
+    return str(error.get("Code") or "") if isinstance(error, dict) else ""

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from binsight_aws.cli import build_parser, main
 from binsight_aws.configs import TrainingJobConfig, TuningJobConfig
 from binsight_aws.training_job import METRIC_REGEXES, metric_definitions
-from binsight_aws.validate import check_instance_type, check_role_arn, parse_s3_uri
+from binsight_aws.validate import check_instance_type, check_role_arn, error_code, parse_s3_uri
 
 from aws_support import ROLE_ARN, TRAIN_IMAGE, fake_aws_env  # noqa: F401
 
@@ -96,6 +96,14 @@ def test_instance_types() -> None:
     with pytest.raises(ValueError, match="unknown instance size"):
         check_instance_type("ml.m5.5xlarge")
     assert check_instance_type("ml.zz9.xlarge", allow_unknown=True) == "ml.zz9.xlarge"
+
+
+def test_error_code_reads_client_errors_and_nothing_else() -> None:
+    from botocore.exceptions import ClientError
+
+    assert error_code(ClientError({"Error": {"Code": "NoSuchKey", "Message": "m"}}, "GetObject")) == "NoSuchKey"
+    assert error_code(ClientError({"ResponseMetadata": {"HTTPStatusCode": 500}}, "GetObject")) == ""
+    assert error_code(ValueError("not from AWS")) == ""
 
 
 # ------------------------------------------------------------------------------------------------
