@@ -36,9 +36,14 @@ def top_pooled(model: nn.Module, x: torch.Tensor, first_block: int) -> torch.Ten
     return torch.flatten(model._avg_pooling(x), 1)
 
 
+def classify(model: nn.Module, pooled: torch.Tensor) -> torch.Tensor:
+    """The classifier (dropout + the last linear layer) over :func:`top_pooled`'s features: logits."""
+    return model._fc(model._dropout(pooled))
+
+
 def top_forward(model: nn.Module, x: torch.Tensor, first_block: int) -> torch.Tensor:
     """Blocks ``first_block..`` and the head: logits."""
-    return model._fc(model._dropout(top_pooled(model, x, first_block)))
+    return classify(model, top_pooled(model, x, first_block))
 
 
 def tuned_prefixes(model: nn.Module, first_block: int) -> tuple[str, ...]:

@@ -23,7 +23,7 @@ from training.item_targets import masked_mse
 from training.losses import CountLoss
 from training.metrics import compute_metrics
 from training.optim import lr_factor
-from training.recipes.lite_parts import top_forward, top_pooled, tuned_prefixes
+from training.recipes.lite_parts import classify, top_forward, top_pooled, tuned_prefixes
 
 Log = Callable[..., None]
 
@@ -247,7 +247,7 @@ def _train_epoch(
             x = F.dropout2d(x, cfg.feature_dropout, training=True)
         y = labels[batch]
         pooled = top_pooled(model, x, cfg.first_block)
-        logits = model._fc(model._dropout(pooled))
+        logits = classify(model, pooled)
         loss = criterion(logits, y)
         if aux is not None:
             loss = loss + aux.loss(pooled, batch)
