@@ -106,3 +106,16 @@ def test_an_interrupted_aux_run_resumes_to_the_same_weights(tmp_path):
     again, history = _top_run(1.0, targets, tmp_path / "parts.pt", log=lambda **kw: lines.append(kw))
     assert lines[0]["resumed_from_epoch"] == 1 and [row["epoch"] for row in history] == [1, 2]
     assert all(torch.allclose(whole.state_dict()[k], again.state_dict()[k]) for k in whole.state_dict())
+
+
+def test_recipe_bins_read_the_item_targets_once_and_only_when_asked(tmp_path):
+    from training.recipes.default_model import RecipeConfig, select_bins
+    from training.synthetic import make_synthetic_abid
+
+    make_synthetic_abid(tmp_path, n_bins=30, max_count=5, size=32, seed=1)
+    bins = select_bins(RecipeConfig(data_dir=tmp_path, limit=30))
+    assert bins.item_targets(RecipeConfig(data_dir=tmp_path)) is None
+    with_aux = RecipeConfig(data_dir=tmp_path, aux_weight=0.5)
+    targets = bins.item_targets(with_aux)
+    assert targets.shape == (len(bins.items), len(NAMES)) and not targets[:, 0].isnan().any()
+    assert bins.item_targets(with_aux) is targets  # the selection run and the final fit share one read

@@ -31,6 +31,7 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -150,6 +151,7 @@ class RecipeBins:
     policy: LabelPolicy
     dropped: int
     unreadable: int
+    data_dir: Path
 
     def indices(self, part: list[LabelledBin]) -> list[int]:
         position = {item.id: i for i, item in enumerate(self.items)}
@@ -159,11 +161,15 @@ class RecipeBins:
     def labels(self) -> torch.Tensor:
         return torch.tensor([item.label for item in self.items])
 
-    def item_targets(self, cfg: RecipeConfig) -> torch.Tensor | None:
-        """The auxiliary item-metadata targets of every bin, when the recipe uses them."""
+    @cached_property
+    def _item_targets(self) -> torch.Tensor:
         from training.item_targets import read_item_targets
 
-        return read_item_targets(cfg.data_dir, [item.id for item in self.items]) if cfg.aux_weight else None
+        return read_item_targets(self.data_dir, [item.id for item in self.items])
+
+    def item_targets(self, cfg: RecipeConfig) -> torch.Tensor | None:
+        """The auxiliary item-metadata targets of every bin, when the recipe uses them (read once per bins)."""
+        return self._item_targets if cfg.aux_weight else None
 
 
 def select_bins(cfg: RecipeConfig) -> RecipeBins:
@@ -195,7 +201,7 @@ def select_bins(cfg: RecipeConfig) -> RecipeBins:
         val=len(split.val),
         test=len(split.test),
     )
-    return RecipeBins(items, split, policy, dropped, len(bad))
+    return RecipeBins(items, split, policy, dropped, len(bad), cfg.data_dir)
 
 
 def recipe_metadata(cfg: RecipeConfig, bins: RecipeBins):
