@@ -14,6 +14,8 @@ from typing import TypeVar
 
 import botocore.exceptions
 
+from binsight_aws.validate import error_code
+
 T = TypeVar("T")
 
 THROTTLING_CODES = frozenset(
@@ -51,7 +53,7 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, IncompleteBody):
         return True
     if isinstance(exc, botocore.exceptions.ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
+        code = error_code(exc)
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         return code in THROTTLING_CODES or status >= 500 or status == 429
     return isinstance(exc, CONNECTION_ERRORS)
