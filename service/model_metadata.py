@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 
 ResizePolicy = Literal["squash", "letterbox", "center_crop"]
+#: Count-preserving views of a photo the model may average over at test time (:mod:`service.test_time`).
+TestTimeView = Literal["orig", "hflip", "vflip", "rot180", "rot90", "rot270", "transpose", "antitranspose"]
 
 
 class ModelMetadata(BaseModel):
@@ -39,6 +41,12 @@ class ModelMetadata(BaseModel):
     mean: tuple[float, float, float] = Field(..., description="Per-channel mean on the 0..1 scale.")
     std: tuple[float, float, float] = Field(..., description="Per-channel standard deviation on the 0..1 scale.")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Head dropout the module was built with.")
+    test_time_views: list[TestTimeView] = Field(
+        default_factory=lambda: ["orig"],
+        description="Views of the photo whose class probabilities are averaged for the answer (mirror images, "
+        "turns); each is one more forward pass. Chosen with the model, on validation.",
+        examples=[["orig"], ["orig", "hflip"]],
+    )
     metrics: dict[str, Any] = Field(default_factory=dict, description="Held-out metrics of this model.")
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     data: dict[str, Any] = Field(default_factory=dict, description="Provenance: dataset, split, counts, licence.")
@@ -58,6 +66,15 @@ class ModelMetadata(BaseModel):
             elif not label.isdigit():
                 raise ValueError(f"label {label!r} is not a count (digits) nor an overflow class ('N+')")
         return labels
+
+    @field_validator("test_time_views")
+    @classmethod
+    def _views_distinct(cls, views: list[str]) -> list[str]:
+        if not views:
+            raise ValueError("at least one test-time view is needed, e.g. ['orig']")
+        if len(set(views)) != len(views):
+            raise ValueError(f"test-time views repeat: {views}")
+        return views
 
     @model_validator(mode="after")
     def _std_positive(self) -> "ModelMetadata":

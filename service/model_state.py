@@ -71,6 +71,7 @@ def load_predictor(settings: ServeSettings) -> Predictor:
         precision=settings.precision,
         cache_dir=settings.cache_dir,
         threads=settings.runtime_threads,
+        test_time_views=settings.test_time_views,
     )
 
 

@@ -37,6 +37,7 @@ from service.runtimes import (
     available_cpus,
     onnxruntime_module,
 )
+from service.test_time import view_probabilities
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ class Predictor:
         precision: Precision = "fp32",
         cache_dir: Path | None = None,
         threads: int = 0,
+        test_time_views: Sequence[str] | None = None,
     ) -> "Predictor":
         """Load an artifact (validated by :func:`load_artifact`), pick its runtime and, by default, warm it up.
 
@@ -133,15 +135,19 @@ class Predictor:
         the reason logged and reported (int8 is never a silent fallback: asking for it fails the
         load when it cannot be had). ``cache_dir`` holds exported graphs (default: see
         :func:`service.onnx_graph.resolve_cache_dir`); ``threads`` are ONNX Runtime's intra-op
-        threads (0: one per available CPU).
+        threads (0: one per available CPU). ``test_time_views`` replaces the model's own views
+        (``model.json``'s ``test_time_views``), e.g. ``["orig"]`` for one forward pass per photo.
         """
         if precision == "int8" and runtime == "torch":
             raise ValueError("precision int8 runs on ONNX Runtime; use runtime auto or onnxruntime")
         start = time.perf_counter()
         artifact = load_artifact(model_dir)
+        metadata = artifact.metadata
+        if test_time_views is not None:  # validated like model.json's own field
+            metadata = ModelMetadata.model_validate({**metadata.model_dump(), "test_time_views": list(test_time_views)})
         predictor = cls(
             artifact.model,
-            artifact.metadata,
+            metadata,
             model_dir=artifact.path,
             max_batch_size=max_batch_size,
             max_image_pixels=max_image_pixels,
@@ -154,11 +160,13 @@ class Predictor:
         if warm_up:
             predictor.warm_up()
         logger.info(
-            "model loaded: model_dir: %s architecture: %s classes: %d input_size: %d load_s: %.2f warmup_s: %.2f %s",
+            "model loaded: model_dir: %s architecture: %s classes: %d input_size: %d test_time_views: %s "
+            "load_s: %.2f warmup_s: %.2f %s",
             artifact.path,
-            artifact.metadata.architecture,
-            artifact.metadata.num_classes,
-            artifact.metadata.input_size,
+            metadata.architecture,
+            metadata.num_classes,
+            metadata.input_size,
+            ",".join(metadata.test_time_views),
             loaded - start,
             time.perf_counter() - loaded,
             predictor.runtime.log_fields(),
@@ -214,13 +222,12 @@ class Predictor:
         return normalize(nchw, self._spec)
 
     def forward(self, images: Sequence[PreparedImage]) -> list[Prediction]:
-        """Run the model on prepared images, ``max_batch_size`` at a time."""
+        """Run the model on prepared images, ``max_batch_size`` at a time, averaged over the model's views."""
         results: list[Prediction] = []
         with torch.inference_mode():
             for start in range(0, len(images), self.max_batch_size):
                 batch = self.batch_tensor(images[start : start + self.max_batch_size])
-                logits = self.model(batch)
-                probabilities = torch.softmax(logits.float(), dim=1)
+                probabilities = view_probabilities(self.model, batch, self.metadata.test_time_views)
                 results.extend(self._predictions(probabilities))
         return results
 

@@ -15,9 +15,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from service.artifact import METADATA_FILE
+from service.model_metadata import TestTimeView
 from service.options import env_names, env_values, error_lines
 from service.port_range import SafePortRange
 
@@ -146,6 +147,12 @@ class ServeSettings(BaseModel):
         description="int8 serves the artifact's model.int8.onnx (made by `python -m training.quantize`) "
         "on ONNX Runtime; only when asked (BINSIGHT_PRECISION).",
     )
+    test_time_views: list[TestTimeView] | None = Field(
+        None,
+        description="Comma-separated views of each photo whose probabilities are averaged, one forward pass each "
+        "(BINSIGHT_TEST_TIME_VIEWS, e.g. orig or orig,hflip); default: the model's own (model.json's "
+        "test_time_views, which its answer rule and manual-check thresholds were tuned with).",
+    )
     cache_dir: Path | None = Field(
         None,
         description="Where exported ONNX graphs are cached (BINSIGHT_CACHE_DIR); "
@@ -195,6 +202,20 @@ class ServeSettings(BaseModel):
             "stop_grace_period (service/server.py)."
         ),
     )
+
+    @field_validator("test_time_views", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip().lower() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("test_time_views")
+    @classmethod
+    def _views_distinct(cls, views: list[str] | None) -> list[str] | None:
+        if views is not None and (not views or len(set(views)) != len(views)):
+            raise ValueError(f"needs one or more distinct views, e.g. orig,hflip; got {views}")
+        return views
 
     @model_validator(mode="after")
     def _int8_needs_onnxruntime(self) -> "ServeSettings":

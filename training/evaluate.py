@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 from service.artifact import ArtifactError, ModelMetadata, load_artifact
 from service.files import atomic_write, atomic_write_json
 from service.options import add_options, cli_values, error_lines, load_options
+from service.test_time import view_probabilities
 from training.augment import eval_transform
 from training.dataset import BadSample, BinDataset, check_images, collate_skip_bad
 from training.device import resolve_device
@@ -94,8 +95,12 @@ def predict_items(
 ) -> tuple[torch.Tensor, torch.Tensor, list[str], list[Any]]:
     """Class probabilities for the readable items: ``(probs [n, K], labels [n], ids, skipped)``.
 
-    Uses serving's preprocessing; unreadable images are skipped (returned as ``BadSample``).
+    Uses serving's preprocessing and the model's test-time views (``tta_flip`` adds the mirror image
+    when they lack it); unreadable images are skipped (returned as ``BadSample``).
     """
+    views = list(metadata.test_time_views)
+    if tta_flip and "hflip" not in views:
+        views.append("hflip")
     if device is None:
         device = next(model.parameters()).device
     dataset = _IndexedDataset(BinDataset(items, eval_transform(metadata.preprocess_spec())))
@@ -111,9 +116,7 @@ def predict_items(
             if batch_labels.numel() == 0:
                 continue
             images = images.to(device, non_blocking=True)
-            p = torch.softmax(model(images).float(), dim=1)
-            if tta_flip:
-                p = (p + torch.softmax(model(torch.flip(images, dims=(3,))).float(), dim=1)) / 2
+            p = view_probabilities(model, images, views)
             probs.append(p.cpu())
             labels.append(batch_labels)
             ids.extend(items[i].id for i in indices)

@@ -41,6 +41,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from service.architectures import LITE_VARIANTS, build_model, get_architecture
 from service.artifact import load_artifact, metadata_for, save_artifact
 from service.files import atomic_write_json
+from service.model_metadata import TestTimeView
 from training.dataset import check_images
 from training.labels import LabelledBin, LabelPolicy, apply_label_policy
 from training.layouts import read_abid
@@ -52,7 +53,7 @@ from training.recipes.top_training import TopTraining, top_probabilities, train_
 from training.splits import Split, stratified_split, write_split_manifest
 
 Architecture = Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
-Variant = Literal["orig", "hflip", "vflip", "rot180", "rot90", "rot270", "transpose", "antitranspose"]
+Variant = TestTimeView  # a count-preserving view of the photo (service.test_time)
 
 
 class RecipeConfig(BaseModel):
@@ -87,6 +88,11 @@ class RecipeConfig(BaseModel):
     augment: tuple[Variant, ...] = Field(
         ("orig", "hflip", "vflip", "rot180"), description=f"comma-separated, of: {','.join(VARIANTS)}"
     )
+    test_time_views: tuple[Variant, ...] = Field(
+        ("orig",),
+        description="comma-separated views whose probabilities the served model averages (one forward pass each; "
+        "the answer rule and the manual-check thresholds are tuned on the averaged validation probabilities)",
+    )
     tune_decision: bool = True
     final_fit: bool = False
     train_fraction: float = Field(1.0, gt=0, le=1, description="use this share of the training bins (learning curve)")
@@ -97,7 +103,7 @@ class RecipeConfig(BaseModel):
     feature_runtime: Runtime = "auto"
     limit: int | None = Field(None, ge=20, description="use only this many bins (quick checks)")
 
-    @field_validator("augment", mode="before")
+    @field_validator("augment", "test_time_views", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else value
@@ -115,6 +121,8 @@ class RecipeConfig(BaseModel):
             )
         if not self.augment:
             raise ValueError("augment needs at least one variant, e.g. orig")
+        if not self.test_time_views or len(set(self.test_time_views)) != len(self.test_time_views):
+            raise ValueError(f"test_time_views needs distinct views, e.g. orig; got {list(self.test_time_views)}")
         return self
 
     def top_training(self, epochs: int | None = None, select_best: bool = True) -> TopTraining:
@@ -207,14 +215,19 @@ def select_bins(cfg: RecipeConfig) -> RecipeBins:
 def recipe_metadata(cfg: RecipeConfig, bins: RecipeBins):
     """The model.json of the recipe's model (before its metrics are known)."""
     return metadata_for(
-        cfg.architecture, bins.policy.labels, input_size=cfg.input_size, resize="squash", dropout=cfg.dropout
+        cfg.architecture,
+        bins.policy.labels,
+        input_size=cfg.input_size,
+        resize="squash",
+        dropout=cfg.dropout,
+        test_time_views=list(cfg.test_time_views),
     )
 
 
 def tuning_features(cfg: RecipeConfig, model: torch.nn.Module, bins: RecipeBins) -> dict[str, torch.Tensor]:
     """Per variant, the features entering the first tuned block (photos decoded only when a cache is missing)."""
     spec = recipe_metadata(cfg, bins).preprocess_spec()
-    variants = sorted(set(cfg.augment) | {"orig"}, key=VARIANTS.index)
+    variants = sorted(set(cfg.augment) | set(cfg.test_time_views) | {"orig"}, key=VARIANTS.index)
     key = cache_key(bins.items, "features", cfg.architecture, cfg.input_size, cfg.cache_block)
     paths = {v: cfg.cache_dir / f"features_{cfg.architecture}_{v}_{key}.pt" for v in variants}
     images = runner = None
@@ -242,12 +255,29 @@ def run_key(cfg: RecipeConfig, what: str) -> str:
     """Checkpoint name of one training run: every option that changes the trained weights."""
     fields = cfg.model_dump(
         mode="json",
-        exclude={"data_dir", "output_dir", "cache_dir", "threads", "feature_runtime", "tune_decision", "final_fit"},
+        exclude={
+            "data_dir",
+            "output_dir",
+            "cache_dir",
+            "threads",
+            "feature_runtime",
+            "tune_decision",
+            "final_fit",
+            "test_time_views",  # decides how the trained model answers, not its weights
+        },
     )
     fields["norms"] = "recalibrated"  # runs before BatchNorm recalibration are not resumed
     if not fields["aux_weight"]:
         del fields["aux_weight"]  # runs from before the option resume
     return f"{what}_{hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]}"
+
+
+def view_probabilities(
+    model: torch.nn.Module, features: dict[str, torch.Tensor], index: list[int], cfg: RecipeConfig
+) -> torch.Tensor:
+    """The top's probabilities averaged over the recipe's test-time views: what serving will answer from."""
+    views = cfg.test_time_views
+    return sum(top_probabilities(model, features[v], index, cfg.first_tuned_block) for v in views) / len(views)
 
 
 @dataclass
@@ -286,7 +316,7 @@ def train_and_select(
         aux_targets=bins.item_targets(cfg),
     )
     best_epoch = max(history, key=lambda h: h["val_acc"])["epoch"]
-    probs = top_probabilities(model, features["orig"], val_idx, cfg.first_tuned_block)
+    probs = view_probabilities(model, features, val_idx, cfg)
     val_y = labels[val_idx]
     names = bins.policy.labels
     val = {"before_rule": compute_metrics(probs.argmax(1), val_y, class_values, names)}

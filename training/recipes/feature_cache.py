@@ -23,24 +23,16 @@ from torch import nn
 
 from service.files import atomic_write
 from service.preprocess import PreprocessSpec, decode_image, normalize, pil_to_tensor, resize_image
+from service.test_time import VIEW_TRANSFORMS, VIEWS
 from training.labels import LabelledBin
 from training.recipes.lite_parts import Trunk
 
 Log = Callable[..., None]
 Runtime = Literal["auto", "onnxruntime", "torch"]
 
-#: The dihedral transforms of a square image; each keeps the number of objects in the bin.
-VARIANT_TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "orig": lambda x: x,
-    "hflip": lambda x: x.flip(3),
-    "vflip": lambda x: x.flip(2),
-    "rot180": lambda x: x.flip(2, 3),
-    "rot90": lambda x: x.transpose(2, 3).flip(3),
-    "rot270": lambda x: x.transpose(2, 3).flip(2),
-    "transpose": lambda x: x.transpose(2, 3),
-    "antitranspose": lambda x: x.transpose(2, 3).flip(2, 3),
-}
-VARIANTS = tuple(VARIANT_TRANSFORMS)
+#: The count-preserving variants of a photo (the same table serving averages its test-time views over).
+VARIANT_TRANSFORMS = VIEW_TRANSFORMS
+VARIANTS = VIEWS
 #: Largest difference between ONNX Runtime's and torch's trunk features accepted (features are O(1-10)).
 PARITY_TOLERANCE = 1e-3
 
