@@ -1,6 +1,7 @@
 """The default-model recipe (training.recipes): its parts, then end to end on a small synthetic ABID."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -148,7 +149,7 @@ def test_recipe_writes_a_loadable_artifact_and_resumes(tmp_path, capsys):
     loaded = load_artifact(out)
     meta = loaded.metadata
     assert meta.architecture == "efficientnet_lite0" and meta.labels == LABELS and meta.input_size == 64
-    assert meta.metrics["evaluation"].endswith("no test-time augmentation")
+    assert meta.metrics["evaluation"].endswith("test-time views orig") and meta.test_time_views == ["orig"]
     assert meta.metrics["test"]["n"] + meta.metrics["validation"]["served"]["n"] <= 70
     assert "bins_0_5" not in meta.metrics and "accuracy" in meta.metrics["test_bins_0_5"]
     assert set(meta.metrics["manual_check"]["test"]) == {"right", "off_by_1", "off_by_2_or_more"}
@@ -168,14 +169,28 @@ def test_recipe_writes_a_loadable_artifact_and_resumes(tmp_path, capsys):
     assert torch.equal(state["_blocks.3._project_conv.weight"], reference["_blocks.3._project_conv.weight"])
     assert not torch.equal(state["_blocks.12._project_conv.weight"], reference["_blocks.12._project_conv.weight"])
 
-    # A second run reads the caches and the finished checkpoints: the same model, no epoch retrained.
+    # A second run reads the caches and the finished checkpoints: the same model, no epoch retrained;
+    # asked for test-time views, only its answer rule (the classifier's bias) is tuned again.
     capsys.readouterr()
     out2 = tmp_path / "model2"
-    assert default_model.main(argv[:2] + ["--output-dir", str(out2)] + argv[4:]) == 0
+    views = ["--test-time-views", "orig,hflip"]
+    assert default_model.main(argv[:2] + ["--output-dir", str(out2)] + argv[4:] + views) == 0
     printed = capsys.readouterr().out
     assert "resumed_from_epoch: 2" in printed and "\nepoch: " not in printed
-    again = load_artifact(out2).model.state_dict()
-    assert all(torch.allclose(state[k].float(), again[k].float(), atol=1e-6) for k in state)
+    second = load_artifact(out2)
+    again = second.model.state_dict()
+    assert all(torch.allclose(state[k].float(), again[k].float(), atol=1e-6) for k in state if k != "_fc.bias")
+    assert second.metadata.test_time_views == ["orig", "hflip"]
+    assert second.metadata.metrics["evaluation"].endswith("test-time views orig,hflip")
+    assert "averages the class probabilities over 2 views" in (out2 / "README.md").read_text()
+
+    # The views benchmark reads the same selection run and prints every set of cached views.
+    import runpy
+
+    views_bench = runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / "test_time_views.py"))
+    assert views_bench["main"](argv[:2] + argv[4:14] + argv[15:]) == 0
+    printed = capsys.readouterr().out
+    assert "views: orig forward_passes: 1" in printed and "views: orig+hflip forward_passes: 2" in printed
 
     # The sweep (validation only) and the learning curve run on the same caches.
     assert (

@@ -20,6 +20,16 @@ CARD_FILE = "README.md"
 LEARNING_CURVE_FILE = "learning_curve.json"
 
 
+def _views_sentence(views: list[str]) -> str:
+    """How the model answers when it averages views (nothing when it answers from the photo alone)."""
+    if views == ["orig"]:
+        return ""
+    return (
+        f"; the answer averages the class probabilities over {len(views)} views of the photo "
+        f"({', '.join(views)}: {len(views)} forward passes; `BINSIGHT_TEST_TIME_VIEWS=orig` serves one)"
+    )
+
+
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
@@ -150,12 +160,13 @@ def _answer_section(metadata: ModelMetadata) -> list[str]:
         "Counts the items in a warehouse bin photo. Classes are counts"
         + (f"; `{overflow}` means that many or more" if overflow else "")
         + f". Input: the photo squashed to {metadata.input_size}x{metadata.input_size} (resize policy "
-        f"`{metadata.resize}`).",
+        f"`{metadata.resize}`)" + _views_sentence(metadata.test_time_views) + ".",
         "",
         "## What the service answers (held-out test)",
         "",
         f"Measured on {test['n']} bins that no training step or model selection saw (a stratified split, seed "
-        f"{data.get('split_seed')}), from the JPEG bytes through the serving code with no test-time augmentation: "
+        f"{data.get('split_seed')}), from the JPEG bytes through the serving code"
+        f"{' with its test-time views' if metadata.test_time_views != ['orig'] else ''}: "
         "exactly the answer `POST /invocations` returns"
         + (f", `{overflow}` being an answer like any other" if overflow else "")
         + ".",

@@ -18,7 +18,7 @@ between and fits a 2-core CPU:
    the served accuracy and fold it into the classifier's bias;
 4. optionally refit on train + validation for the chosen number of epochs (``final_fit``);
 5. evaluate the assembled network on the held-out test split **from the JPEG bytes, through the
-   serving preprocessing, with no test-time augmentation** (what ``/invocations`` answers), and
+   serving preprocessing, with the model's test-time views** (what ``/invocations`` answers), and
    save it through the model contract with its model card.
 """
 
@@ -427,7 +427,8 @@ def describe_model(
         **({"test_full_size_photos": report["served_full_size_photos"]} if "served_full_size_photos" in report else {}),
         "validation": selected.val,
         "manual_check": {k: v for k, v in check.items() if k != "curve"},
-        "evaluation": "held-out test split, JPEG bytes through the serving preprocessing, no test-time augmentation",
+        "evaluation": "held-out test split, JPEG bytes through the serving preprocessing, test-time views "
+        + ",".join(metadata.test_time_views),
     }
     metadata.data = {
         "dataset": f"Amazon Bin Image Dataset (ABID) sample, {len(bins.items)} bins",
