@@ -48,11 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     val_idx = bins.indices(bins.split.val)
     labels = bins.labels[val_idx]
     class_values, names = recipe_metadata(cfg, bins).class_values, bins.policy.labels
-    others = [v for v in features if v != "orig"]
+    per_view = {  # each view's probabilities once; a set of views averages them, as serving does
+        v: view_probabilities(model, features, val_idx, cfg.model_copy(update={"test_time_views": (v,)}))
+        for v in features
+    }
+    others = [v for v in per_view if v != "orig"]
     for k in range(len(others) + 1):
         for extra in itertools.combinations(others, k):
             views = ("orig", *extra)
-            probs = view_probabilities(model, features, val_idx, cfg.model_copy(update={"test_time_views": views}))
+            probs = sum(per_view[v] for v in views) / len(views)
             log_probs = probs.clamp_min(1e-8).log()
             adjusted = (log_probs + tune_offsets(log_probs, labels)).softmax(1)
             task = counts_task_metrics(adjusted, labels, class_values, names) or {}
