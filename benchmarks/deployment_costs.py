@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 #: Measured here (benchmarks/serverless_bench.py, serve_bench.py; README). Overridable from the command line.
 DEFAULTS = {
     "serverless_latency_s": 0.08,  # one photo, warm container, 1 vCPU (first /invocations after a cold start)
-    "instance_img_per_s": 66.2,  # serve_bench: ONNX Runtime fp32 end to end, concurrency 8, 2 vCPUs
+    "instance_img_per_s": 35.7,  # serve_bench: default model v3, ONNX Runtime fp32 end to end, c8, 2 vCPUs
     "lambda_duration_s": 0.25,  # S3 GET + LIST + model call + PUT; the model call dominates
     "photo_kb": 36.0,  # ABID photos (the sample the benchmarks use)
     "answer_kb": 0.3,

@@ -1,10 +1,11 @@
 """How many invocations a hosting instance of the serving image takes: the default autoscaling target.
 
-The figure is the measured one, not a guess: ``benchmarks/serve_bench.py`` served 66.2 img/s end to
-end (ONNX Runtime fp32, 8 concurrent clients, one full-size ABID photo per ``POST /invocations``) on
-a 2-vCPU machine (README, "Serving speed"). Per vCPU that is 33.1 img/s; an instance type gets
+The figure is the measured one, not a guess: ``benchmarks/serve_bench.py`` served 35.7 img/s end to
+end with the default model (v3, 288 px; ONNX Runtime fp32, 8 concurrent clients, one full-size ABID
+photo per ``POST /invocations``) on a 2-vCPU machine (README, "Serving speed"). Per vCPU that is
+17.85 img/s; an instance type gets
 
-    target = 33.1 img/s x vCPUs x 60 s x safety factor / images per request
+    target = 17.85 img/s x vCPUs x 60 s x safety factor / images per request
 
 invocations per instance per minute, the unit of ``SageMakerVariantInvocationsPerInstance``. The
 safety factor (default 0.5) leaves room for what the scaling rule assumes: that throughput grows
@@ -21,8 +22,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-#: benchmarks/serve_bench.py, ONNX Runtime fp32, end-to-end at concurrency 8 (README "Serving speed").
-MEASURED_IMAGES_PER_S = 66.2
+#: benchmarks/serve_bench.py, default model v3 (288 px), ONNX Runtime fp32, end-to-end at concurrency 8
+#: (README "Serving speed"; v2 at 224 px served 61.7 in the same conditions, 66.2 when first measured).
+MEASURED_IMAGES_PER_S = 35.7
 MEASURED_VCPUS = 2
 DEFAULT_SAFETY_FACTOR = 0.5
 #: Families the measurement transfers to: x86 CPUs, sustained (not burstable) capacity.

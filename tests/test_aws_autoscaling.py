@@ -66,10 +66,10 @@ def test_default_target_follows_the_measured_throughput() -> None:
         36,
         2,
     ]
-    # 66.2 img/s on 2 vCPUs (serve_bench, ONNX Runtime fp32, c8) = 33.1 per vCPU, x 60 s x 0.5
-    assert derived_capacity("ml.m5.large").target_invocations == 1986.0
-    assert derived_capacity("ml.c5.2xlarge").target_invocations == 7944.0
-    assert derived_capacity("ml.c5.xlarge", safety_factor=0.25, images_per_request=4).target_invocations == 496.5
+    # 35.7 img/s on 2 vCPUs (serve_bench, default model v3, ONNX Runtime fp32, c8) = 17.85 per vCPU, x 60 s x 0.5
+    assert derived_capacity("ml.m5.large").target_invocations == 1071.0
+    assert derived_capacity("ml.c5.2xlarge").target_invocations == 4284.0
+    assert derived_capacity("ml.c5.xlarge", safety_factor=0.25, images_per_request=4).target_invocations == 267.8
     for kind in ("ml.g4dn.xlarge", "ml.inf1.xlarge", "ml.c6g.large", "ml.t3.medium"):
         with pytest.raises(NoMeasuredCapacity, match="--target-invocations"):
             derived_capacity(kind)
@@ -124,16 +124,16 @@ def test_deploy_with_autoscaling_then_delete_endpoint_removes_it(aws: str) -> No
     (policy,) = policies
     assert policy["PolicyType"] == "TargetTrackingScaling" and policy["ResourceId"] == RID
     assert policy["TargetTrackingScalingPolicyConfiguration"] == {
-        "TargetValue": 3972.0,  # 4 vCPUs x 33.1 img/s x 60 s x 0.5
+        "TargetValue": 2142.0,  # 4 vCPUs x 17.85 img/s x 60 s x 0.5
         "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"},
         "ScaleInCooldown": 300,
         "ScaleOutCooldown": 60,
     }
-    assert any(x.startswith("autoscaling_target_derived: 3972 invocations/instance/min") for x in lines)
+    assert any(x.startswith("autoscaling_target_derived: 2142 invocations/instance/min") for x in lines)
 
     rc, lines = cli(aws, "autoscale", "--endpoint-name", "bs-scale")  # show
     assert rc == 0 and lines[0] == "autoscaling: bs-scale min_instances: 1 max_instances: 4", lines
-    assert "metric: SageMakerVariantInvocationsPerInstance target: 3972.0" in lines[1]
+    assert "metric: SageMakerVariantInvocationsPerInstance target: 2142.0" in lines[1]
 
     rc, lines = cli(aws, "delete-endpoint", "--endpoint-name", "bs-scale")
     assert rc == 0, lines
@@ -168,7 +168,7 @@ def test_autoscale_an_existing_endpoint_update_and_remove(aws: str) -> None:
     assert rc == 0, lines
     targets, (policy,) = scaling_of(aws)
     assert (targets[0]["MinCapacity"], targets[0]["MaxCapacity"]) == (1, 6)  # registered again: updated in place
-    assert policy["TargetTrackingScalingPolicyConfiguration"]["TargetValue"] == 1986.0  # ml.m5.large, derived
+    assert policy["TargetTrackingScalingPolicyConfiguration"]["TargetValue"] == 1071.0  # ml.m5.large, derived
     rc, lines = cli(aws, "autoscale", "--endpoint-name", "bs-scale", "--remove")
     assert rc == 0 and scaling_of(aws) == ([], [])
     rc, lines = cli(aws, "autoscale", "--endpoint-name", "bs-scale", "--remove")
@@ -261,7 +261,7 @@ def test_type_change_lifts_autoscaling_and_restores_it_on_rollback(aws: str, rol
         assert (targets[0]["MaxCapacity"], tracking["TargetValue"]) == (3, 700.0)
     else:  # the new type's range and derived target (8 vCPUs)
         assert rc == 0
-        assert (targets[0]["MaxCapacity"], tracking["TargetValue"]) == (5, 7944.0)
+        assert (targets[0]["MaxCapacity"], tracking["TargetValue"]) == (5, 4284.0)
 
 
 @pytest.mark.parametrize("count_given", [False, True])
