@@ -121,6 +121,20 @@ def test_card_leads_with_the_served_answer():
 
 
 @pytest.mark.slow
+def test_the_shipped_card_is_what_its_model_and_curve_render(tmp_path):
+    """The card in service/default_model is generated, never hand-edited: re-rendering it from the shipped
+    model.json and learning_curve.json gives the same text, and it says the curve used this model's recipe."""
+    import shutil
+
+    shipped = Path(__file__).parents[1] / "service" / "default_model"
+    copy = tmp_path / "default_model"
+    shutil.copytree(shipped, copy)
+    assert learning_curve.refresh_model_card(copy, "../shared/abid") == copy / "README.md"
+    card = (copy / "README.md").read_text()
+    assert card == (shipped / "README.md").read_text()
+    assert "This model's recipe on a seeded share" in card
+
+
 def test_recipe_writes_a_loadable_artifact_and_resumes(tmp_path, capsys):
     data = tmp_path / "abid"
     make_synthetic_abid(data, n_bins=70, max_count=5, size=96, seed=3, overflow_extra=10)
@@ -214,6 +228,12 @@ def test_recipe_writes_a_loadable_artifact_and_resumes(tmp_path, capsys):
     assert [p["fraction"] for p in curve["points"]] == [0.5, 1.0]
     assert curve["points"][0]["train_bins"] < curve["points"][1]["train_bins"]
     assert (out / "learning_curve.png").stat().st_size > 1000
+    card = (out / "README.md").read_text()  # the card beside the model now shows this curve
+    section = card.split("## Learning curve", 1)[1].split("## ", 1)[0]
+    assert all(f"| {p['train_bins']} |" in section for p in curve["points"]), section
+    # The curve ran without this model's `--augment orig,hflip`: the card says so instead of claiming its recipe.
+    assert section.lstrip().startswith("A different recipe (augment "), section
+    assert "this model: " in section and "hflip" in section and "on a seeded share" in section
 
 
 def test_bad_options_are_clear_errors(capsys, tmp_path):

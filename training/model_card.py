@@ -120,15 +120,27 @@ def _serving_defaults_lines(check: dict[str, Any]) -> list[str]:
     ]
 
 
-def _learning_curve_section(model_dir: Path) -> list[str]:
+def _recipe_differences(curve_recipe: dict[str, Any], training: dict[str, Any]) -> list[str]:
+    """Settings in which the curve's runs differ from the recipe that made this model (final fit aside)."""
+    skip = {"final_fit", "test_time_views"}
+    return [
+        f"{key} {curve_recipe[key]} (this model: {training[key]})"
+        for key in sorted(curve_recipe.keys() & training.keys() - skip)
+        if curve_recipe[key] != training[key]
+    ]
+
+
+def _learning_curve_section(model_dir: Path, metadata: ModelMetadata) -> list[str]:
     path = model_dir / LEARNING_CURVE_FILE
     if not path.is_file():
         return []
     curve = json.loads(path.read_text())
+    differences = _recipe_differences(curve.get("recipe", {}), metadata.training)
+    recipe = "This model's recipe" if not differences else "A different recipe (" + "; ".join(differences) + ")"
     lines = [
         "## Learning curve",
         "",
-        "The same recipe on a seeded share of the training bins (validation and test parts unchanged); test "
+        f"{recipe} on a seeded share of the training bins (validation and test parts unchanged); test "
         "figures of the served answer. " + curve.get("note", ""),
         "",
         "| training bins | all bins | bins 0-5 | challenge protocol (0-5) |",
@@ -265,7 +277,7 @@ def render_model_card(metadata: ModelMetadata, recipe_command: str, model_dir: P
     """Markdown text of the card, from ``metadata.metrics`` as the recipe writes them."""
     lines = _answer_section(metadata)
     if model_dir is not None:
-        lines += _learning_curve_section(model_dir)
+        lines += _learning_curve_section(model_dir, metadata)
     lines += _selection_section(metadata)
     lines += _recipe_and_data_section(metadata, recipe_command)
     return "\n".join(lines)

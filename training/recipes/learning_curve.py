@@ -178,7 +178,24 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(out / "learning_curve.json", curve)
     plot(curve["points"], fit, out / "learning_curve.png")
     log(saved=out / "learning_curve.json")
+    card = refresh_model_card(out, base.data_dir)
+    if card is not None:
+        log(model_card=card)
     return 0
+
+
+def refresh_model_card(out: Path, data_dir: Path | str) -> Path | None:
+    """Re-render the model card beside a model in ``out`` so that it shows the curve just written (the card is
+    rendered from ``model.json`` and ``learning_curve.json``; without this it kept the previous curve)."""
+    if not (out / "model.json").is_file():
+        return None
+    from service.artifact import read_metadata
+    from training.model_card import write_model_card
+    from training.recipes.default_model import recipe_command
+
+    metadata = read_metadata(out)
+    settings = {k: v for k, v in metadata.training.items() if k in RecipeConfig.model_fields}
+    return write_model_card(out, metadata, recipe_command(RecipeConfig(data_dir=data_dir, **settings)))
 
 
 if __name__ == "__main__":
