@@ -228,6 +228,26 @@ def test_quantize_writes_the_graph_and_its_accuracy_change(quantized) -> None:
     assert json.loads((model_dir / "model.json").read_text())["labels"] == LABELS  # the rest is untouched
 
 
+def test_calibration_reader_serves_one_batch_range_at_a_time(quantized) -> None:
+    """onnxruntime calibrates one batch per pass (memory stays one batch's activations): the ranges cover every
+    photo once, the last batch may be short, and the count of photos used runs across the ranges."""
+    from service.artifact import read_metadata
+    from training.quantize import PhotoBatches
+
+    model_dir, _ = quantized
+    photos = sorted((model_dir.parent / "data").rglob("*.jpg"))[:7]
+    reader = PhotoBatches(photos, read_metadata(model_dir), "input", batch_size=3)
+    assert len(reader) == 3
+    sizes = []
+    for batch in range(len(reader)):
+        reader.set_range(start_index=batch, end_index=batch + 1)
+        while (inputs := reader.get_next()) is not None:
+            sizes.append(inputs["input"].shape[0])
+    assert sizes == [3, 3, 1] and reader.used == 7
+    reader.rewind()
+    assert sum(inputs["input"].shape[0] for inputs in iter(reader.get_next, None)) == 7
+
+
 def test_int8_serves_only_when_asked(quantized, cache: Path) -> None:
     model_dir, _ = quantized
     default = load(model_dir, cache, runtime="auto")
