@@ -8,7 +8,7 @@ import torch
 
 from service.architectures import build_model
 from service.artifact import load_artifact, metadata_for
-from training.model_card import render_model_card
+from training.model_card import refresh_model_card, render_model_card
 from training.recipes import default_model, learning_curve, sweep
 from training.recipes.decision import accuracy_with_offsets, fold_offsets, tune_offsets
 from training.recipes.feature_cache import VARIANT_TRANSFORMS, TrunkRunner
@@ -129,10 +129,12 @@ def test_the_shipped_card_is_what_its_model_and_curve_render(tmp_path):
     shipped = Path(__file__).parents[1] / "service" / "default_model"
     copy = tmp_path / "default_model"
     shutil.copytree(shipped, copy)
-    assert learning_curve.refresh_model_card(copy, "../shared/abid") == copy / "README.md"
+    assert refresh_model_card(copy, "../shared/abid") == copy / "README.md"
     card = (copy / "README.md").read_text()
     assert card == (shipped / "README.md").read_text()
     assert "This model's recipe on a seeded share" in card
+    int8 = json.loads((shipped / "model.json").read_text())["quantization"]["int8"]["evaluation"]
+    assert f"({int8['accuracy_change_points']:+.2f} points)" in card.split("## int8 graph", 1)[1]
 
 
 def test_recipe_writes_a_loadable_artifact_and_resumes(tmp_path, capsys):

@@ -157,6 +157,41 @@ def _learning_curve_section(model_dir: Path, metadata: ModelMetadata) -> list[st
     return lines
 
 
+def _int8_section(metadata: ModelMetadata) -> list[str]:
+    """What the int8 graph beside the model (``python -m training.quantize``) costs in accuracy, when there is one."""
+    record = ((metadata.model_extra or {}).get("quantization") or {}).get("int8")
+    if not record:
+        return []
+    ev, calibration = record["evaluation"], record["calibration"]
+    task = ev.get("counts_0_5_accuracy_change_points")
+    return [
+        "## int8 graph",
+        "",
+        f"`{record['file']}` (static QDQ, {calibration['method']} calibration on {calibration['images']} training "
+        f"photos) serves with `BINSIGHT_PRECISION=int8`. On the {ev['n']} test bins through the serving "
+        f"preprocessing: {_pct(ev['fp32']['accuracy'])} fp32 vs {_pct(ev['int8']['accuracy'])} int8 on all bins "
+        f"({ev['accuracy_change_points']:+.2f} points)"
+        + (f", {task:+.2f} points on the challenge protocol" if task is not None else "")
+        + f"; the two graphs give the same answer on {_pct(ev['same_prediction_share'])} of the bins.",
+        "",
+    ]
+
+
+def refresh_model_card(model_dir: Path, data_dir: Path | str) -> Path | None:
+    """Re-render the recipe's card beside a model after something else rewrote its files (the learning curve,
+    an int8 graph); the card is rendered from ``model.json`` and ``learning_curve.json`` only. A folder without a
+    card (a model from ``python -m training``, which writes none) is left as it is."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "model.json").is_file() or not (model_dir / CARD_FILE).is_file():
+        return None
+    from service.artifact import read_metadata
+    from training.recipes.default_model import RecipeConfig, recipe_command
+
+    metadata = read_metadata(model_dir)
+    settings = {k: v for k, v in metadata.training.items() if k in RecipeConfig.model_fields}
+    return write_model_card(model_dir, metadata, recipe_command(RecipeConfig(data_dir=data_dir, **settings)))
+
+
 def _answer_section(metadata: ModelMetadata) -> list[str]:
     """The served answer's figures on the held-out test split: headline, per class, confusion, manual check."""
     metrics, data = metadata.metrics, metadata.data
@@ -279,6 +314,7 @@ def render_model_card(metadata: ModelMetadata, recipe_command: str, model_dir: P
     if model_dir is not None:
         lines += _learning_curve_section(model_dir, metadata)
     lines += _selection_section(metadata)
+    lines += _int8_section(metadata)
     lines += _recipe_and_data_section(metadata, recipe_command)
     return "\n".join(lines)
 

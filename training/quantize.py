@@ -53,6 +53,7 @@ from service.runtimes import (
 )
 from training.evaluate import EvaluateConfig, counts_task_key, evaluate_model, select_items
 from training.log import Log, print_line
+from training.model_card import refresh_model_card
 
 ENV_PREFIX = "BINSIGHT_QUANTIZE_"
 
@@ -323,6 +324,9 @@ def run(cfg: QuantizeConfig, log: Log = print_line) -> dict[str, Any]:
         atomic_write(cfg.model_dir / INT8_GRAPH_FILE, graphs.int8_bytes)
         write_record(cfg.model_dir, record)
         log(f"quantize_wrote: {cfg.model_dir / INT8_GRAPH_FILE} {cfg.model_dir / METADATA_FILE}")
+        card = refresh_model_card(cfg.model_dir, cfg.data_dir)  # a recipe model's card shows the int8 figures
+        if card is not None:
+            log(f"model_card: {card}")
     record["seconds"] = round(time.monotonic() - start, 1)
     record["data"] = {"calibration": calibration_info, "evaluation": evaluation_info}
     return record

@@ -22,6 +22,7 @@ from pydantic import Field, field_validator
 
 from service.architectures import build_model
 from service.files import atomic_write_json
+from training.model_card import refresh_model_card
 from training.recipes.decision import fold_offsets
 from training.recipes.default_model import (
     ENV_PREFIX,
@@ -182,20 +183,6 @@ def main(argv: list[str] | None = None) -> int:
     if card is not None:
         log(model_card=card)
     return 0
-
-
-def refresh_model_card(out: Path, data_dir: Path | str) -> Path | None:
-    """Re-render the model card beside a model in ``out`` so that it shows the curve just written (the card is
-    rendered from ``model.json`` and ``learning_curve.json``; without this it kept the previous curve)."""
-    if not (out / "model.json").is_file():
-        return None
-    from service.artifact import read_metadata
-    from training.model_card import write_model_card
-    from training.recipes.default_model import recipe_command
-
-    metadata = read_metadata(out)
-    settings = {k: v for k, v in metadata.training.items() if k in RecipeConfig.model_fields}
-    return write_model_card(out, metadata, recipe_command(RecipeConfig(data_dir=data_dir, **settings)))
 
 
 if __name__ == "__main__":
