@@ -120,7 +120,6 @@ def test_card_leads_with_the_served_answer():
     assert "| right | 2 | 25.0% |" in card and "expected quantity is below 0.20" in card
 
 
-@pytest.mark.slow
 def test_the_shipped_card_is_what_its_model_and_curve_render(tmp_path):
     """The card in service/default_model is generated, never hand-edited: re-rendering it from the shipped
     model.json and learning_curve.json gives the same text, and it says the curve used this model's recipe."""
@@ -137,6 +136,7 @@ def test_the_shipped_card_is_what_its_model_and_curve_render(tmp_path):
     assert f"({int8['accuracy_change_points']:+.2f} points)" in card.split("## int8 graph", 1)[1]
 
 
+@pytest.mark.slow
 def test_recipe_writes_a_loadable_artifact_and_resumes(tmp_path, capsys):
     data = tmp_path / "abid"
     make_synthetic_abid(data, n_bins=70, max_count=5, size=96, seed=3, overflow_extra=10)

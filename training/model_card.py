@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from service.artifact import ModelMetadata
+from service.artifact import METADATA_FILE, ModelMetadata, read_metadata
 from service.files import atomic_write
 
 CARD_FILE = "README.md"
@@ -182,10 +182,9 @@ def refresh_model_card(model_dir: Path, data_dir: Path | str) -> Path | None:
     an int8 graph); the card is rendered from ``model.json`` and ``learning_curve.json`` only. A folder without a
     card (a model from ``python -m training``, which writes none) is left as it is."""
     model_dir = Path(model_dir)
-    if not (model_dir / "model.json").is_file() or not (model_dir / CARD_FILE).is_file():
+    if not (model_dir / METADATA_FILE).is_file() or not (model_dir / CARD_FILE).is_file():
         return None
-    from service.artifact import read_metadata
-    from training.recipes.default_model import RecipeConfig, recipe_command
+    from training.recipes.default_model import RecipeConfig, recipe_command  # it imports this module
 
     metadata = read_metadata(model_dir)
     settings = {k: v for k, v in metadata.training.items() if k in RecipeConfig.model_fields}
