@@ -14,6 +14,9 @@ between and fits a 2-core CPU:
    classifier on those maps, with the library's loss (:class:`training.losses.CountLoss`:
    cross-entropy with label smoothing + the squared error of the expected count) and schedule
    (:func:`training.optim.lr_factor`), keeping the epoch with the best validation accuracy;
+   With ``teacher_seeds`` the same top is first trained from those seeds (the teachers), and the
+   model learns their averaged probabilities beside the labels (:mod:`training.recipes.distill`):
+   an ensemble's answer at one model's serving cost;
 3. tune the answer rule (one offset per class, :mod:`training.recipes.decision`) on validation for
    the served accuracy and fold it into the classifier's bias;
 4. optionally refit on train + validation for the chosen number of epochs (``final_fit``);
@@ -85,6 +88,12 @@ class RecipeConfig(BaseModel):
         description="weight of the auxiliary item-metadata targets (distinct products, log volume, log weight; "
         "training.item_targets), learnt by a train-time head that is not saved; 0: off",
     )
+    teacher_seeds: tuple[int, ...] = Field(
+        (),
+        description="comma-separated training seeds of teachers (this recipe, no distillation) whose averaged "
+        "probabilities the model also learns (one model distilled from an ensemble); empty: off",
+    )
+    distill_weight: float = Field(0.5, ge=0, le=1, description="share of the loss that matches the teachers")
     augment: tuple[Variant, ...] = Field(
         ("orig", "hflip", "vflip", "rot180"), description=f"comma-separated, of: {','.join(VARIANTS)}"
     )
@@ -99,11 +108,14 @@ class RecipeConfig(BaseModel):
     val_fraction: float = Field(0.1, gt=0, lt=1, description="validation part: picks the epoch and the answer rule")
     test_fraction: float = Field(0.1, gt=0, lt=1, description="held-out test part: the reported figures")
     seed: int = 0
+    train_seed: int | None = Field(
+        None, ge=0, description="seed of the training run (initial head, batch order, augmentation); default: seed"
+    )
     threads: int = Field(2, ge=1)
     feature_runtime: Runtime = "auto"
     limit: int | None = Field(None, ge=20, description="use only this many bins (quick checks)")
 
-    @field_validator("augment", "test_time_views", mode="before")
+    @field_validator("augment", "test_time_views", "teacher_seeds", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else value
@@ -121,9 +133,15 @@ class RecipeConfig(BaseModel):
             )
         if not self.augment:
             raise ValueError("augment needs at least one variant, e.g. orig")
+        if len(set(self.teacher_seeds)) != len(self.teacher_seeds):
+            raise ValueError(f"teacher_seeds needs distinct seeds; got {list(self.teacher_seeds)}")
         if not self.test_time_views or len(set(self.test_time_views)) != len(self.test_time_views):
             raise ValueError(f"test_time_views needs distinct views, e.g. orig; got {list(self.test_time_views)}")
         return self
+
+    @property
+    def training_seed(self) -> int:
+        return self.seed if self.train_seed is None else self.train_seed
 
     def top_training(self, epochs: int | None = None, select_best: bool = True) -> TopTraining:
         return TopTraining(
@@ -139,10 +157,15 @@ class RecipeConfig(BaseModel):
             warmup_epochs=self.warmup_epochs,
             min_lr_ratio=self.min_lr_ratio,
             augment=tuple(self.augment),
-            seed=self.seed,
+            seed=self.training_seed,
             select_best=select_best,
             aux_weight=self.aux_weight,
+            distill_weight=self.distill_weight if self.teacher_seeds else 0.0,
         )
+
+    def teacher(self, seed: int) -> "RecipeConfig":
+        """The recipe of one teacher: these settings, its own training seed, no distillation."""
+        return self.model_copy(update={"train_seed": seed, "teacher_seeds": ()})
 
 
 def log(**fields: object) -> None:
@@ -269,6 +292,10 @@ def run_key(cfg: RecipeConfig, what: str) -> str:
     fields["norms"] = "recalibrated"  # runs before BatchNorm recalibration are not resumed
     if not fields["aux_weight"]:
         del fields["aux_weight"]  # runs from before the option resume
+    if fields["train_seed"] in (None, fields["seed"]):
+        del fields["train_seed"]  # likewise, and a training seed equal to the split's is the default
+    if not fields["teacher_seeds"]:
+        del fields["teacher_seeds"], fields["distill_weight"]  # no teachers: the weight changes nothing
     return f"{what}_{hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]}"
 
 
@@ -290,18 +317,51 @@ class TrainedTop:
     val_probs: torch.Tensor  # validation probabilities under the tuned answer rule
 
 
+def teacher_targets(
+    cfg: RecipeConfig, bins: RecipeBins, features: dict[str, torch.Tensor], index: list[int], final: bool
+) -> dict[str, torch.Tensor]:
+    """The averaged probabilities of ``cfg.teacher_seeds``' tops over ``index``, per view.
+
+    Selection (``final`` False) uses the teachers' train-only runs at their best epochs; the
+    final fit uses their final fits on train + validation for their own best epochs. Teachers are
+    trained here when their runs are not cached.
+    """
+    from training.recipes.distill import ensemble_key, soft_targets
+
+    what = "final" if final else "select"
+    teachers, names = [], []
+    for seed in cfg.teacher_seeds:
+        tcfg = cfg.teacher(seed)
+        if final:
+            epochs = train_and_select(tcfg, bins, features).best_epoch
+            names.append(run_key(tcfg.model_copy(update={"epochs": epochs}), what))
+            teachers.append(lambda tcfg=tcfg, epochs=epochs: final_fit(tcfg, bins, features, epochs)[0])
+        else:
+            names.append(run_key(tcfg, what))
+            teachers.append(lambda tcfg=tcfg: train_and_select(tcfg, bins, features).model)
+    views = sorted(set(cfg.augment) | set(cfg.test_time_views) | {"orig"}, key=VARIANTS.index)
+    cache = cfg.cache_dir / "runs" / f"teachers_{ensemble_key(names, views, index)}.pt"
+    return soft_targets(teachers, features, index, views, cfg.first_tuned_block, bins.policy.num_classes, cache, log)
+
+
 def train_and_select(
     cfg: RecipeConfig, bins: RecipeBins, features: dict[str, torch.Tensor] | None = None
 ) -> TrainedTop:
-    """Train on the training part, pick the epoch and the answer rule on validation."""
+    """Train on the training part, pick the epoch and the answer rule on validation.
+
+    With ``teacher_seeds`` the teachers are trained (or read from their checkpoints) first, and
+    their ensemble's validation figures are recorded beside the student's.
+    """
     from training.metrics import compute_metrics, counts_task_metrics
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.training_seed)
     model = build_model(cfg.architecture, bins.policy.num_classes, pretrained=True, dropout=cfg.dropout)
     features = features if features is not None else tuning_features(cfg, model, bins)
     labels = bins.labels
     train_idx, val_idx = bins.indices(bins.split.train), bins.indices(bins.split.val)
     class_values = recipe_metadata(cfg, bins).class_values
+    soft = teacher_targets(cfg, bins, features, train_idx + val_idx, False) if cfg.teacher_seeds else None
+    torch.manual_seed(cfg.training_seed)  # the student starts as it would without teachers
     checkpoint = cfg.cache_dir / "runs" / f"{run_key(cfg, 'select')}.pt"
     history = train_top(
         model,
@@ -314,6 +374,7 @@ def train_and_select(
         log,
         checkpoint,
         aux_targets=bins.item_targets(cfg),
+        soft_targets=soft,
     )
     best_epoch = max(history, key=lambda h: h["val_acc"])["epoch"]
     probs = view_probabilities(model, features, val_idx, cfg)
@@ -328,6 +389,8 @@ def train_and_select(
     final = (probs.clamp_min(1e-8).log() + (offsets if offsets is not None else 0)).softmax(1)
     val["served"] = compute_metrics(final.argmax(1), val_y, class_values, names)
     val["counts_task"] = counts_task_metrics(final, val_y, class_values, names)
+    if soft is not None:
+        val["teachers_ensemble"] = ensemble_figures(cfg, soft, val_idx, val_y, class_values, names)
     log(
         best_epoch=best_epoch,
         val_acc_before_rule=round(val["before_rule"]["accuracy"], 4),
@@ -338,13 +401,34 @@ def train_and_select(
     return TrainedTop(model, history, best_epoch, offsets, val, final)
 
 
+def ensemble_figures(
+    cfg: RecipeConfig, soft: dict[str, torch.Tensor], val_idx: list[int], val_y: torch.Tensor, class_values, names
+) -> dict:
+    """The teachers' ensemble on validation (served answer with its own tuned rule): what distillation aims at."""
+    from training.metrics import compute_metrics
+
+    probs = sum(soft[v][val_idx] for v in cfg.test_time_views) / len(cfg.test_time_views)
+    log_probs = probs.clamp_min(1e-8).log()
+    figures = {"argmax": compute_metrics(probs.argmax(1), val_y, class_values, names)}
+    if cfg.tune_decision:
+        rule = tune_offsets(log_probs, val_y)
+        figures["after_rule"] = compute_metrics((log_probs + rule).argmax(1), val_y, class_values, names)
+    log(
+        teachers=",".join(map(str, cfg.teacher_seeds)),
+        ensemble_val_acc_argmax=round(figures["argmax"]["accuracy"], 4),
+        ensemble_val_acc_served=round(figures.get("after_rule", figures["argmax"])["accuracy"], 4),
+    )
+    return figures
+
+
 def final_fit(
     cfg: RecipeConfig, bins: RecipeBins, features: dict[str, torch.Tensor], epochs: int
 ) -> tuple[torch.nn.Module, list[dict]]:
     """Retrain from the ImageNet start on train + validation for the epochs validation chose."""
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.architecture, bins.policy.num_classes, pretrained=True, dropout=cfg.dropout)
     fit_idx = bins.indices(bins.split.train) + bins.indices(bins.split.val)
+    soft = teacher_targets(cfg, bins, features, fit_idx, True) if cfg.teacher_seeds else None
+    torch.manual_seed(cfg.training_seed)
+    model = build_model(cfg.architecture, bins.policy.num_classes, pretrained=True, dropout=cfg.dropout)
     key = run_key(cfg.model_copy(update={"epochs": epochs}), "final")
     history = train_top(
         model,
@@ -357,6 +441,7 @@ def final_fit(
         log,
         cfg.cache_dir / "runs" / f"{key}.pt",
         aux_targets=bins.item_targets(cfg),
+        soft_targets=soft,
     )
     return model, history
 
@@ -524,7 +609,7 @@ def recipe_command(cfg: RecipeConfig) -> str:
         if isinstance(value, bool):
             parts.append(flag if value else "--no-" + flag[2:])
         elif isinstance(value, tuple):
-            parts.append(f"{flag} {','.join(value)}")
+            parts.append(f"{flag} {','.join(map(str, value))}")
         else:
             parts.append(f"{flag} {value}")
     return " ".join(parts)

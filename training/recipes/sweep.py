@@ -29,7 +29,7 @@ def overrides(text: str) -> dict[str, str]:
     pairs = [part.split("=", 1) for part in text.split(",") if part]
     if any(len(pair) != 2 for pair in pairs):
         raise argparse.ArgumentTypeError(f"expected key=value[,key=value...], got {text!r}")
-    return {k: (tuple(v.split("+")) if k in ("augment", "test_time_views") else v) for k, v in pairs}
+    return {k: (tuple(v.split("+")) if k in ("augment", "test_time_views", "teacher_seeds") else v) for k, v in pairs}
 
 
 def variant_configs(base: RecipeConfig, variants: list[dict[str, str]]) -> list[RecipeConfig]:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         type=overrides,
         action="append",
         default=[],
-        help="repeatable; augment variants are joined with '+', e.g. augment=orig+hflip",
+        help="repeatable; lists are joined with '+', e.g. augment=orig+hflip or teacher_seeds=0+1",
     )
     args = parser.parse_args(argv)
     for variant in args.variant:

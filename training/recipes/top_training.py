@@ -47,6 +47,7 @@ class TopTraining:
     seed: int
     select_best: bool = True
     aux_weight: float = 0.0  # weight of the item-metadata targets' loss (training.item_targets), 0: off
+    distill_weight: float = 0.0  # share of the loss that matches the teachers' probabilities (with soft targets)
 
 
 @dataclass
@@ -140,7 +141,8 @@ def recalibrate_norms(
 
 def _batch(
     features: dict[str, torch.Tensor], batch: list[int], augment: tuple[str, ...], rng: random.Random
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, list[int]]:
+    """The batch's features, each bin under one randomly chosen view, and the index of that view."""
     choice = [rng.randrange(len(augment)) for _ in batch]
     first = features[augment[0]]
     x = torch.empty((len(batch), *first.shape[1:]), dtype=first.dtype)
@@ -148,7 +150,19 @@ def _batch(
         rows = [r for r, c in enumerate(choice) if c == v]
         if rows:
             x[rows] = features[name][[batch[r] for r in rows]]
-    return x.float()
+    return x.float(), choice
+
+
+def _soft_batch(
+    soft_targets: dict[str, torch.Tensor], batch: list[int], augment: tuple[str, ...], choice: list[int]
+) -> torch.Tensor:
+    """The teachers' probabilities of each bin of the batch under the view the bin was drawn in."""
+    return torch.stack([soft_targets[augment[c]][b] for b, c in zip(batch, choice)]).float()
+
+
+def distillation_loss(logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against the teachers' probabilities (KL divergence up to a constant)."""
+    return -(teacher_probs * logits.float().log_softmax(1)).sum(1).mean()
 
 
 @dataclass
@@ -231,6 +245,7 @@ def _train_epoch(
     cfg: TopTraining,
     rng: random.Random,
     aux: _AuxTask | None = None,
+    soft_targets: dict[str, torch.Tensor] | None = None,
 ) -> dict:
     """One pass over ``order`` (shuffled in place); returns the epoch's training figures."""
     started, seen, loss_sum, correct = time.time(), 0, 0.0, 0
@@ -242,13 +257,16 @@ def _train_epoch(
         batch = order[s : s + cfg.batch_size]
         if len(batch) < 2:  # BatchNorm in the tuned blocks needs two samples
             continue
-        x = _batch(features, batch, cfg.augment, rng)
+        x, choice = _batch(features, batch, cfg.augment, rng)
         if cfg.feature_dropout:
             x = F.dropout2d(x, cfg.feature_dropout, training=True)
         y = labels[batch]
         pooled = top_pooled(model, x, cfg.first_block)
         logits = classify(model, pooled)
         loss = criterion(logits, y)
+        if soft_targets is not None and cfg.distill_weight:
+            teacher = _soft_batch(soft_targets, batch, cfg.augment, choice)
+            loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * distillation_loss(logits, teacher)
         if aux is not None:
             loss = loss + aux.loss(pooled, batch)
         opt.optimizer.zero_grad(set_to_none=True)
@@ -291,14 +309,19 @@ def train_top(
     log: Log,
     checkpoint: Path | None = None,
     aux_targets: torch.Tensor | None = None,
+    soft_targets: dict[str, torch.Tensor] | None = None,
 ) -> list[dict]:
     """Fine-tune the top of ``model`` in place; returns the per-epoch history.
 
     With ``select_best`` (and a validation part) the weights of the best validation epoch are kept,
     otherwise those of the last epoch (a final fit on train + validation). With ``cfg.aux_weight``
     and ``aux_targets`` (one row per bin, :func:`training.item_targets.read_item_targets`) a
-    train-time head also learns the item-metadata targets; it is dropped afterwards.
+    train-time head also learns the item-metadata targets; it is dropped afterwards. With
+    ``cfg.distill_weight`` and ``soft_targets`` (per augmentation view, one probability row per bin:
+    the teachers' average) that share of the loss matches the teachers instead of the labels.
     """
+    if cfg.distill_weight and soft_targets is not None and not set(cfg.augment) <= soft_targets.keys():
+        raise ValueError(f"soft targets for {sorted(soft_targets)}, the training views are {list(cfg.augment)}")
     k = cfg.first_block
     prefixes = tuned_prefixes(model, k)
     torch.manual_seed(cfg.seed)
@@ -318,7 +341,7 @@ def train_top(
     progress = _restore(checkpoint, model, optimizer, rng, log, aux)
     order = list(train_idx)
     for epoch in range(len(progress.history) + 1, cfg.epochs + 1):
-        row = _train_epoch(model, features, labels, order, epoch, opt, criterion, cfg, rng, aux)
+        row = _train_epoch(model, features, labels, order, epoch, opt, criterion, cfg, rng, aux, soft_targets)
         recalibrate_norms(model, features["orig"], train_idx, k, prefixes, seed=cfg.seed)
         if val_idx:
             row.update(_validate(model, features["orig"], labels, val_idx, k, class_values))
