@@ -78,6 +78,9 @@ def test_training_seed_defaults_to_the_split_seed_and_old_runs_keep_their_names(
     student = cfg.model_copy(update={"teacher_seeds": (0, 1)})
     assert default_model.run_key(student, "select") != key and student.top_training().distill_weight == 0.5
     assert student.teacher(1).teacher_seeds == () and student.teacher(1).train_seed == 1
+    assert default_model.run_key(
+        student.model_copy(update={"distill_views": "all"}), "select"
+    ) != default_model.run_key(student, "select")
     with pytest.raises(ValueError, match="distinct"):
         default_model.RecipeConfig(data_dir=tmp_path, teacher_seeds="1,1")
 
@@ -88,15 +91,23 @@ def test_a_distilled_recipe_trains_its_teachers_and_records_their_ensemble(tmp_p
     make_synthetic_abid(data, n_bins=48, max_count=5, size=80, seed=4, overflow_extra=6)
     argv = ["--data-dir", str(data), "--cache-dir", str(cache), "--output-dir", str(out), "--input-size", "64"]
     argv += ["--epochs", "1", "--batch-size", "16", "--threads", "1", "--augment", "orig,hflip"]
-    assert default_model.main([*argv, "--teacher-seeds", "0,1", "--distill-weight", "0.7", "--final-fit"]) == 0
+    assert (
+        default_model.main(
+            [*argv, "--teacher-seeds", "0,1", "--distill-weight", "0.7", "--distill-views", "all", "--final-fit"]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
-    assert "teachers: 0,1 ensemble_val_acc_argmax: " in printed
+    assert "teachers: 0,1 ensemble_views: orig ensemble_val_acc_argmax: " in printed
+    assert "teachers: 0,1 ensemble_views: orig+hflip ensemble_val_acc_argmax: " in printed
     runs = sorted(p.name.split("_")[0] for p in (cache / "runs").iterdir())
     # selection: 2 teachers + the student; final fit: 2 teachers + the student; two sets of soft targets
     assert runs == ["final"] * 3 + ["select"] * 3 + ["teachers"] * 2, runs
     meta = default_model.load_artifact(out).metadata
     assert meta.training["teacher_seeds"] == [0, 1] and meta.training["distill_weight"] == 0.7
-    assert "accuracy" in meta.metrics["validation"]["teachers_ensemble"]["argmax"]
+    ensemble = meta.metrics["validation"]["teachers_ensemble"]
+    assert ensemble["training_views"]["views"] == ["orig", "hflip"] and "accuracy" in ensemble["served_views"]["argmax"]
+    assert meta.training["distill_views"] == "all"
     # the sweep takes teachers joined with '+' and reuses every run above
     assert (
         sweep.main(
@@ -108,10 +119,23 @@ def test_a_distilled_recipe_trains_its_teachers_and_records_their_ensemble(tmp_p
                 "--base",
                 "input_size=64,epochs=1,batch_size=16,threads=1,augment=orig+hflip",
                 "--variant",
-                "teacher_seeds=0+1,distill_weight=0.7",
+                "teacher_seeds=0+1,distill_weight=0.7,distill_views=all",
             ]
         )
         == 0
     )
     printed = capsys.readouterr().out
     assert "\nepoch: " not in printed and "val_acc_served" in printed
+
+
+def test_distilling_all_views_gives_every_view_of_a_photo_the_same_target(tmp_path):
+    cfg = default_model.RecipeConfig(data_dir=tmp_path, augment="orig,hflip", teacher_seeds="0,1")
+    soft = {
+        "orig": torch.tensor([[1.0, 0.0]]),
+        "hflip": torch.tensor([[0.5, 0.5]]),
+        "vflip": torch.tensor([[0.0, 1.0]]),
+    }
+    assert default_model.spread_views(cfg, soft) is soft
+    spread = default_model.spread_views(cfg.model_copy(update={"distill_views": "all"}), soft)
+    assert torch.equal(spread["orig"], torch.tensor([[0.75, 0.25]])) and torch.equal(spread["hflip"], spread["orig"])
+    assert torch.equal(spread["vflip"], soft["vflip"])  # not a training view: left as it was

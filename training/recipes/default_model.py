@@ -94,6 +94,11 @@ class RecipeConfig(BaseModel):
         "probabilities the model also learns (one model distilled from an ensemble); empty: off",
     )
     distill_weight: float = Field(0.5, ge=0, le=1, description="share of the loss that matches the teachers")
+    distill_views: Literal["same", "all"] = Field(
+        "same",
+        description="same: a view of a photo learns the teachers' probabilities of that view; all: of every "
+        "training view averaged (the teachers' test-time views ensemble too, still one forward pass to serve)",
+    )
     augment: tuple[Variant, ...] = Field(
         ("orig", "hflip", "vflip", "rot180"), description=f"comma-separated, of: {','.join(VARIANTS)}"
     )
@@ -295,7 +300,9 @@ def run_key(cfg: RecipeConfig, what: str) -> str:
     if fields["train_seed"] in (None, fields["seed"]):
         del fields["train_seed"]  # likewise, and a training seed equal to the split's is the default
     if not fields["teacher_seeds"]:
-        del fields["teacher_seeds"], fields["distill_weight"]  # no teachers: the weight changes nothing
+        del fields["teacher_seeds"], fields["distill_weight"], fields["distill_views"]  # no teachers: no effect
+    elif fields["distill_views"] == "same":
+        del fields["distill_views"]  # runs from before the option resume
     return f"{what}_{hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]}"
 
 
@@ -360,7 +367,8 @@ def train_and_select(
     labels = bins.labels
     train_idx, val_idx = bins.indices(bins.split.train), bins.indices(bins.split.val)
     class_values = recipe_metadata(cfg, bins).class_values
-    soft = teacher_targets(cfg, bins, features, train_idx + val_idx, False) if cfg.teacher_seeds else None
+    per_view = teacher_targets(cfg, bins, features, train_idx + val_idx, False) if cfg.teacher_seeds else None
+    soft = spread_views(cfg, per_view) if per_view is not None else None
     torch.manual_seed(cfg.training_seed)  # the student starts as it would without teachers
     checkpoint = cfg.cache_dir / "runs" / f"{run_key(cfg, 'select')}.pt"
     history = train_top(
@@ -389,8 +397,8 @@ def train_and_select(
     final = (probs.clamp_min(1e-8).log() + (offsets if offsets is not None else 0)).softmax(1)
     val["served"] = compute_metrics(final.argmax(1), val_y, class_values, names)
     val["counts_task"] = counts_task_metrics(final, val_y, class_values, names)
-    if soft is not None:
-        val["teachers_ensemble"] = ensemble_figures(cfg, soft, val_idx, val_y, class_values, names)
+    if per_view is not None:
+        val["teachers_ensemble"] = ensemble_figures(cfg, per_view, val_idx, val_y, class_values, names)
     log(
         best_epoch=best_epoch,
         val_acc_before_rule=round(val["before_rule"]["accuracy"], 4),
@@ -404,21 +412,34 @@ def train_and_select(
 def ensemble_figures(
     cfg: RecipeConfig, soft: dict[str, torch.Tensor], val_idx: list[int], val_y: torch.Tensor, class_values, names
 ) -> dict:
-    """The teachers' ensemble on validation (served answer with its own tuned rule): what distillation aims at."""
+    """The teachers' ensemble on validation, over the served views and over every training view (the argmax and
+    the served answer under its own tuned rule): what distillation aims at."""
     from training.metrics import compute_metrics
 
-    probs = sum(soft[v][val_idx] for v in cfg.test_time_views) / len(cfg.test_time_views)
-    log_probs = probs.clamp_min(1e-8).log()
-    figures = {"argmax": compute_metrics(probs.argmax(1), val_y, class_values, names)}
-    if cfg.tune_decision:
-        rule = tune_offsets(log_probs, val_y)
-        figures["after_rule"] = compute_metrics((log_probs + rule).argmax(1), val_y, class_values, names)
-    log(
-        teachers=",".join(map(str, cfg.teacher_seeds)),
-        ensemble_val_acc_argmax=round(figures["argmax"]["accuracy"], 4),
-        ensemble_val_acc_served=round(figures.get("after_rule", figures["argmax"])["accuracy"], 4),
-    )
+    figures = {}
+    for name, views in (("served_views", cfg.test_time_views), ("training_views", cfg.augment)):
+        probs = sum(soft[v][val_idx] for v in views) / len(views)
+        log_probs = probs.clamp_min(1e-8).log()
+        part = {"views": list(views), "argmax": compute_metrics(probs.argmax(1), val_y, class_values, names)}
+        if cfg.tune_decision:
+            rule = tune_offsets(log_probs, val_y)
+            part["after_rule"] = compute_metrics((log_probs + rule).argmax(1), val_y, class_values, names)
+        figures[name] = part
+        log(
+            teachers=",".join(map(str, cfg.teacher_seeds)),
+            ensemble_views="+".join(views),
+            ensemble_val_acc_argmax=round(part["argmax"]["accuracy"], 4),
+            ensemble_val_acc_served=round(part.get("after_rule", part["argmax"])["accuracy"], 4),
+        )
     return figures
+
+
+def spread_views(cfg: RecipeConfig, soft: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``distill_views=all``: every training view of a photo learns the teachers' average over all of them."""
+    if cfg.distill_views == "same":
+        return soft
+    average = sum(soft[v] for v in cfg.augment) / len(cfg.augment)
+    return {**soft, **{v: average for v in cfg.augment}}
 
 
 def final_fit(
@@ -426,7 +447,7 @@ def final_fit(
 ) -> tuple[torch.nn.Module, list[dict]]:
     """Retrain from the ImageNet start on train + validation for the epochs validation chose."""
     fit_idx = bins.indices(bins.split.train) + bins.indices(bins.split.val)
-    soft = teacher_targets(cfg, bins, features, fit_idx, True) if cfg.teacher_seeds else None
+    soft = spread_views(cfg, teacher_targets(cfg, bins, features, fit_idx, True)) if cfg.teacher_seeds else None
     torch.manual_seed(cfg.training_seed)
     model = build_model(cfg.architecture, bins.policy.num_classes, pretrained=True, dropout=cfg.dropout)
     key = run_key(cfg.model_copy(update={"epochs": epochs}), "final")
