@@ -40,13 +40,10 @@ class _Constant(torch.nn.Module):
         self.logits = torch.tensor(logits)
 
     def forward(self, x):
-        return self.logits.expand(len(x), -1)
+        return self.logits.expand(len(x), -1).softmax(1)
 
 
-def test_soft_targets_average_the_teachers_cover_only_their_bins_and_are_cached(tmp_path, monkeypatch):
-    import training.recipes.distill as distill
-
-    monkeypatch.setattr(distill, "top_probabilities", lambda m, f, index, k: m(f[list(index)]).softmax(1))
+def test_soft_targets_average_the_teachers_cover_only_their_bins_and_are_cached(tmp_path):
     features = {"orig": torch.zeros(5, 2), "vflip": torch.zeros(5, 2)}
     built = []
 
@@ -55,15 +52,40 @@ def test_soft_targets_average_the_teachers_cover_only_their_bins_and_are_cached(
 
     teachers = [teacher([0.0, 0.0]), teacher([math.log(3), 0.0])]
     cache = tmp_path / "teachers.pt"
-    out = soft_targets(teachers, features, [1, 3], ["orig", "vflip"], 11, 2, cache)
+    out = soft_targets(teachers, features, [1, 3], ["orig", "vflip"], 2, cache, runtime="torch")
     expected = (torch.tensor([0.5, 0.5]) + torch.tensor([0.75, 0.25])) / 2
     assert torch.allclose(out["vflip"][1], expected) and torch.allclose(out["orig"][3], expected)
     assert torch.isnan(out["orig"][[0, 2, 4]]).all()
     assert len(built) == 2
-    again = soft_targets(teachers, features, [1, 3], ["orig"], 11, 2, cache)
+    again = soft_targets(teachers, features, [1, 3], ["orig"], 2, cache, runtime="torch")
     assert len(built) == 2 and torch.equal(again["orig"][3], out["orig"][3])  # read back, no teacher built
     with pytest.raises(ValueError, match="at least one teacher"):
-        soft_targets([], features, [1], ["orig"], 11, 2)
+        soft_targets([], features, [1], ["orig"], 2)
+
+
+def test_teachers_on_onnx_runtime_answer_as_torch_does():
+    pytest.importorskip("onnxruntime")
+    from service.architectures import build_model
+    from training.recipes.lite_parts import TopProbabilities, top_forward, trunk_forward
+
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", 7).eval()
+    with torch.no_grad():
+        features = {"orig": trunk_forward(model, torch.randn(5, 3, 64, 64), 11)}
+        expected = top_forward(model, features["orig"], 11).softmax(1)
+    lines = []
+    out = soft_targets(
+        [lambda: TopProbabilities(model, 11)],
+        features,
+        [0, 2, 4],
+        ["orig"],
+        7,
+        None,
+        lambda **kw: lines.append(kw),
+        chunk=2,
+    )
+    assert torch.allclose(out["orig"][[0, 2, 4]], expected[[0, 2, 4]], atol=1e-5)
+    assert lines[0]["teacher_runtime"] == "onnxruntime" and lines[-1]["runtime"] == "onnxruntime"
 
 
 def test_training_seed_defaults_to_the_split_seed_and_old_runs_keep_their_names(tmp_path):

@@ -334,6 +334,10 @@ def teacher_targets(
     trained here when their runs are not cached.
     """
     from training.recipes.distill import ensemble_key, soft_targets
+    from training.recipes.lite_parts import TopProbabilities
+
+    def top(model: torch.nn.Module) -> torch.nn.Module:
+        return TopProbabilities(model, cfg.first_tuned_block)
 
     what = "final" if final else "select"
     teachers, names = [], []
@@ -342,13 +346,14 @@ def teacher_targets(
         if final:
             epochs = train_and_select(tcfg, bins, features).best_epoch
             names.append(run_key(tcfg.model_copy(update={"epochs": epochs}), what))
-            teachers.append(lambda tcfg=tcfg, epochs=epochs: final_fit(tcfg, bins, features, epochs)[0])
+            teachers.append(lambda tcfg=tcfg, epochs=epochs: top(final_fit(tcfg, bins, features, epochs)[0]))
         else:
             names.append(run_key(tcfg, what))
-            teachers.append(lambda tcfg=tcfg: train_and_select(tcfg, bins, features).model)
+            teachers.append(lambda tcfg=tcfg: top(train_and_select(tcfg, bins, features).model))
     views = sorted(set(cfg.augment) | set(cfg.test_time_views) | {"orig"}, key=VARIANTS.index)
     cache = cfg.cache_dir / "runs" / f"teachers_{ensemble_key(names, views, index)}.pt"
-    return soft_targets(teachers, features, index, views, cfg.first_tuned_block, bins.policy.num_classes, cache, log)
+    num_classes = bins.policy.num_classes
+    return soft_targets(teachers, features, index, views, num_classes, cache, log, cfg.feature_runtime, cfg.threads)
 
 
 def train_and_select(

@@ -7,8 +7,10 @@ features whose loss is partly the labels' and partly the teachers' averaged prob
 (:func:`training.recipes.top_training.distillation_loss`), computed on the very view of the photo
 the student sees, so it learns the ensemble's answer at one model's serving cost.
 
-The teachers' probabilities are cached next to the training runs (one file per set of teachers and
-bins), so an interrupted recipe does not recompute them.
+The teachers run on ONNX Runtime when it is installed (about 3x torch eager: 4 views of 10k bins
+per teacher), checked against torch on the first chunk, and their probabilities are cached next to
+the training runs (one file per set of teachers and bins), so an interrupted recipe does not
+recompute them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ import torch
 from torch import nn
 
 from service.files import atomic_write
-from training.recipes.top_training import top_probabilities
+from training.recipes.feature_cache import ModuleRunner, Runtime
+
+#: Largest difference between ONNX Runtime's and torch's teacher probabilities accepted.
+PARITY_TOLERANCE = 1e-4
 
 
 def ensemble_key(run_names: Sequence[str], views: Sequence[str], index: Sequence[int]) -> str:
@@ -35,15 +40,18 @@ def soft_targets(
     features: dict[str, torch.Tensor],
     index: Sequence[int],
     views: Sequence[str],
-    first_block: int,
     num_classes: int,
     cache: Path | None = None,
-    log: Callable[..., None] | None = None,
+    log: Callable[..., None] = lambda **fields: None,
+    runtime: Runtime = "auto",
+    threads: int = 1,
+    chunk: int = 256,
 ) -> dict[str, torch.Tensor]:
     """Per view, the teachers' averaged probabilities of the bins in ``index`` (other rows stay NaN).
 
-    ``teachers`` are callables that return a trained model, so a teacher is only built (or trained)
-    when its probabilities are not cached yet.
+    ``teachers`` are callables that return a module from features to class probabilities
+    (:class:`training.recipes.lite_parts.TopProbabilities`), so a teacher is only built (or
+    trained) when its probabilities are not cached yet.
     """
     if not teachers:
         raise ValueError("distillation needs at least one teacher")
@@ -53,13 +61,16 @@ def soft_targets(
             return {v: saved[v] for v in views}
     rows = torch.tensor(list(index), dtype=torch.long)
     total = {v: torch.zeros(len(rows), num_classes) for v in views}
+    order = list(index)
     for n, teacher in enumerate(teachers, 1):
-        model = teacher()
+        example = features[views[0]][order[:2]].float()
+        run = ModuleRunner(teacher(), example, runtime, threads, log, "teacher_runtime", PARITY_TOLERANCE)
         for view in views:
-            total[view] += top_probabilities(model, features[view], index, first_block)
-        if log is not None:
-            log(teacher=n, of=len(teachers), soft_targets="computed")
-        del model
+            total[view] += torch.cat(
+                [run(features[view][order[s : s + chunk]].float()) for s in range(0, len(order), chunk)]
+            )
+        log(teacher=n, of=len(teachers), soft_targets="computed", runtime=run.runtime)
+        del run
     out = {}
     for view in views:
         full = torch.full((len(features[view]), num_classes), float("nan"))

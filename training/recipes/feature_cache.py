@@ -64,37 +64,50 @@ def cached_images(cache_dir: Path, items: Sequence[LabelledBin], size: int, log:
     return images
 
 
-class TrunkRunner:
-    """Runs the frozen trunk over normalised batches, on ONNX Runtime or torch."""
+class ModuleRunner:
+    """Runs a module in eval mode on ONNX Runtime (checked against torch on the first call) or on torch.
 
-    def __init__(self, model: nn.Module, stop_block: int, runtime: Runtime, threads: int, log: Log) -> None:
-        self.trunk = Trunk(model, stop_block).eval()
+    ``dynamic`` names the input's axes that vary besides the batch (e.g. ``{2: "h", 3: "w"}``).
+    ``log_key`` is the field of the one line that says which runtime answers.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        example: torch.Tensor,
+        runtime: Runtime,
+        threads: int,
+        log: Log,
+        log_key: str,
+        tolerance: float,
+        dynamic: dict[int, str] | None = None,
+    ) -> None:
+        self.module = module.eval()
         self.session = None
         self.runtime = "torch"
-        self.log = log
+        self.log, self.log_key, self.tolerance = log, log_key, tolerance
         if runtime != "torch" and importlib.util.find_spec("onnxruntime") is not None:
-            self.session = self._onnx_session(threads)
+            self.session = self._onnx_session(example, threads, dynamic or {})
             self.runtime = "onnxruntime"
         elif runtime == "onnxruntime":
             raise RuntimeError("runtime onnxruntime was asked for but the package onnxruntime is not installed")
         self._checked = False
 
-    def _onnx_session(self, threads: int):
+    def _onnx_session(self, example: torch.Tensor, threads: int, dynamic: dict[int, str]):
         import warnings
 
         import onnxruntime as ort
 
         buffer = io.BytesIO()
-        example = torch.zeros(2, 3, 64, 64)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                self.trunk,
+                self.module,
                 example,
                 buffer,
                 input_names=["x"],
-                output_names=["features"],
-                dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "features": {0: "n"}},
+                output_names=["y"],
+                dynamic_axes={"x": {0: "n", **dynamic}, "y": {0: "n"}},
                 dynamo=False,
             )
         options = ort.SessionOptions()
@@ -105,17 +118,27 @@ class TrunkRunner:
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.session is None:
-            return self.trunk(x)
-        out = torch.from_numpy(self.session.run(None, {"x": x.numpy()})[0])
+            return self.module(x)
+        out = torch.from_numpy(self.session.run(None, {"x": x.contiguous().numpy()})[0])
         if not self._checked:
             self._checked = True
-            diff = float((out - self.trunk(x)).abs().max())
-            if diff > PARITY_TOLERANCE:
-                self.log(feature_runtime="torch", reason=f"onnxruntime_differs_by_{diff:.2e}")
+            diff = float((out - self.module(x)).abs().max())
+            if diff > self.tolerance:
+                self.log(**{self.log_key: "torch", "reason": f"onnxruntime_differs_by_{diff:.2e}"})
                 self.session, self.runtime = None, "torch"
-                return self.trunk(x)
-            self.log(feature_runtime="onnxruntime", parity_max_abs_diff=f"{diff:.2e}")
+                return self.module(x)
+            self.log(**{self.log_key: "onnxruntime", "parity_max_abs_diff": f"{diff:.2e}"})
         return out
+
+
+class TrunkRunner(ModuleRunner):
+    """Runs the frozen trunk over normalised batches, on ONNX Runtime or torch."""
+
+    def __init__(self, model: nn.Module, stop_block: int, runtime: Runtime, threads: int, log: Log) -> None:
+        example = torch.zeros(2, 3, 64, 64)
+        trunk = Trunk(model, stop_block)
+        super().__init__(trunk, example, runtime, threads, log, "feature_runtime", PARITY_TOLERANCE, {2: "h", 3: "w"})
+        self.trunk = trunk
 
 
 def cached_features(

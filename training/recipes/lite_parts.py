@@ -62,3 +62,15 @@ class Trunk(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return trunk_forward(self.model, x, self.stop_block)
+
+
+class TopProbabilities(nn.Module):
+    """The tuned part as a module of its own: trunk features in, class probabilities out (a teacher's answer)."""
+
+    def __init__(self, model: nn.Module, first_block: int) -> None:
+        super().__init__()
+        self.model = model
+        self.first_block = first_block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return top_forward(self.model, x, self.first_block).softmax(1)
