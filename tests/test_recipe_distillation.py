@@ -130,6 +130,9 @@ def test_a_distilled_recipe_trains_its_teachers_and_records_their_ensemble(tmp_p
     ensemble = meta.metrics["validation"]["teachers_ensemble"]
     assert ensemble["training_views"]["views"] == ["orig", "hflip"] and "accuracy" in ensemble["served_views"]["argmax"]
     assert meta.training["distill_views"] == "all"
+    card = (out / "README.md").read_text()
+    assert "Distilled (weight 0.7, views all) from the tops of training seeds 0, 1, whose ensemble scores " in card
+    assert " over orig+hflip on validation" in card
     # the sweep takes teachers joined with '+' and reuses every run above
     assert (
         sweep.main(

@@ -247,6 +247,22 @@ def _answer_section(metadata: ModelMetadata) -> list[str]:
     return lines + _manual_check_section(metrics.get("manual_check"))
 
 
+def _distillation_sentence(ensemble: dict[str, Any] | None, training: dict[str, Any]) -> str:
+    """What the teachers of a distilled model reached on validation (their ensemble, before distillation)."""
+    if not ensemble:
+        return ""
+    parts = [
+        f"{_pct(part.get('after_rule', part['argmax'])['accuracy'])} over {'+'.join(part['views'])}"
+        for part in ensemble.values()
+    ]
+    seeds = ", ".join(map(str, training.get("teacher_seeds", [])))
+    return (
+        f"Distilled (weight {training.get('distill_weight')}, views {training.get('distill_views', 'same')}) from "
+        f"the tops of training seeds {seeds}, whose ensemble scores {' and '.join(parts)} on validation "
+        "(served answer, its own answer rule); the model serves as one. "
+    )
+
+
 def _selection_section(metadata: ModelMetadata) -> list[str]:
     """How the epoch and the answer rule were chosen (empty for a model that records no validation)."""
     metrics, training = metadata.metrics, metadata.training
@@ -266,6 +282,7 @@ def _selection_section(metadata: ModelMetadata) -> list[str]:
             if training.get("final_fit")
             else ""
         )
+        + _distillation_sentence(val.get("teachers_ensemble"), training)
         + "Per-epoch figures: `history.json`.",
         "",
         "![Training curves](training_curves.png)",
