@@ -324,14 +324,14 @@ class TrainedTop:
     val_probs: torch.Tensor  # validation probabilities under the tuned answer rule
 
 
-def teacher_targets(
-    cfg: RecipeConfig, bins: RecipeBins, features: dict[str, torch.Tensor], index: list[int], final: bool
-) -> dict[str, torch.Tensor]:
-    """The averaged probabilities of ``cfg.teacher_seeds``' tops over ``index``, per view.
+def teacher_targets(cfg: RecipeConfig, bins: RecipeBins, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The averaged probabilities of ``cfg.teacher_seeds``' tops over the train and validation bins, per view.
 
-    Selection (``final`` False) uses the teachers' train-only runs at their best epochs; the
-    final fit uses their final fits on train + validation for their own best epochs. Teachers are
-    trained here when their runs are not cached.
+    The teachers are the train-only selection runs at their best epochs, trained here when their
+    runs are not cached. The final fit learns from the same teachers rather than from final fits of
+    their own: those would cost as much as the student's fit each, and the train-only teachers'
+    answers on the validation bins are out of sample, while the student still learns those bins'
+    labels through the label term.
     """
     from training.recipes.distill import ensemble_key, soft_targets
     from training.recipes.lite_parts import TopProbabilities
@@ -339,17 +339,12 @@ def teacher_targets(
     def top(model: torch.nn.Module) -> torch.nn.Module:
         return TopProbabilities(model, cfg.first_tuned_block)
 
-    what = "final" if final else "select"
+    index = bins.indices(bins.split.train) + bins.indices(bins.split.val)
     teachers, names = [], []
     for seed in cfg.teacher_seeds:
         tcfg = cfg.teacher(seed)
-        if final:
-            epochs = train_and_select(tcfg, bins, features).best_epoch
-            names.append(run_key(tcfg.model_copy(update={"epochs": epochs}), what))
-            teachers.append(lambda tcfg=tcfg, epochs=epochs: top(final_fit(tcfg, bins, features, epochs)[0]))
-        else:
-            names.append(run_key(tcfg, what))
-            teachers.append(lambda tcfg=tcfg: top(train_and_select(tcfg, bins, features).model))
+        names.append(run_key(tcfg, "select"))
+        teachers.append(lambda tcfg=tcfg: top(train_and_select(tcfg, bins, features).model))
     views = sorted(set(cfg.augment) | set(cfg.test_time_views) | {"orig"}, key=VARIANTS.index)
     cache = cfg.cache_dir / "runs" / f"teachers_{ensemble_key(names, views, index)}.pt"
     num_classes = bins.policy.num_classes
@@ -372,7 +367,7 @@ def train_and_select(
     labels = bins.labels
     train_idx, val_idx = bins.indices(bins.split.train), bins.indices(bins.split.val)
     class_values = recipe_metadata(cfg, bins).class_values
-    per_view = teacher_targets(cfg, bins, features, train_idx + val_idx, False) if cfg.teacher_seeds else None
+    per_view = teacher_targets(cfg, bins, features) if cfg.teacher_seeds else None
     soft = spread_views(cfg, per_view) if per_view is not None else None
     torch.manual_seed(cfg.training_seed)  # the student starts as it would without teachers
     checkpoint = cfg.cache_dir / "runs" / f"{run_key(cfg, 'select')}.pt"
@@ -452,7 +447,7 @@ def final_fit(
 ) -> tuple[torch.nn.Module, list[dict]]:
     """Retrain from the ImageNet start on train + validation for the epochs validation chose."""
     fit_idx = bins.indices(bins.split.train) + bins.indices(bins.split.val)
-    soft = spread_views(cfg, teacher_targets(cfg, bins, features, fit_idx, True)) if cfg.teacher_seeds else None
+    soft = spread_views(cfg, teacher_targets(cfg, bins, features)) if cfg.teacher_seeds else None
     torch.manual_seed(cfg.training_seed)
     model = build_model(cfg.architecture, bins.policy.num_classes, pretrained=True, dropout=cfg.dropout)
     key = run_key(cfg.model_copy(update={"epochs": epochs}), "final")
