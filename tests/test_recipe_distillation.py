@@ -164,3 +164,16 @@ def test_distilling_all_views_gives_every_view_of_a_photo_the_same_target(tmp_pa
     spread = default_model.spread_views(cfg.model_copy(update={"distill_views": "all"}), soft)
     assert torch.equal(spread["orig"], torch.tensor([[0.75, 0.25]])) and torch.equal(spread["hflip"], spread["orig"])
     assert torch.equal(spread["vflip"], soft["vflip"])  # not a training view: left as it was
+
+
+def test_a_learning_curve_from_before_distillation_is_named_a_different_recipe():
+    from training.model_card import _recipe_differences
+
+    curve = {"input_size": 288, "aux_weight": 0.5}  # recorded before teacher_seeds existed
+    plain = {"input_size": 288, "aux_weight": 0.5, "teacher_seeds": [], "distill_weight": 0.5, "train_seed": None}
+    assert _recipe_differences(curve, plain) == []
+    distilled = {**plain, "teacher_seeds": [0, 1], "distill_weight": 0.7}
+    assert _recipe_differences(curve, distilled) == [
+        "distill_weight 0.5 (this model: 0.7)",
+        "teacher_seeds [] (this model: [0, 1])",
+    ]

@@ -121,13 +121,29 @@ def _serving_defaults_lines(check: dict[str, Any]) -> list[str]:
 
 
 def _recipe_differences(curve_recipe: dict[str, Any], training: dict[str, Any]) -> list[str]:
-    """Settings in which the curve's runs differ from the recipe that made this model (final fit aside)."""
+    """Settings in which the curve's runs differ from the recipe that made this model (final fit aside).
+
+    An option the curve does not record (it predates the option) had its default there.
+    """
+    from training.recipes.default_model import RecipeConfig
+
     skip = {"final_fit", "test_time_views"}
+    fields = RecipeConfig.model_fields
+    defaults = {k: f.default for k, f in fields.items() if not f.is_required()}
+    recorded = {
+        key: curve_recipe[key] if key in curve_recipe else _jsonable(defaults[key])
+        for key in training.keys() & (curve_recipe.keys() | defaults.keys())
+    }
     return [
-        f"{key} {curve_recipe[key]} (this model: {training[key]})"
-        for key in sorted(curve_recipe.keys() & training.keys() - skip)
-        if curve_recipe[key] != training[key]
+        f"{key} {recorded[key]} (this model: {training[key]})"
+        for key in sorted(recorded.keys() - skip)
+        if recorded[key] != training[key]
     ]
+
+
+def _jsonable(value: Any) -> Any:
+    """A default as model.json records it (tuples as lists)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _learning_curve_section(model_dir: Path, metadata: ModelMetadata) -> list[str]:
