@@ -7,7 +7,7 @@ import torch
 
 from training.recipes import default_model, sweep
 from training.recipes.distill import soft_targets
-from training.recipes.top_training import _soft_batch, distillation_loss
+from training.recipes.top_training import _gather, distillation_loss
 from training.synthetic import make_synthetic_abid
 
 
@@ -28,7 +28,7 @@ def test_distillation_loss_is_the_kl_divergence_plus_the_teachers_entropy():
 
 def test_each_bin_gets_the_teachers_probabilities_of_the_view_it_was_drawn_in():
     soft = {"orig": torch.eye(4)[:, :3], "hflip": torch.eye(4).flip(0)[:, :3]}
-    rows = _soft_batch(soft, [0, 3, 0], ("orig", "hflip"), [0, 1, 1])
+    rows = _gather(soft, [0, 3, 0], ("orig", "hflip"), [0, 1, 1])
     assert torch.equal(rows, torch.stack([soft["orig"][0], soft["hflip"][3], soft["hflip"][0]]))
 
 

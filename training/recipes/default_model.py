@@ -388,12 +388,8 @@ def train_and_select(
     probs = view_probabilities(model, features, val_idx, cfg)
     val_y = labels[val_idx]
     names = bins.policy.labels
-    val = {"before_rule": compute_metrics(probs.argmax(1), val_y, class_values, names)}
-    offsets = None
-    if cfg.tune_decision:
-        offsets = tune_offsets(probs.clamp_min(1e-8).log(), val_y)
-        adjusted = probs.clamp_min(1e-8).log() + offsets
-        val["after_rule"] = compute_metrics(adjusted.argmax(1), val_y, class_values, names)
+    before, offsets, after = answer_rule(probs, val_y, class_values, names, cfg.tune_decision)
+    val = {"before_rule": before, **({"after_rule": after} if after is not None else {})}
     final = (probs.clamp_min(1e-8).log() + (offsets if offsets is not None else 0)).softmax(1)
     val["served"] = compute_metrics(final.argmax(1), val_y, class_values, names)
     val["counts_task"] = counts_task_metrics(final, val_y, class_values, names)
@@ -409,21 +405,31 @@ def train_and_select(
     return TrainedTop(model, history, best_epoch, offsets, val, final)
 
 
+def answer_rule(
+    probs: torch.Tensor, labels: torch.Tensor, class_values, names, tune: bool
+) -> tuple[dict, torch.Tensor | None, dict | None]:
+    """The figures of the argmax, the answer rule's offsets tuned on ``labels`` and the figures under them
+    (``None`` twice without ``tune``)."""
+    from training.metrics import compute_metrics
+
+    before = compute_metrics(probs.argmax(1), labels, class_values, names)
+    if not tune:
+        return before, None, None
+    log_probs = probs.clamp_min(1e-8).log()
+    offsets = tune_offsets(log_probs, labels)
+    return before, offsets, compute_metrics((log_probs + offsets).argmax(1), labels, class_values, names)
+
+
 def ensemble_figures(
     cfg: RecipeConfig, soft: dict[str, torch.Tensor], val_idx: list[int], val_y: torch.Tensor, class_values, names
 ) -> dict:
     """The teachers' ensemble on validation, over the served views and over every training view (the argmax and
     the served answer under its own tuned rule): what distillation aims at."""
-    from training.metrics import compute_metrics
-
     figures = {}
     for name, views in (("served_views", cfg.test_time_views), ("training_views", cfg.augment)):
         probs = sum(soft[v][val_idx] for v in views) / len(views)
-        log_probs = probs.clamp_min(1e-8).log()
-        part = {"views": list(views), "argmax": compute_metrics(probs.argmax(1), val_y, class_values, names)}
-        if cfg.tune_decision:
-            rule = tune_offsets(log_probs, val_y)
-            part["after_rule"] = compute_metrics((log_probs + rule).argmax(1), val_y, class_values, names)
+        before, _, after = answer_rule(probs, val_y, class_values, names, cfg.tune_decision)
+        part = {"views": list(views), "argmax": before, **({"after_rule": after} if after is not None else {})}
         figures[name] = part
         log(
             teachers=",".join(map(str, cfg.teacher_seeds)),

@@ -59,9 +59,8 @@ def soft_targets(
         saved = torch.load(cache, weights_only=True)
         if set(views) <= saved.keys():
             return {v: saved[v] for v in views}
-    rows = torch.tensor(list(index), dtype=torch.long)
-    total = {v: torch.zeros(len(rows), num_classes) for v in views}
     order = list(index)
+    total = {v: torch.zeros(len(order), num_classes) for v in views}
     for n, teacher in enumerate(teachers, 1):
         example = features[views[0]][order[:2]].float()
         run = ModuleRunner(teacher(), example, runtime, threads, log, "teacher_runtime", PARITY_TOLERANCE)
@@ -74,7 +73,7 @@ def soft_targets(
     out = {}
     for view in views:
         full = torch.full((len(features[view]), num_classes), float("nan"))
-        full[rows] = total[view] / len(teachers)
+        full[order] = total[view] / len(teachers)
         out[view] = full
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)

@@ -138,7 +138,6 @@ class TrunkRunner(ModuleRunner):
         example = torch.zeros(2, 3, 64, 64)
         trunk = Trunk(model, stop_block)
         super().__init__(trunk, example, runtime, threads, log, "feature_runtime", PARITY_TOLERANCE, {2: "h", 3: "w"})
-        self.trunk = trunk
 
 
 def cached_features(

@@ -144,20 +144,20 @@ def _batch(
 ) -> tuple[torch.Tensor, list[int]]:
     """The batch's features, each bin under one randomly chosen view, and the index of that view."""
     choice = [rng.randrange(len(augment)) for _ in batch]
-    first = features[augment[0]]
+    return _gather(features, batch, augment, choice), choice
+
+
+def _gather(
+    per_view: dict[str, torch.Tensor], batch: list[int], augment: tuple[str, ...], choice: list[int]
+) -> torch.Tensor:
+    """Row ``batch[r]`` of ``per_view[augment[choice[r]]]`` for each r: features or teachers' probabilities."""
+    first = per_view[augment[0]]
     x = torch.empty((len(batch), *first.shape[1:]), dtype=first.dtype)
     for v, name in enumerate(augment):
         rows = [r for r, c in enumerate(choice) if c == v]
         if rows:
-            x[rows] = features[name][[batch[r] for r in rows]]
-    return x.float(), choice
-
-
-def _soft_batch(
-    soft_targets: dict[str, torch.Tensor], batch: list[int], augment: tuple[str, ...], choice: list[int]
-) -> torch.Tensor:
-    """The teachers' probabilities of each bin of the batch under the view the bin was drawn in."""
-    return torch.stack([soft_targets[augment[c]][b] for b, c in zip(batch, choice)]).float()
+            x[rows] = per_view[name][[batch[r] for r in rows]]
+    return x.float()
 
 
 def distillation_loss(logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
@@ -265,7 +265,7 @@ def _train_epoch(
         logits = classify(model, pooled)
         loss = criterion(logits, y)
         if soft_targets is not None and cfg.distill_weight:
-            teacher = _soft_batch(soft_targets, batch, cfg.augment, choice)
+            teacher = _gather(soft_targets, batch, cfg.augment, choice)
             loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * distillation_loss(logits, teacher)
         if aux is not None:
             loss = loss + aux.loss(pooled, batch)
