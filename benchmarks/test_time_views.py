@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no selection run for these options ({checkpoint}); run the recipe first", file=sys.stderr)
         return 2
     bins = select_bins(cfg)
-    model = build_model(cfg.architecture, bins.policy.num_classes, pretrained=True, dropout=cfg.dropout)
+    model = build_model(cfg.architecture, bins.policy.num_classes, pretrained=True, dropout=cfg.dropout, head=cfg.head)
     features = tuning_features(cfg, model, bins)
     saved = torch.load(checkpoint, weights_only=False)
     model.load_state_dict(saved["best_state"] or saved["top"], strict=False)

@@ -240,14 +240,29 @@ def get_architecture(name: str) -> Architecture:
         raise ArchitectureError(f"unknown architecture {name!r}; known: {', '.join(architecture_names())}") from None
 
 
-def build_model(name: str, num_classes: int, pretrained: bool = False, dropout: float = 0.2) -> nn.Module:
+#: Classifier heads (``model.json``'s ``head``): a softmax over the classes, or the ordinal CORN head.
+HEADS = ("softmax", "corn")
+
+
+def build_model(
+    name: str, num_classes: int, pretrained: bool = False, dropout: float = 0.2, head: str = "softmax"
+) -> nn.Module:
     """Build architecture ``name`` with a ``num_classes``-way head.
 
     ``pretrained`` loads ImageNet weights into the backbone (the head is always new).
     Serving builds with ``pretrained=False`` and then loads the artifact's state_dict.
+    ``head="corn"`` swaps the classifier for :class:`service.ordinal_head.CornHead`, whose output
+    is log class probabilities, so it serves like logits.
     """
     if num_classes < 2:
         raise ArchitectureError(f"num_classes must be at least 2, got {num_classes}")
     if not 0.0 <= dropout < 1.0:
         raise ArchitectureError(f"dropout must be in [0, 1), got {dropout}")
-    return get_architecture(name).builder(num_classes, pretrained, dropout)
+    if head not in HEADS:
+        raise ArchitectureError(f"unknown head {head!r}; known: {', '.join(HEADS)}")
+    model = get_architecture(name).builder(num_classes, pretrained, dropout)
+    if head == "corn":
+        from service.ordinal_head import replace_classifier
+
+        replace_classifier(model, num_classes)
+    return model

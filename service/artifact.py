@@ -85,7 +85,13 @@ def save_artifact(model_dir: str | os.PathLike, model: nn.Module, metadata: Mode
     """
     model_dir = Path(model_dir)
     try:
-        reference = build_model(metadata.architecture, metadata.num_classes, pretrained=False, dropout=metadata.dropout)
+        reference = build_model(
+            metadata.architecture,
+            metadata.num_classes,
+            pretrained=False,
+            dropout=metadata.dropout,
+            head=metadata.head,
+        )
     except ArchitectureError as exc:
         raise ArtifactError(f"cannot save: {exc}") from None
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -144,7 +150,13 @@ def load_artifact(model_dir: str | os.PathLike, device: str | torch.device = "cp
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ArtifactError(f"{weights} must hold a state_dict (a dict of tensors), not {type(state).__name__}")
     try:
-        model = build_model(metadata.architecture, metadata.num_classes, pretrained=False, dropout=metadata.dropout)
+        model = build_model(
+            metadata.architecture,
+            metadata.num_classes,
+            pretrained=False,
+            dropout=metadata.dropout,
+            head=metadata.head,
+        )
     except ArchitectureError as exc:
         raise ArtifactError(f"{model_dir}: {exc}") from None
     _check_state_dict(model, state, str(weights))

@@ -41,6 +41,11 @@ class ModelMetadata(BaseModel):
     mean: tuple[float, float, float] = Field(..., description="Per-channel mean on the 0..1 scale.")
     std: tuple[float, float, float] = Field(..., description="Per-channel standard deviation on the 0..1 scale.")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Head dropout the module was built with.")
+    head: Literal["softmax", "corn"] = Field(
+        "softmax",
+        description="Classifier head: softmax over the classes, or corn (ordinal: K-1 conditional binary outputs, "
+        "served as log class probabilities).",
+    )
     test_time_views: list[TestTimeView] = Field(
         default_factory=lambda: ["orig"],
         description="Views of the photo whose class probabilities are averaged for the answer (mirror images, "

@@ -69,3 +69,34 @@ def class_weights(counts: Sequence[int], power: float = 1.0) -> torch.Tensor:
     weights[present] = (n[present].sum() / (int(present.sum()) * n[present])) ** power
     weights[present] *= n[present].sum() / (n[present] * weights[present]).sum()
     return weights
+
+
+def corn_loss(conditional_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """CORN's loss (:mod:`service.ordinal_head`): binary cross-entropy of each conditional question
+    "is the count above k, given that it is above k-1?", asked only of the bins that reach it
+    (count >= k), averaged over every question asked."""
+    logits = conditional_logits.float()
+    k = torch.arange(logits.shape[-1], device=logits.device)
+    asked = targets[:, None] >= k  # (N, K-1): the bin reached question k
+    above = (targets[:, None] > k).float()
+    losses = F.binary_cross_entropy_with_logits(logits, above, reduction="none")
+    return (losses * asked).sum() / asked.sum().clamp_min(1)
+
+
+class CornLoss(nn.Module):
+    """:func:`corn_loss` plus, like :class:`CountLoss`, ``ordinal_weight`` times the squared error of the
+    expected count under the head's class distribution. Label smoothing has no counterpart here."""
+
+    def __init__(self, class_values: Sequence[float], ordinal_weight: float = 0.0):
+        super().__init__()
+        self.register_buffer("values", torch.tensor([float(v) for v in class_values]))
+        self.ordinal_weight = float(ordinal_weight)
+
+    def forward(self, conditional_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        from service.ordinal_head import corn_log_probs
+
+        loss = corn_loss(conditional_logits, targets)
+        if self.ordinal_weight > 0:
+            expected = corn_log_probs(conditional_logits.float()).exp() @ self.values
+            loss = loss + self.ordinal_weight * ((expected - self.values[targets]) ** 2).mean()
+        return loss

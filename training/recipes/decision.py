@@ -45,6 +45,13 @@ def tune_offsets(
 
 
 @torch.no_grad()
-def fold_offsets(classifier: nn.Linear, offsets: torch.Tensor) -> None:
-    """softmax(Wx + b + offsets) is what the model then outputs: its argmax is the tuned rule."""
-    classifier.bias.add_(offsets.to(classifier.bias.dtype))
+def fold_offsets(classifier: nn.Module, offsets: torch.Tensor) -> None:
+    """softmax(Wx + b + offsets) is what the model then outputs: its argmax is the tuned rule.
+
+    A CORN head (:class:`service.ordinal_head.CornHead`) answers log-probabilities, so the offsets go
+    into its ``offsets`` buffer instead of a bias.
+    """
+    from service.ordinal_head import CornHead
+
+    target = classifier.offsets if isinstance(classifier, CornHead) else classifier.bias
+    target.add_(offsets.to(target.dtype))

@@ -99,6 +99,11 @@ class RecipeConfig(BaseModel):
         description="same: a view of a photo learns the teachers' probabilities of that view; all: of every "
         "training view averaged (the teachers' test-time views ensemble too, still one forward pass to serve)",
     )
+    head: Literal["softmax", "corn"] = Field(
+        "softmax",
+        description="classifier head: softmax (cross-entropy) or corn (ordinal: K-1 conditional binary questions, "
+        "service.ordinal_head; label smoothing does not apply)",
+    )
     augment: tuple[Variant, ...] = Field(
         ("orig", "hflip", "vflip", "rot180"), description=f"comma-separated, of: {','.join(VARIANTS)}"
     )
@@ -166,6 +171,7 @@ class RecipeConfig(BaseModel):
             select_best=select_best,
             aux_weight=self.aux_weight,
             distill_weight=self.distill_weight if self.teacher_seeds else 0.0,
+            head=self.head,
         )
 
     def teacher(self, seed: int) -> "RecipeConfig":
@@ -248,6 +254,7 @@ def recipe_metadata(cfg: RecipeConfig, bins: RecipeBins):
         input_size=cfg.input_size,
         resize="squash",
         dropout=cfg.dropout,
+        head=cfg.head,
         test_time_views=list(cfg.test_time_views),
     )
 
@@ -297,6 +304,8 @@ def run_key(cfg: RecipeConfig, what: str) -> str:
     fields["norms"] = "recalibrated"  # runs before BatchNorm recalibration are not resumed
     if not fields["aux_weight"]:
         del fields["aux_weight"]  # runs from before the option resume
+    if fields["head"] == "softmax":
+        del fields["head"]  # runs from before the option resume
     if fields["train_seed"] in (None, fields["seed"]):
         del fields["train_seed"]  # likewise, and a training seed equal to the split's is the default
     if not fields["teacher_seeds"]:
@@ -362,7 +371,7 @@ def train_and_select(
     from training.metrics import compute_metrics, counts_task_metrics
 
     torch.manual_seed(cfg.training_seed)
-    model = build_model(cfg.architecture, bins.policy.num_classes, pretrained=True, dropout=cfg.dropout)
+    model = build_model(cfg.architecture, bins.policy.num_classes, pretrained=True, dropout=cfg.dropout, head=cfg.head)
     features = features if features is not None else tuning_features(cfg, model, bins)
     labels = bins.labels
     train_idx, val_idx = bins.indices(bins.split.train), bins.indices(bins.split.val)
@@ -455,7 +464,7 @@ def final_fit(
     fit_idx = bins.indices(bins.split.train) + bins.indices(bins.split.val)
     soft = spread_views(cfg, teacher_targets(cfg, bins, features)) if cfg.teacher_seeds else None
     torch.manual_seed(cfg.training_seed)
-    model = build_model(cfg.architecture, bins.policy.num_classes, pretrained=True, dropout=cfg.dropout)
+    model = build_model(cfg.architecture, bins.policy.num_classes, pretrained=True, dropout=cfg.dropout, head=cfg.head)
     key = run_key(cfg.model_copy(update={"epochs": epochs}), "final")
     history = train_top(
         model,

@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from service.files import atomic_write
+from service.ordinal_head import corn_log_probs
 from training.item_targets import masked_mse
-from training.losses import CountLoss
+from training.losses import CornLoss, CountLoss
 from training.metrics import compute_metrics
 from training.optim import lr_factor
 from training.recipes.lite_parts import classify, top_forward, top_pooled, tuned_prefixes
@@ -48,6 +49,7 @@ class TopTraining:
     select_best: bool = True
     aux_weight: float = 0.0  # weight of the item-metadata targets' loss (training.item_targets), 0: off
     distill_weight: float = 0.0  # share of the loss that matches the teachers' probabilities (with soft targets)
+    head: str = "softmax"  # or "corn" (service.ordinal_head): the model's classifier is then a CornHead
 
 
 @dataclass
@@ -262,8 +264,13 @@ def _train_epoch(
             x = F.dropout2d(x, cfg.feature_dropout, training=True)
         y = labels[batch]
         pooled = top_pooled(model, x, cfg.first_block)
-        logits = classify(model, pooled)
-        loss = criterion(logits, y)
+        if cfg.head == "corn":  # the loss reads the conditional logits; the figures the class log-probabilities
+            conditional = model._fc.conditional(model._dropout(pooled))
+            loss = criterion(conditional, y)
+            logits = corn_log_probs(conditional)
+        else:
+            logits = classify(model, pooled)
+            loss = criterion(logits, y)
         if soft_targets is not None and cfg.distill_weight:
             teacher = _gather(soft_targets, batch, cfg.augment, choice)
             loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * distillation_loss(logits, teacher)
@@ -335,7 +342,11 @@ def train_top(
         round(cfg.warmup_epochs * steps_per_epoch),
         cfg.min_lr_ratio,
     )
-    criterion = CountLoss(class_values, label_smoothing=cfg.label_smoothing, ordinal_weight=cfg.ordinal_weight)
+    criterion = (
+        CornLoss(class_values, ordinal_weight=cfg.ordinal_weight)
+        if cfg.head == "corn"
+        else CountLoss(class_values, label_smoothing=cfg.label_smoothing, ordinal_weight=cfg.ordinal_weight)
+    )
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     progress = _restore(checkpoint, model, optimizer, rng, log, aux)
