@@ -154,3 +154,24 @@ def test_the_recipe_trains_and_serves_a_corn_head(tmp_path, capsys):
     assert default_model.run_key(default_model.parse_args(argv + ["--head", "corn"]), "select") != (
         default_model.run_key(default_model.parse_args(argv), "select")
     )
+
+
+def test_a_corn_model_quantizes_to_int8_and_serves_it(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from training.quantize import QuantizeConfig, run
+    from training.synthetic import make_synthetic_abid
+
+    records = make_synthetic_abid(tmp_path / "data", n_bins=24, size=96, seed=5)
+    out = _corn_artifact(tmp_path / "corn")
+    ids = [r.id for r in records]
+    (out / "split.json").write_text(json.dumps({"seed": 0, "parts": {"train": ids[:12], "val": [], "test": ids[12:]}}))
+    cfg = QuantizeConfig(model_dir=out, data_dir=tmp_path / "data", calibration_images=8, batch_size=4, threads=1)
+    record = run(cfg, log=lambda *_: None)
+    assert record["evaluation"]["n"] == 12
+    int8 = Predictor.from_artifact(
+        out, max_batch_size=4, cache_dir=tmp_path / "cache", threads=1, runtime="auto", precision="int8"
+    )
+    assert int8.runtime.precision == "int8"
+    answer = int8.predict_bytes([jpeg(1)])[0]
+    assert answer.label in LABELS and math.isclose(sum(answer.probabilities.values()), 1.0, abs_tol=1e-4)
