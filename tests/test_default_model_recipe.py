@@ -45,6 +45,39 @@ def test_onnx_runtime_trunk_matches_torch():
     assert TrunkRunner(model, 11, "torch", 1, print).runtime == "torch"
 
 
+def test_block_lr_decay_slows_the_earlier_tuned_blocks_only():
+    from dataclasses import replace
+
+    from training.recipes.lite_parts import tuned_prefixes
+    from training.recipes.top_training import _param_groups
+
+    model = build_model("efficientnet_lite0", 7)
+    cfg = default_model.RecipeConfig(data_dir=".", first_tuned_block=13, cache_block=13).top_training()
+    prefixes = tuned_prefixes(model, 13)
+
+    def lr_of(groups: list[dict]) -> dict[str, float]:
+        ids = {id(p): g["lr"] for g in groups for p in g["params"]}
+        return {name: ids[id(p)] for name, p in model.named_parameters() if id(p) in ids}
+
+    plain = lr_of(_param_groups(model, prefixes, cfg))
+    assert {plain[n] for n in plain if not n.startswith("_fc.")} == {cfg.lr}
+    decayed = lr_of(_param_groups(model, prefixes, replace(cfg, block_lr_decay=0.5)))
+    assert decayed.keys() == plain.keys()  # the same parameters are tuned, nothing else
+    assert decayed["_blocks.15._project_conv.weight"] == pytest.approx(cfg.lr)
+    assert decayed["_blocks.14._project_conv.weight"] == pytest.approx(cfg.lr * 0.5)
+    assert decayed["_blocks.13._bn0.weight"] == pytest.approx(cfg.lr * 0.25)
+    assert decayed["_conv_head.weight"] == pytest.approx(cfg.lr) and decayed["_fc.weight"] == cfg.head_lr
+    assert not model._blocks[12]._project_conv.weight.requires_grad
+    # The option is part of the run's name only when it is on: earlier runs resume.
+    base = default_model.RecipeConfig(data_dir=".")
+    assert default_model.run_key(base, "select") == default_model.run_key(
+        base.model_copy(update={"block_lr_decay": 1.0}), "select"
+    )
+    assert default_model.run_key(base, "select") != default_model.run_key(
+        base.model_copy(update={"block_lr_decay": 0.8}), "select"
+    )
+
+
 def test_every_variant_keeps_the_pixels_of_a_square_image():
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
     outputs = [t(x) for t in VARIANT_TRANSFORMS.values()]

@@ -75,6 +75,13 @@ class RecipeConfig(BaseModel):
     batch_size: int = Field(64, ge=2)
     lr: float = Field(5e-4, gt=0)
     head_lr: float = Field(3e-3, gt=0)
+    block_lr_decay: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="layer-wise learning-rate decay: tuned block i learns at lr * decay ** (last block - i), so the "
+        "earlier blocks move less; 1: every tuned block at lr",
+    )
     weight_decay: float = Field(0.1, ge=0)
     warmup_epochs: float = Field(0.5, ge=0)
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
@@ -172,6 +179,7 @@ class RecipeConfig(BaseModel):
             aux_weight=self.aux_weight,
             distill_weight=self.distill_weight if self.teacher_seeds else 0.0,
             head=self.head,
+            block_lr_decay=self.block_lr_decay,
         )
 
     def teacher(self, seed: int) -> "RecipeConfig":
@@ -304,6 +312,8 @@ def run_key(cfg: RecipeConfig, what: str) -> str:
     fields["norms"] = "recalibrated"  # runs before BatchNorm recalibration are not resumed
     if not fields["aux_weight"]:
         del fields["aux_weight"]  # runs from before the option resume
+    if fields["block_lr_decay"] == 1.0:
+        del fields["block_lr_decay"]  # runs from before the option resume
     if fields["head"] == "softmax":
         del fields["head"]  # runs from before the option resume
     if fields["train_seed"] in (None, fields["seed"]):

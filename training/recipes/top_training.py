@@ -50,6 +50,7 @@ class TopTraining:
     aux_weight: float = 0.0  # weight of the item-metadata targets' loss (training.item_targets), 0: off
     distill_weight: float = 0.0  # share of the loss that matches the teachers' probabilities (with soft targets)
     head: str = "softmax"  # or "corn" (service.ordinal_head): the model's classifier is then a CornHead
+    block_lr_decay: float = 1.0  # block i learns at lr * decay ** (last block - i); 1: every block at lr
 
 
 @dataclass
@@ -70,21 +71,35 @@ def _aux_task(model: nn.Module, targets: torch.Tensor | None, cfg: TopTraining) 
     return _AuxTask(nn.Linear(model._fc.in_features, targets.shape[1]), targets, cfg.aux_weight)
 
 
+def _lr_scale(name: str, last_block: int, decay: float) -> float:
+    """Layer-wise learning-rate decay: ``decay ** (last_block - i)`` for a parameter of block i, 1 otherwise
+    (the head convolution, its norm and the classifier)."""
+    if decay == 1.0 or not name.startswith("_blocks."):
+        return 1.0
+    return decay ** (last_block - int(name.split(".")[1]))
+
+
 def _param_groups(
     model: nn.Module, prefixes: tuple[str, ...], cfg: TopTraining, aux: _AuxTask | None = None
 ) -> list[dict]:
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    groups: dict[tuple[bool, bool, float], list[nn.Parameter]] = {}
+    last_block = len(model._blocks) - 1
     for name, param in model.named_parameters():
         tuned = name.startswith(prefixes)
         param.requires_grad_(tuned)
         if tuned:
-            groups.setdefault((name.startswith("_fc."), param.ndim > 1), []).append(param)
+            scale = _lr_scale(name, last_block, cfg.block_lr_decay)
+            groups.setdefault((name.startswith("_fc."), param.ndim > 1, scale), []).append(param)
     if aux is not None:  # trained like the classifier
         for param in aux.head.parameters():
-            groups.setdefault((True, param.ndim > 1), []).append(param)
+            groups.setdefault((True, param.ndim > 1, 1.0), []).append(param)
     return [
-        {"params": params, "lr": cfg.head_lr if head else cfg.lr, "weight_decay": cfg.weight_decay if decay else 0.0}
-        for (head, decay), params in sorted(groups.items())
+        {
+            "params": params,
+            "lr": cfg.head_lr if head else cfg.lr * scale,
+            "weight_decay": cfg.weight_decay if decay else 0.0,
+        }
+        for (head, decay, scale), params in sorted(groups.items())
     ]
 
 
