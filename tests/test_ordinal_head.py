@@ -149,7 +149,9 @@ def test_the_recipe_trains_and_serves_a_corn_head(tmp_path, capsys):
     assert isinstance(loaded.model._fc, CornHead)
     offsets = loaded.metadata.training["answer_rule_offsets"]
     assert loaded.model._fc.offsets.tolist() == pytest.approx(offsets, abs=1e-3)
-    assert "--head corn" in (tmp_path / "model" / "README.md").read_text()
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "--head corn" in card and "folded into the CORN head's offsets" in card
+    assert "Head: ordinal CORN (6 conditional questions" in card
     # The softmax run of the same options is a different run: nothing of the corn run is resumed.
     assert default_model.run_key(default_model.parse_args(argv + ["--head", "corn"]), "select") != (
         default_model.run_key(default_model.parse_args(argv), "select")

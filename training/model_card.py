@@ -279,6 +279,20 @@ def _distillation_sentence(ensemble: dict[str, Any] | None, training: dict[str, 
     )
 
 
+def _head_sentence(metadata: ModelMetadata) -> str:
+    if metadata.head != "corn":
+        return ""
+    questions = metadata.num_classes - 1
+    return (
+        f'Head: ordinal CORN ({questions} conditional questions "more than k, given more than k-1?", '
+        "`service/ordinal_head.py`), served as log class probabilities. "
+    )
+
+
+def _rule_home(metadata: ModelMetadata) -> str:
+    return "the CORN head's offsets" if metadata.head == "corn" else "the classifier's bias"
+
+
 def _selection_section(metadata: ModelMetadata) -> list[str]:
     """How the epoch and the answer rule were chosen (empty for a model that records no validation)."""
     metrics, training = metadata.metrics, metadata.training
@@ -289,8 +303,9 @@ def _selection_section(metadata: ModelMetadata) -> list[str]:
         "## Training and selection",
         "",
         f"Epoch kept: {training.get('best_epoch')} (best validation accuracy of the served answer). "
-        f"Answer rule: one offset per class added to the log-probabilities, tuned on validation and folded "
-        f"into the classifier's bias (offsets {training.get('answer_rule_offsets')}); validation accuracy "
+        + _head_sentence(metadata)
+        + f"Answer rule: one offset per class added to the log-probabilities, tuned on validation and folded "
+        f"into {_rule_home(metadata)} (offsets {training.get('answer_rule_offsets')}); validation accuracy "
         f"{_pct(val.get('before_rule', {}).get('accuracy'))} before, {_pct(val.get('served', {}).get('accuracy'))} "
         "after. "
         + (
