@@ -77,6 +77,13 @@ def _check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], where: s
         raise ArtifactError(f"{where} does not match the architecture in model.json: " + ", ".join(problems))
 
 
+def module_for(metadata: ModelMetadata) -> nn.Module:
+    """The untrained module ``model.json`` describes (architecture, classes, dropout, head)."""
+    return build_model(
+        metadata.architecture, metadata.num_classes, pretrained=False, dropout=metadata.dropout, head=metadata.head
+    )
+
+
 def save_artifact(model_dir: str | os.PathLike, model: nn.Module, metadata: ModelMetadata) -> Path:
     """Validate and write ``model.pth`` + ``model.json`` into ``model_dir`` (atomically, file by file).
 
@@ -85,13 +92,7 @@ def save_artifact(model_dir: str | os.PathLike, model: nn.Module, metadata: Mode
     """
     model_dir = Path(model_dir)
     try:
-        reference = build_model(
-            metadata.architecture,
-            metadata.num_classes,
-            pretrained=False,
-            dropout=metadata.dropout,
-            head=metadata.head,
-        )
+        reference = module_for(metadata)
     except ArchitectureError as exc:
         raise ArtifactError(f"cannot save: {exc}") from None
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -150,13 +151,7 @@ def load_artifact(model_dir: str | os.PathLike, device: str | torch.device = "cp
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ArtifactError(f"{weights} must hold a state_dict (a dict of tensors), not {type(state).__name__}")
     try:
-        model = build_model(
-            metadata.architecture,
-            metadata.num_classes,
-            pretrained=False,
-            dropout=metadata.dropout,
-            head=metadata.head,
-        )
+        model = module_for(metadata)
     except ArchitectureError as exc:
         raise ArtifactError(f"{model_dir}: {exc}") from None
     _check_state_dict(model, state, str(weights))
