@@ -153,6 +153,13 @@ def test_card_leads_with_the_served_answer():
     assert "| right | 2 | 25.0% |" in card and "expected quantity is below 0.20" in card
 
 
+def test_a_curve_without_a_training_seed_used_the_split_seed():
+    from training.model_card import _recipe_differences
+
+    assert _recipe_differences({"seed": 0, "train_seed": None}, {"seed": 0, "train_seed": 0}) == []
+    assert _recipe_differences({"seed": 0}, {"seed": 0, "train_seed": 1}) == ["train_seed 0 (this model: 1)"]
+
+
 def test_the_shipped_card_is_what_its_model_and_curve_render(tmp_path):
     """The card in service/default_model is generated, never hand-edited: re-rendering it from the shipped
     model.json and learning_curve.json gives the same text, and it says the curve used this model's recipe."""

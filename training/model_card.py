@@ -130,15 +130,25 @@ def _recipe_differences(curve_recipe: dict[str, Any], training: dict[str, Any]) 
     skip = {"final_fit", "test_time_views"}
     fields = RecipeConfig.model_fields
     defaults = {k: f.default for k, f in fields.items() if not f.is_required()}
-    recorded = {
-        key: curve_recipe[key] if key in curve_recipe else _jsonable(defaults[key])
-        for key in training.keys() & (curve_recipe.keys() | defaults.keys())
-    }
+    recorded = _seeded(
+        {
+            key: curve_recipe[key] if key in curve_recipe else _jsonable(defaults[key])
+            for key in training.keys() & (curve_recipe.keys() | defaults.keys())
+        }
+    )
+    training = _seeded(training)
     return [
         f"{key} {recorded[key]} (this model: {training[key]})"
         for key in sorted(recorded.keys() - skip)
         if recorded[key] != training[key]
     ]
+
+
+def _seeded(settings: dict[str, Any]) -> dict[str, Any]:
+    """A training seed left unset is the split's seed: the same run as one that names it."""
+    if "train_seed" in settings and settings["train_seed"] is None and "seed" in settings:
+        return {**settings, "train_seed": settings["seed"]}
+    return settings
 
 
 def _jsonable(value: Any) -> Any:
