@@ -12,10 +12,12 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, get_args
 
 import torch
 from torch import nn
+
+from service.model_metadata import Head
 
 # EfficientNet-Lite was trained in TensorFlow on inputs scaled to [-1, 1] ((x - 127) / 128).
 LITE_MEAN = (127.0 / 255.0,) * 3
@@ -241,7 +243,7 @@ def get_architecture(name: str) -> Architecture:
 
 
 #: Classifier heads (``model.json``'s ``head``): a softmax over the classes, or the ordinal CORN head.
-HEADS = ("softmax", "corn")
+HEADS: tuple[str, ...] = get_args(Head)
 
 
 def build_model(

@@ -19,6 +19,8 @@ FORMAT_VERSION = 1
 
 ResizePolicy = Literal["squash", "letterbox", "center_crop"]
 #: Count-preserving views of a photo the model may average over at test time (:mod:`service.test_time`).
+#: Classifier heads: a softmax over the classes, or the ordinal CORN head (:mod:`service.ordinal_head`).
+Head = Literal["softmax", "corn"]
 TestTimeView = Literal["orig", "hflip", "vflip", "rot180", "rot90", "rot270", "transpose", "antitranspose"]
 
 
@@ -41,7 +43,7 @@ class ModelMetadata(BaseModel):
     mean: tuple[float, float, float] = Field(..., description="Per-channel mean on the 0..1 scale.")
     std: tuple[float, float, float] = Field(..., description="Per-channel standard deviation on the 0..1 scale.")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Head dropout the module was built with.")
-    head: Literal["softmax", "corn"] = Field(
+    head: Head = Field(
         "softmax",
         description="Classifier head: softmax over the classes, or corn (ordinal: K-1 conditional binary outputs, "
         "served as log class probabilities).",

@@ -17,6 +17,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from service.ordinal_head import corn_log_probs
+
+
+def expected_count_error(
+    probs: torch.Tensor, values: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean squared error of the expected count under ``probs`` (class-weighted when ``weights`` are given)."""
+    error = (probs @ values - values[targets]) ** 2
+    if weights is None:
+        return error.mean()
+    w = weights[targets]
+    return (w * error).sum() / w.sum()
+
 
 class CountLoss(nn.Module):
     def __init__(
@@ -38,13 +51,7 @@ class CountLoss(nn.Module):
         logits = logits.float()  # AMP: the loss is computed in float32
         loss = F.cross_entropy(logits, targets, weight=self.weights, label_smoothing=self.label_smoothing)
         if self.ordinal_weight > 0:
-            expected = logits.softmax(dim=-1) @ self.values
-            error = (expected - self.values[targets]) ** 2
-            if self.weights is not None:
-                w = self.weights[targets]
-                error = (w * error).sum() / w.sum()
-            else:
-                error = error.mean()
+            error = expected_count_error(logits.softmax(dim=-1), self.values, targets, self.weights)
             loss = loss + self.ordinal_weight * error
         return loss
 
@@ -93,10 +100,8 @@ class CornLoss(nn.Module):
         self.ordinal_weight = float(ordinal_weight)
 
     def forward(self, conditional_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        from service.ordinal_head import corn_log_probs
-
         loss = corn_loss(conditional_logits, targets)
         if self.ordinal_weight > 0:
-            expected = corn_log_probs(conditional_logits.float()).exp() @ self.values
-            loss = loss + self.ordinal_weight * ((expected - self.values[targets]) ** 2).mean()
+            probs = corn_log_probs(conditional_logits.float()).exp()
+            loss = loss + self.ordinal_weight * expected_count_error(probs, self.values, targets)
         return loss

@@ -44,7 +44,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from service.architectures import LITE_VARIANTS, build_model, get_architecture
 from service.artifact import load_artifact, metadata_for, save_artifact
 from service.files import atomic_write_json
-from service.model_metadata import TestTimeView
+from service.model_metadata import Head, TestTimeView
 from training.dataset import check_images
 from training.labels import LabelledBin, LabelPolicy, apply_label_policy
 from training.layouts import read_abid
@@ -106,7 +106,7 @@ class RecipeConfig(BaseModel):
         description="same: a view of a photo learns the teachers' probabilities of that view; all: of every "
         "training view averaged (the teachers' test-time views ensemble too, still one forward pass to serve)",
     )
-    head: Literal["softmax", "corn"] = Field(
+    head: Head = Field(
         "softmax",
         description="classifier head: softmax (cross-entropy) or corn (ordinal: K-1 conditional binary questions, "
         "service.ordinal_head; label smoothing does not apply)",

@@ -24,7 +24,7 @@ from training.item_targets import masked_mse
 from training.losses import CornLoss, CountLoss
 from training.metrics import compute_metrics
 from training.optim import lr_factor
-from training.recipes.lite_parts import classify, top_forward, top_pooled, tuned_prefixes
+from training.recipes.lite_parts import classify, num_blocks, top_forward, top_pooled, tuned_prefixes
 
 Log = Callable[..., None]
 
@@ -83,7 +83,7 @@ def _param_groups(
     model: nn.Module, prefixes: tuple[str, ...], cfg: TopTraining, aux: _AuxTask | None = None
 ) -> list[dict]:
     groups: dict[tuple[bool, bool, float], list[nn.Parameter]] = {}
-    last_block = len(model._blocks) - 1
+    last_block = num_blocks(model) - 1
     for name, param in model.named_parameters():
         tuned = name.startswith(prefixes)
         param.requires_grad_(tuned)
