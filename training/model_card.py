@@ -289,6 +289,21 @@ def _distillation_sentence(ensemble: dict[str, Any] | None, training: dict[str, 
     )
 
 
+def _epoch_sentence(training: dict[str, Any], members: dict[str, Any] | None) -> str:
+    """Which epoch the weights come from; for a soup, its members and what each scored alone."""
+    if not members:
+        return f"Epoch kept: {training.get('best_epoch')} (best validation accuracy of the served answer). "
+    parts = [
+        f"seed {seed} (epoch {part['best_epoch']}, {_pct(part['served'])} on validation with its own answer rule)"
+        for seed, part in members.items()
+    ]
+    return (
+        f"Weights: a model soup, the weight-by-weight mean of {len(parts)} tops trained from different seeds, each "
+        f"kept at its best validation epoch: {', '.join(parts)}; BatchNorm statistics recomputed for the mean "
+        "(`training/recipes/soup.py`). It serves as one model. "
+    )
+
+
 def _head_sentence(metadata: ModelMetadata) -> str:
     if metadata.head != "corn":
         return ""
@@ -312,14 +327,15 @@ def _selection_section(metadata: ModelMetadata) -> list[str]:
     return [
         "## Training and selection",
         "",
-        f"Epoch kept: {training.get('best_epoch')} (best validation accuracy of the served answer). "
+        _epoch_sentence(training, val.get("soup_members"))
         + _head_sentence(metadata)
         + f"Answer rule: one offset per class added to the log-probabilities, tuned on validation and folded "
         f"into {_rule_home(metadata)} (offsets {training.get('answer_rule_offsets')}); validation accuracy "
         f"{_pct(val.get('before_rule', {}).get('accuracy'))} before, {_pct(val.get('served', {}).get('accuracy'))} "
         "after. "
         + (
-            "The weights shipped are a final fit on train + validation for that many epochs. "
+            "The weights shipped are a final fit on train + validation for that many epochs"
+            + (" (each member refit, then averaged). " if val.get("soup_members") else ". ")
             if training.get("final_fit")
             else ""
         )

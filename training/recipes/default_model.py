@@ -106,6 +106,12 @@ class RecipeConfig(BaseModel):
         description="same: a view of a photo learns the teachers' probabilities of that view; all: of every "
         "training view averaged (the teachers' test-time views ensemble too, still one forward pass to serve)",
     )
+    soup_seeds: tuple[int, ...] = Field(
+        (),
+        description="comma-separated training seeds whose tops (each at its own best epoch) are averaged weight by "
+        "weight into the shipped model (a model soup, training.recipes.soup: an ensemble at one model's serving "
+        "cost); empty: off",
+    )
     head: Head = Field(
         "softmax",
         description="classifier head: softmax (cross-entropy) or corn (ordinal: K-1 conditional binary questions, "
@@ -132,7 +138,7 @@ class RecipeConfig(BaseModel):
     feature_runtime: Runtime = "auto"
     limit: int | None = Field(None, ge=20, description="use only this many bins (quick checks)")
 
-    @field_validator("augment", "test_time_views", "teacher_seeds", mode="before")
+    @field_validator("augment", "test_time_views", "teacher_seeds", "soup_seeds", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else value
@@ -152,6 +158,13 @@ class RecipeConfig(BaseModel):
             raise ValueError("augment needs at least one variant, e.g. orig")
         if len(set(self.teacher_seeds)) != len(self.teacher_seeds):
             raise ValueError(f"teacher_seeds needs distinct seeds; got {list(self.teacher_seeds)}")
+        if self.soup_seeds:
+            if len(set(self.soup_seeds)) != len(self.soup_seeds) or len(self.soup_seeds) < 2:
+                raise ValueError(f"soup_seeds needs two or more distinct seeds; got {list(self.soup_seeds)}")
+            if self.train_seed is not None:
+                raise ValueError("soup_seeds names the training seeds; leave train_seed unset")
+            if self.teacher_seeds:
+                raise ValueError("soup_seeds and teacher_seeds are two ways to use several seeds; choose one")
         if not self.test_time_views or len(set(self.test_time_views)) != len(self.test_time_views):
             raise ValueError(f"test_time_views needs distinct views, e.g. orig; got {list(self.test_time_views)}")
         return self
@@ -185,6 +198,11 @@ class RecipeConfig(BaseModel):
     def teacher(self, seed: int) -> "RecipeConfig":
         """The recipe of one teacher: these settings, its own training seed, no distillation."""
         return self.model_copy(update={"train_seed": seed, "teacher_seeds": ()})
+
+    def member(self, seed: int) -> "RecipeConfig":
+        """The recipe of one member of the soup: these settings with its own training seed (so its
+        checkpoints are those of a plain run with ``--train-seed``)."""
+        return self.model_copy(update={"train_seed": seed, "soup_seeds": ()})
 
 
 def log(**fields: object) -> None:
@@ -318,6 +336,8 @@ def run_key(cfg: RecipeConfig, what: str) -> str:
         del fields["head"]  # runs from before the option resume
     if fields["train_seed"] in (None, fields["seed"]):
         del fields["train_seed"]  # likewise, and a training seed equal to the split's is the default
+    if not fields["soup_seeds"]:
+        del fields["soup_seeds"]  # runs from before the option resume
     if not fields["teacher_seeds"]:
         del fields["teacher_seeds"], fields["distill_weight"], fields["distill_views"]  # no teachers: no effect
     elif fields["distill_views"] == "same":
@@ -337,10 +357,11 @@ def view_probabilities(
 class TrainedTop:
     model: torch.nn.Module
     history: list[dict]
-    best_epoch: int
+    best_epoch: int | list[int]  # a soup's: each member's, in soup_seeds' order
     offsets: torch.Tensor | None
     val: dict
     val_probs: torch.Tensor  # validation probabilities under the tuned answer rule
+    member_histories: dict[str, list[dict]] | None = None  # a soup's, per member seed
 
 
 def teacher_targets(cfg: RecipeConfig, bins: RecipeBins, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -376,14 +397,15 @@ def train_and_select(
     """Train on the training part, pick the epoch and the answer rule on validation.
 
     With ``teacher_seeds`` the teachers are trained (or read from their checkpoints) first, and
-    their ensemble's validation figures are recorded beside the student's.
+    their ensemble's validation figures are recorded beside the student's. With ``soup_seeds``
+    each member is trained (or read) as a run of its own and their tops are averaged
+    (:func:`soup_selection`).
     """
-    from training.metrics import compute_metrics, counts_task_metrics
-
+    if cfg.soup_seeds:
+        return soup_selection(cfg, bins, features)
     torch.manual_seed(cfg.training_seed)
     model = build_model(cfg.architecture, bins.policy.num_classes, pretrained=True, dropout=cfg.dropout, head=cfg.head)
     features = features if features is not None else tuning_features(cfg, model, bins)
-    labels = bins.labels
     train_idx, val_idx = bins.indices(bins.split.train), bins.indices(bins.split.val)
     class_values = recipe_metadata(cfg, bins).class_values
     per_view = teacher_targets(cfg, bins, features) if cfg.teacher_seeds else None
@@ -393,7 +415,7 @@ def train_and_select(
     history = train_top(
         model,
         features,
-        labels,
+        bins.labels,
         train_idx,
         val_idx,
         class_values,
@@ -404,16 +426,37 @@ def train_and_select(
         soft_targets=soft,
     )
     best_epoch = max(history, key=lambda h: h["val_acc"])["epoch"]
+    extra = {}
+    if per_view is not None:
+        val_y = bins.labels[val_idx]
+        names = bins.policy.labels
+        extra["teachers_ensemble"] = ensemble_figures(cfg, per_view, val_idx, val_y, class_values, names)
+    return selected_top(cfg, bins, features, model, history, best_epoch, extra)
+
+
+def selected_top(
+    cfg: RecipeConfig,
+    bins: RecipeBins,
+    features: dict[str, torch.Tensor],
+    model: torch.nn.Module,
+    history: list[dict],
+    best_epoch: int | list[int],
+    extra_val: dict | None = None,
+) -> TrainedTop:
+    """Tune the answer rule of a trained top on validation and record its validation figures."""
+    from training.metrics import compute_metrics, counts_task_metrics
+
+    val_idx = bins.indices(bins.split.val)
+    class_values = recipe_metadata(cfg, bins).class_values
     probs = view_probabilities(model, features, val_idx, cfg)
-    val_y = labels[val_idx]
+    val_y = bins.labels[val_idx]
     names = bins.policy.labels
     before, offsets, after = answer_rule(probs, val_y, class_values, names, cfg.tune_decision)
     val = {"before_rule": before, **({"after_rule": after} if after is not None else {})}
     final = (probs.clamp_min(1e-8).log() + (offsets if offsets is not None else 0)).softmax(1)
     val["served"] = compute_metrics(final.argmax(1), val_y, class_values, names)
     val["counts_task"] = counts_task_metrics(final, val_y, class_values, names)
-    if per_view is not None:
-        val["teachers_ensemble"] = ensemble_figures(cfg, per_view, val_idx, val_y, class_values, names)
+    val.update(extra_val or {})
     log(
         best_epoch=best_epoch,
         val_acc_before_rule=round(val["before_rule"]["accuracy"], 4),
@@ -422,6 +465,50 @@ def train_and_select(
         offsets=[round(v, 2) for v in offsets.tolist()] if offsets is not None else "none",
     )
     return TrainedTop(model, history, best_epoch, offsets, val, final)
+
+
+def soup_selection(cfg: RecipeConfig, bins: RecipeBins, features: dict[str, torch.Tensor] | None = None) -> TrainedTop:
+    """Each of ``soup_seeds`` trained and selected as a run of its own (its checkpoints resume), their
+    tops averaged (:mod:`training.recipes.soup`), then the soup's answer rule tuned on validation.
+
+    The history is the first member's (the training curves); every member's is kept in
+    ``member_histories`` and its validation figures in ``val["soup_members"]``.
+    """
+    if features is None:
+        features = tuning_features(cfg, build_model(cfg.architecture, bins.policy.num_classes, pretrained=True), bins)
+    members = {seed: train_and_select(cfg.member(seed), bins, features) for seed in cfg.soup_seeds}
+    model = soup_model(cfg, bins, features, [m.model for m in members.values()], bins.split.train)
+    figures = {
+        str(seed): {
+            "best_epoch": m.best_epoch,
+            "before_rule": m.val["before_rule"]["accuracy"],
+            "served": m.val["served"]["accuracy"],
+            "counts_task": (m.val["counts_task"] or {}).get("accuracy"),
+        }
+        for seed, m in members.items()
+    }
+    for seed, part in figures.items():
+        log(soup_member=seed, member_best_epoch=part["best_epoch"], member_val_acc_served=round(part["served"], 4))
+    epochs = [m.best_epoch for m in members.values()]
+    first = next(iter(members.values()))
+    selected = selected_top(cfg, bins, features, model, first.history, epochs, {"soup_members": figures})
+    selected.member_histories = {str(seed): m.history for seed, m in members.items()}
+    return selected
+
+
+def soup_model(
+    cfg: RecipeConfig,
+    bins: RecipeBins,
+    features: dict[str, torch.Tensor],
+    members: list[torch.nn.Module],
+    norm_bins: list[LabelledBin],
+) -> torch.nn.Module:
+    """A fresh network holding the mean of ``members``' tops, BatchNorm recomputed on ``norm_bins``."""
+    from training.recipes.soup import load_soup
+
+    model = build_model(cfg.architecture, bins.policy.num_classes, pretrained=True, dropout=cfg.dropout, head=cfg.head)
+    load_soup(model, members, features["orig"], bins.indices(norm_bins), cfg.first_tuned_block, seed=cfg.seed)
+    return model
 
 
 def answer_rule(
@@ -468,9 +555,20 @@ def spread_views(cfg: RecipeConfig, soft: dict[str, torch.Tensor]) -> dict[str, 
 
 
 def final_fit(
-    cfg: RecipeConfig, bins: RecipeBins, features: dict[str, torch.Tensor], epochs: int
-) -> tuple[torch.nn.Module, list[dict]]:
-    """Retrain from the ImageNet start on train + validation for the epochs validation chose."""
+    cfg: RecipeConfig, bins: RecipeBins, features: dict[str, torch.Tensor], epochs: int | list[int]
+) -> tuple[torch.nn.Module, list[dict] | dict[str, list[dict]]]:
+    """Retrain from the ImageNet start on train + validation for the epochs validation chose.
+
+    A soup refits each member for its own epochs and averages the refits (BatchNorm recomputed on
+    train + validation); the histories are returned per member seed.
+    """
+    if cfg.soup_seeds:
+        assert isinstance(epochs, list), "a soup's selection records each member's epochs"
+        fits = {seed: final_fit(cfg.member(seed), bins, features, e) for seed, e in zip(cfg.soup_seeds, epochs)}
+        fit_bins = bins.split.train + bins.split.val
+        model = soup_model(cfg, bins, features, [m for m, _ in fits.values()], fit_bins)
+        return model, {str(seed): history for seed, (_, history) in fits.items()}
+    assert isinstance(epochs, int)
     fit_idx = bins.indices(bins.split.train) + bins.indices(bins.split.val)
     soft = spread_views(cfg, teacher_targets(cfg, bins, features)) if cfg.teacher_seeds else None
     torch.manual_seed(cfg.training_seed)
@@ -616,6 +714,8 @@ def run(cfg: RecipeConfig) -> Path:
     features = tuning_features(cfg, build_model(cfg.architecture, bins.policy.num_classes, pretrained=True), bins)
     selected = train_and_select(cfg, bins, features)
     model, history = selected.model, selected.history
+    if selected.member_histories is not None:
+        history = {"soup_members": selected.member_histories}
     if cfg.final_fit:
         model, fit_history = final_fit(cfg, bins, features, selected.best_epoch)
         history = {"selection": history, "final_fit": fit_history}
@@ -634,7 +734,7 @@ def run(cfg: RecipeConfig) -> Path:
     log(
         saved=out,
         wall_time_s=round(time.time() - started),
-        final_fit_epochs=len(history["final_fit"]) if cfg.final_fit else 0,
+        final_fit_epochs=selected.best_epoch if cfg.final_fit else 0,
     )
     return out
 
