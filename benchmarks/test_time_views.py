@@ -6,7 +6,8 @@ Takes the recipe's options (``python -m training.recipes.default_model --help``)
 run's checkpoint and the cached trunk features (run the recipe or the sweep with the same options
 first; nothing is trained here) and prints, for every set of cached views that holds ``orig``, the
 validation accuracy of the served answer before and after its own answer rule, and the challenge
-protocol's accuracy and RMSE. Each view is one more forward pass when served. The test split is not read.
+protocol's accuracy and RMSE. With ``--soup-seeds`` the members' runs are read and averaged (a model
+soup). Each view is one more forward pass when served. The test split is not read.
 """
 
 from __future__ import annotations
@@ -28,23 +29,37 @@ from training.recipes.default_model import (  # noqa: E402
     recipe_metadata,
     run_key,
     select_bins,
+    soup_model,
     tuning_features,
     view_probabilities,
 )
 
 
+def selected_model(cfg, bins, features, checkpoints: list[Path]) -> torch.nn.Module:
+    """The selection run's top at its best epoch; with ``soup_seeds`` the soup of the members' tops."""
+    members = []
+    for checkpoint in checkpoints:
+        model = build_model(cfg.architecture, bins.policy.num_classes, pretrained=True, head=cfg.head)
+        saved = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(saved["best_state"] or saved["top"], strict=False)
+        members.append(model)
+    if not cfg.soup_seeds:
+        return members[0]
+    return soup_model(cfg, bins, features, members, bins.split.train)
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv, prog="python benchmarks/test_time_views.py", description=__doc__.split("\n\n")[0])
     torch.set_num_threads(cfg.threads)
-    checkpoint = cfg.cache_dir / "runs" / f"{run_key(cfg, 'select')}.pt"
-    if not checkpoint.is_file():
-        print(f"error: no selection run for these options ({checkpoint}); run the recipe first", file=sys.stderr)
-        return 2
+    runs = [cfg.member(seed) for seed in cfg.soup_seeds] if cfg.soup_seeds else [cfg]
+    checkpoints = [run.cache_dir / "runs" / f"{run_key(run, 'select')}.pt" for run in runs]
+    for checkpoint in checkpoints:
+        if not checkpoint.is_file():
+            print(f"error: no selection run for these options ({checkpoint}); run the recipe first", file=sys.stderr)
+            return 2
     bins = select_bins(cfg)
-    model = build_model(cfg.architecture, bins.policy.num_classes, pretrained=True, dropout=cfg.dropout, head=cfg.head)
-    features = tuning_features(cfg, model, bins)
-    saved = torch.load(checkpoint, weights_only=False)
-    model.load_state_dict(saved["best_state"] or saved["top"], strict=False)
+    features = tuning_features(cfg, build_model(cfg.architecture, bins.policy.num_classes, pretrained=True), bins)
+    model = selected_model(cfg, bins, features, checkpoints)
     val_idx = bins.indices(bins.split.val)
     labels = bins.labels[val_idx]
     class_values, names = recipe_metadata(cfg, bins).class_values, bins.policy.labels

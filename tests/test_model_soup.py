@@ -116,3 +116,13 @@ def test_the_recipe_serves_a_soup_of_its_seeds(tmp_path, capsys):
     assert set(history["soup_members"]) == {"0", "1"}
     card = (tmp_path / "soup" / "README.md").read_text()
     assert "--soup-seeds 0,1" in card and "Weights: a model soup, the weight-by-weight mean of 2 tops" in card
+
+    # The views benchmark reads the members' runs and scores their soup under each set of views.
+    import runpy
+    from pathlib import Path
+
+    bench = runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / "test_time_views.py"))
+    assert bench["main"](argv + ["--soup-seeds", "0,1"]) == 0
+    assert "views: orig forward_passes: 1" in capsys.readouterr().out
+    assert bench["main"](argv + ["--soup-seeds", "0,7"]) == 2  # seed 7 never ran
+    assert "no selection run" in capsys.readouterr().err
