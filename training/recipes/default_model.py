@@ -16,7 +16,8 @@ between and fits a 2-core CPU:
    (:func:`training.optim.lr_factor`), keeping the epoch with the best validation accuracy;
    With ``teacher_seeds`` the same top is first trained from those seeds (the teachers), and the
    model learns their averaged probabilities beside the labels (:mod:`training.recipes.distill`):
-   an ensemble's answer at one model's serving cost;
+   an ensemble's answer at one model's serving cost. With ``soup_seeds`` the top is trained from
+   each seed as a run of its own and the runs' weights are averaged (:mod:`training.recipes.soup`);
 3. tune the answer rule (one offset per class, :mod:`training.recipes.decision`) on validation for
    the served accuracy and fold it into the classifier's bias;
 4. optionally refit on train + validation for the chosen number of epochs (``final_fit``);
