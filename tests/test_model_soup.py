@@ -11,8 +11,8 @@ import torch
 from service.architectures import build_model
 from service.artifact import load_artifact
 from training.recipes import default_model
-from training.recipes.lite_parts import top_forward
-from training.recipes.soup import average_states, load_soup, top_state
+from training.recipes.lite_parts import top_forward, top_state
+from training.recipes.soup import average_states, load_soup
 
 
 def test_average_states_is_the_mean_of_the_weights_and_keeps_integer_buffers():

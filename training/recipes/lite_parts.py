@@ -52,6 +52,12 @@ def tuned_prefixes(model: nn.Module, first_block: int) -> tuple[str, ...]:
     return blocks + ("_conv_head.", "_bn1.", "_fc.")
 
 
+def top_state(model: nn.Module, first_block: int) -> dict[str, torch.Tensor]:
+    """A detached copy of the tensors of the top of ``model`` (:func:`tuned_prefixes`)."""
+    prefixes = tuned_prefixes(model, first_block)
+    return {n: t.detach().clone() for n, t in model.state_dict().items() if n.startswith(prefixes)}
+
+
 class Trunk(nn.Module):
     """The frozen part as a module of its own (what the feature cache exports to ONNX)."""
 

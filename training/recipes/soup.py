@@ -6,8 +6,9 @@ into one student did not keep its gain here (README, "Training-seed noise and di
 tops start from the same ImageNet blocks and move little from them in a few epochs, so they stay
 in one basin of the loss: measured on the recipe's validation bins, the mean of two CORN tops'
 weights answers like the mean of their probabilities (46.8% vs 47.0% served, where averaging
-weights of tops from unrelated starts would give noise). The soup therefore keeps the ensemble's
-gain at one model's cost (Wortsman et al., "Model soups", 2022).
+weights of tops from unrelated starts would give noise), at one model's cost (Wortsman et al.,
+"Model soups", 2022). On this recipe neither beat its best member, and three seeds' soup (45.8%)
+trailed its members' mean (46.6%): the seeds disagree too little for averaging to pay (README).
 
 The averaged weights give activations no member had, so the BatchNorm statistics of the soup are
 recomputed on training features (:func:`training.recipes.top_training.recalibrate_norms`), as
@@ -21,7 +22,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from training.recipes.lite_parts import tuned_prefixes
+from training.recipes.lite_parts import top_state, tuned_prefixes
 from training.recipes.top_training import recalibrate_norms
 
 
@@ -47,12 +48,6 @@ def average_states(states: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, to
         else:
             soup[name] = first.clone()
     return soup
-
-
-def top_state(model: nn.Module, first_block: int) -> dict[str, torch.Tensor]:
-    """The tensors of the tuned top of ``model`` (the blocks from ``first_block`` on, head conv, classifier)."""
-    prefixes = tuned_prefixes(model, first_block)
-    return {n: t.detach().clone() for n, t in model.state_dict().items() if n.startswith(prefixes)}
 
 
 def load_soup(

@@ -24,7 +24,7 @@ from training.item_targets import masked_mse
 from training.losses import CornLoss, CountLoss
 from training.metrics import compute_metrics
 from training.optim import lr_factor
-from training.recipes.lite_parts import classify, num_blocks, top_forward, top_pooled, tuned_prefixes
+from training.recipes.lite_parts import classify, num_blocks, top_forward, top_pooled, top_state, tuned_prefixes
 
 Log = Callable[..., None]
 
@@ -375,9 +375,7 @@ def train_top(
         log(**row)
         if cfg.select_best and val_idx and row["val_acc"] > progress.best_acc:
             progress.best_acc = row["val_acc"]
-            progress.best_state = {
-                n: t.detach().clone() for n, t in model.state_dict().items() if n.startswith(prefixes)
-            }
+            progress.best_state = top_state(model, k)
         if checkpoint is not None:
             _save(checkpoint, model, prefixes, optimizer, rng, progress, aux)
     if progress.best_state is not None:
