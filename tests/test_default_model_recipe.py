@@ -8,7 +8,7 @@ import torch
 
 from service.architectures import build_model
 from service.artifact import load_artifact, metadata_for
-from training.model_card import refresh_model_card, render_model_card
+from training.model_card import _recipe_differences, refresh_model_card, render_model_card
 from training.recipes import default_model, learning_curve, sweep
 from training.recipes.decision import accuracy_with_offsets, fold_offsets, tune_offsets
 from training.recipes.feature_cache import VARIANT_TRANSFORMS, TrunkRunner
@@ -154,7 +154,6 @@ def test_card_leads_with_the_served_answer():
 
 
 def test_a_curve_without_a_training_seed_used_the_split_seed():
-    from training.model_card import _recipe_differences
 
     assert _recipe_differences({"seed": 0, "train_seed": None}, {"seed": 0, "train_seed": 0}) == []
     assert _recipe_differences({"seed": 0}, {"seed": 0, "train_seed": 1}) == ["train_seed 0 (this model: 1)"]
@@ -162,7 +161,8 @@ def test_a_curve_without_a_training_seed_used_the_split_seed():
 
 def test_the_shipped_card_is_what_its_model_and_curve_render(tmp_path):
     """The card in service/default_model is generated, never hand-edited: re-rendering it from the shipped
-    model.json and learning_curve.json gives the same text, and it says the curve used this model's recipe."""
+    model.json and learning_curve.json gives the same text, and it says which recipe the curve used (this model's,
+    or how it differs)."""
     import shutil
 
     shipped = Path(__file__).parents[1] / "service" / "default_model"
@@ -171,7 +171,11 @@ def test_the_shipped_card_is_what_its_model_and_curve_render(tmp_path):
     assert refresh_model_card(copy, "../shared/abid") == copy / "README.md"
     card = (copy / "README.md").read_text()
     assert card == (shipped / "README.md").read_text()
-    assert "This model's recipe on a seeded share" in card
+    curve = json.loads((shipped / "learning_curve.json").read_text())
+    model = json.loads((shipped / "model.json").read_text())
+    differences = _recipe_differences(curve["recipe"], model["training"])
+    expected = "This model's recipe" if not differences else "A different recipe (" + "; ".join(differences) + ")"
+    assert f"{expected} on a seeded share" in card
     int8 = json.loads((shipped / "model.json").read_text())["quantization"]["int8"]["evaluation"]
     assert f"({int8['accuracy_change_points']:+.2f} points)" in card.split("## int8 graph", 1)[1]
 
