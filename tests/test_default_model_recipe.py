@@ -153,6 +153,24 @@ def test_card_leads_with_the_served_answer():
     assert "| right | 2 | 25.0% |" in card and "expected quantity is below 0.20" in card
 
 
+def test_a_shrunk_copy_is_made_like_the_samples_copies():
+    """224x224, squashed whatever the photo's shape, JPEG at quality 75 (the sample's quantization tables)."""
+    import io
+    import runpy
+
+    from PIL import Image
+
+    bench = runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / "full_size_copies.py"))
+    photo = io.BytesIO()
+    Image.new("RGB", (440, 360), (200, 40, 40)).save(photo, "PNG")
+    copy = Image.open(io.BytesIO(bench["shrunk_copy"](photo.getvalue())))
+    reference = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(reference, "JPEG", quality=75)
+    assert copy.format == "JPEG" and copy.size == (224, 224)
+    assert copy.quantization == Image.open(reference).quantization
+    assert copy.convert("RGB").getpixel((5, 200))[0] > 150
+
+
 def test_a_curve_without_a_training_seed_used_the_split_seed():
 
     assert _recipe_differences({"seed": 0, "train_seed": None}, {"seed": 0, "train_seed": 0}) == []
@@ -251,6 +269,14 @@ def test_recipe_writes_a_loadable_artifact_and_resumes(tmp_path, capsys):
     assert views_bench["main"](argv[:2] + argv[4:14] + argv[15:]) == 0
     printed = capsys.readouterr().out
     assert "views: orig forward_passes: 1" in printed and "views: orig+hflip forward_passes: 2" in printed
+
+    # The full-size-photo benchmark serves the model's test photos as sent and as shrunk copies.
+    copies_bench = runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / "full_size_copies.py"))
+    assert copies_bench["main"](["--model-dir", str(out), "--data-dir", str(data), "--parts", "test"]) == 0
+    printed = capsys.readouterr().out
+    n_test = meta.metrics["test"]["n"]
+    assert f"part: test view: as_sent full_size_photos: {n_test} " in printed
+    assert f"part: test view: shrunk_copy full_size_photos: {n_test} " in printed
 
     # The sweep (validation only) and the learning curve run on the same caches.
     assert (
