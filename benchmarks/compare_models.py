@@ -22,6 +22,7 @@ from service.artifact import load_artifact  # noqa: E402
 from training.evaluate import label_policy_for, predict_items  # noqa: E402
 from training.labels import apply_label_policy  # noqa: E402
 from training.layouts import read_abid  # noqa: E402
+from training.log import fields_text  # noqa: E402
 from training.recipes.served_metrics import headline, served_metrics  # noqa: E402
 from training.splits import read_split_manifest  # noqa: E402
 
@@ -45,11 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         items, _ = apply_label_policy(records, label_policy_for(meta))
         probs, labels, _, _ = predict_items(loaded.model, meta, items, batch_size=64)
         figures = headline(served_metrics(probs, labels, meta.class_values, meta.labels))
-        print(
-            f"model: {model_dir} "
-            + " ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in figures.items()),
-            flush=True,
-        )
+        print(f"model: {model_dir} {fields_text(figures)}", flush=True)
     return 0
 
 

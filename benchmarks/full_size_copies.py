@@ -25,7 +25,8 @@ from benchmarks.served_accuracy import served_probabilities  # noqa: E402
 from service.predictor import Predictor  # noqa: E402
 from training.evaluate import label_policy_for  # noqa: E402
 from training.labels import apply_label_policy  # noqa: E402
-from training.layouts import read_abid  # noqa: E402
+from training.layouts import read_abid, shrunk_copy_ids  # noqa: E402
+from training.log import fields_text  # noqa: E402
 from training.recipes.served_metrics import headline, served_metrics  # noqa: E402
 from training.splits import read_split_manifest  # noqa: E402
 
@@ -59,8 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    shrunk_list = args.data_dir / "resized_224.txt"
-    shrunk = set(shrunk_list.read_text().split()) if shrunk_list.is_file() else set()
+    shrunk = shrunk_copy_ids(args.data_dir)
     split = read_split_manifest(args.model_dir / "split.json")
     predictor = Predictor.from_artifact(args.model_dir, runtime=args.runtime, threads=args.threads)
     meta = predictor.metadata
@@ -78,11 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         for view, batch in (("as_sent", items), ("shrunk_copy", [_Copied(it) for it in items])):
             probs = served_probabilities(predictor, batch)
             figures = headline(served_metrics(probs, labels, meta.class_values, meta.labels))
-            print(
-                f"part: {part} view: {view} full_size_photos: {len(items)} "
-                + " ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in figures.items()),
-                flush=True,
-            )
+            print(f"part: {part} view: {view} full_size_photos: {len(items)} {fields_text(figures)}", flush=True)
     return 0
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from service.preprocess import decode_image, resize_image, to_rgb
+from training.layouts import shrunk_copy_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 224
@@ -84,8 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=200, help="photos of each kind")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-    shrunk_list = args.data_dir / "resized_224.txt"
-    shrunk = set(shrunk_list.read_text().split()) if shrunk_list.exists() else set()
+    shrunk = shrunk_copy_ids(args.data_dir)
     paths = sorted((args.data_dir / "bin-images").glob("*.jpg"))
     kinds = {
         "copies_224px": [p for p in paths if p.stem in shrunk][: args.images],

@@ -26,6 +26,7 @@ from service.predictor import Predictor  # noqa: E402
 from training.evaluate import label_policy_for  # noqa: E402
 from training.labels import apply_label_policy  # noqa: E402
 from training.layouts import read_abid  # noqa: E402
+from training.log import fields_text  # noqa: E402
 from training.recipes.served_metrics import headline, served_metrics  # noqa: E402
 from training.splits import read_split_manifest  # noqa: E402
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.time() - started
     figures = headline(served_metrics(probs, labels, meta.class_values, meta.labels))
     print(f"runtime: {predictor.runtime.name} bins: {len(items)} img_per_s: {len(items) / seconds:.1f}")
-    print(" ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in figures.items()))
+    print(fields_text(figures))
     if args.compare_torch:
         reference = Predictor.from_artifact(args.model_dir, runtime="torch", threads=args.threads)
         ref = served_probabilities(reference, items)

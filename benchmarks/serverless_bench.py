@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from binsight_aws.serverless import MEMORY_HEADROOM, PAYLOAD_LIMIT_MB, memory_size_for  # noqa: E402
+from training.layouts import shrunk_copy_ids  # noqa: E402
 
 ABID_IMAGES = ROOT.parent / "shared" / "abid" / "bin-images"
 PING_LIMIT_S = 180.0
@@ -106,8 +107,7 @@ def oversize_status(url: str, size: int) -> int:
 
 
 def photos(count: int) -> tuple[list[bytes], str]:
-    shrunk_list = ABID_IMAGES.parent / "resized_224.txt"  # copies already shrunk to 224x224 are not photos
-    shrunk = set(shrunk_list.read_text().split()) if shrunk_list.exists() else set()
+    shrunk = shrunk_copy_ids(ABID_IMAGES.parent)  # copies already shrunk to 224x224 are not photos
     found = sorted(ABID_IMAGES.glob("*.jpg")) if ABID_IMAGES.is_dir() else []
     paths = [p for p in found if p.stem not in shrunk][:count]
     if paths:

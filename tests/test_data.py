@@ -272,3 +272,11 @@ def test_dataset_applies_exif_orientation(tmp_path: Path) -> None:
     item = LabelledBin(BinRecord("rot", path, 1), 1)
     x, _ = BinDataset([item], lambda im: torch.tensor(im.size))[0]
     assert x.tolist() == [20, 40]
+
+
+def test_shrunk_copy_ids_reads_the_samples_list_and_is_empty_without_one(tmp_path):
+    from training.layouts import SHRUNK_COPIES_LIST, shrunk_copy_ids
+
+    assert shrunk_copy_ids(tmp_path) == set()
+    (tmp_path / SHRUNK_COPIES_LIST).write_text("00010\n10\n01000\n")
+    assert shrunk_copy_ids(tmp_path) == {"00010", "10", "01000"}

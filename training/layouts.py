@@ -142,6 +142,16 @@ def scan_abid(root: str | os.PathLike) -> tuple[list[BinRecord], ScanReport]:
     return records, report
 
 
+SHRUNK_COPIES_LIST = "resized_224.txt"
+
+
+def shrunk_copy_ids(root: str | os.PathLike) -> set[str]:
+    """Ids of the bins whose photo the ABID sample ships as a copy already shrunk to 224x224 (its
+    ``resized_224.txt``); empty where the folder has no such list (the bucket's own layout, test data)."""
+    listing = Path(root) / SHRUNK_COPIES_LIST
+    return set(listing.read_text().split()) if listing.is_file() else set()
+
+
 def read_abid(root: str | os.PathLike, log: Log | None = print_line) -> list[BinRecord]:
     """Records of an ABID directory; skipped files are counted and logged (see :func:`scan_abid`)."""
     records, report = scan_abid(root)
