@@ -8,7 +8,7 @@ import torch
 
 from service.architectures import build_model
 from service.artifact import load_artifact, metadata_for
-from training.model_card import _recipe_differences, refresh_model_card, render_model_card
+from training.model_card import recipe_differences, refresh_model_card, render_model_card
 from training.recipes import default_model, learning_curve, sweep
 from training.recipes.decision import accuracy_with_offsets, fold_offsets, tune_offsets
 from training.recipes.feature_cache import VARIANT_TRANSFORMS, TrunkRunner
@@ -173,8 +173,8 @@ def test_a_shrunk_copy_is_made_like_the_samples_copies():
 
 def test_a_curve_without_a_training_seed_used_the_split_seed():
 
-    assert _recipe_differences({"seed": 0, "train_seed": None}, {"seed": 0, "train_seed": 0}) == []
-    assert _recipe_differences({"seed": 0}, {"seed": 0, "train_seed": 1}) == ["train_seed 0 (this model: 1)"]
+    assert recipe_differences({"seed": 0, "train_seed": None}, {"seed": 0, "train_seed": 0}) == []
+    assert recipe_differences({"seed": 0}, {"seed": 0, "train_seed": 1}) == ["train_seed 0 (this model: 1)"]
 
 
 def test_the_shipped_card_is_what_its_model_and_curve_render(tmp_path):
@@ -191,7 +191,7 @@ def test_the_shipped_card_is_what_its_model_and_curve_render(tmp_path):
     assert card == (shipped / "README.md").read_text()
     curve = json.loads((shipped / "learning_curve.json").read_text())
     model = json.loads((shipped / "model.json").read_text())
-    differences = _recipe_differences(curve["recipe"], model["training"])
+    differences = recipe_differences(curve["recipe"], model["training"])
     expected = "This model's recipe" if not differences else "A different recipe (" + "; ".join(differences) + ")"
     assert f"{expected} on a seeded share" in card
     int8 = json.loads((shipped / "model.json").read_text())["quantization"]["int8"]["evaluation"]
@@ -336,3 +336,38 @@ def test_sweep_variants_keep_their_own_derived_input_size(tmp_path):
     ]
     chosen = default_model.RecipeConfig(data_dir=tmp_path, input_size=64)
     assert sweep.variant_configs(chosen, [lite2])[0].input_size == 64
+
+
+V5_RECIPE = ["--input-size", "288", "--aux-weight", "0.5", "--head", "corn", "--train-seed", "1", "--lr", "0.001"]
+
+
+def test_the_full_curve_point_can_be_the_shipped_runs_own_test_figures(tmp_path):
+    """The 1.0 point of a curve is the shipped train-only run itself; it is read, not retrained, only when the
+    recipe is the same, and any difference (or a final fit) is named."""
+    shipped = json.loads((Path(__file__).parents[1] / "service" / "default_model" / "model.json").read_text())
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "model.json").write_text(json.dumps(shipped))
+    argv = ["--data-dir", str(tmp_path), "--epochs", "8", *V5_RECIPE, "--full-point-from", str(model_dir)]
+    base = default_model.parse_args(argv, config=learning_curve.LearningCurveConfig, environ={})
+    point = learning_curve.recorded_full_point(base, model_dir)
+    assert point["fraction"] == 1.0 and point["train_bins"] == shipped["data"]["split"]["train"]
+    assert point["all_acc"] == shipped["metrics"]["test"]["accuracy"]
+    assert point["counts_task_rmse"] == shipped["metrics"]["test_counts_task"]["rmse"]
+
+    six_epochs = base.model_copy(update={"epochs": 6})
+    with pytest.raises(ValueError, match=r"epochs 6 \(this model: 8\)"):
+        learning_curve.recorded_full_point(six_epochs, model_dir)
+    shipped["training"]["final_fit"] = True
+    (model_dir / "model.json").write_text(json.dumps(shipped))
+    with pytest.raises(ValueError, match="final_fit"):
+        learning_curve.recorded_full_point(base, model_dir)
+
+
+def test_a_full_point_from_another_recipe_is_refused_before_any_training(tmp_path, capsys):
+    argv = ["--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "out"), "--epochs", "3", *V5_RECIPE]
+    shipped = Path(__file__).parents[1] / "service" / "default_model"
+    assert learning_curve.main([*argv, "--full-point-from", str(shipped)]) == 2
+    assert "epochs 3 (this model: 8)" in capsys.readouterr().err
+    assert learning_curve.main([*argv, "--full-point-from", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -167,13 +167,13 @@ def test_distilling_all_views_gives_every_view_of_a_photo_the_same_target(tmp_pa
 
 
 def test_a_learning_curve_from_before_distillation_is_named_a_different_recipe():
-    from training.model_card import _recipe_differences
+    from training.model_card import recipe_differences
 
     curve = {"input_size": 288, "aux_weight": 0.5}  # recorded before teacher_seeds existed
     plain = {"input_size": 288, "aux_weight": 0.5, "teacher_seeds": [], "distill_weight": 0.5, "train_seed": None}
-    assert _recipe_differences(curve, plain) == []
+    assert recipe_differences(curve, plain) == []
     distilled = {**plain, "teacher_seeds": [0, 1], "distill_weight": 0.7}
-    assert _recipe_differences(curve, distilled) == [
+    assert recipe_differences(curve, distilled) == [
         "distill_weight 0.5 (this model: 0.7)",
         "teacher_seeds [] (this model: [0, 1])",
     ]

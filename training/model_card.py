@@ -120,7 +120,7 @@ def _serving_defaults_lines(check: dict[str, Any]) -> list[str]:
     ]
 
 
-def _recipe_differences(curve_recipe: dict[str, Any], training: dict[str, Any]) -> list[str]:
+def recipe_differences(curve_recipe: dict[str, Any], training: dict[str, Any]) -> list[str]:
     """Settings in which the curve's runs differ from the recipe that made this model (final fit aside).
 
     An option the curve does not record (it predates the option) had its default there.
@@ -161,7 +161,7 @@ def _learning_curve_section(model_dir: Path, metadata: ModelMetadata) -> list[st
     if not path.is_file():
         return []
     curve = json.loads(path.read_text())
-    differences = _recipe_differences(curve.get("recipe", {}), metadata.training)
+    differences = recipe_differences(curve.get("recipe", {}), metadata.training)
     recipe = "This model's recipe" if not differences else "A different recipe (" + "; ".join(differences) + ")"
     lines = [
         "## Learning curve",

@@ -22,7 +22,7 @@ from pydantic import Field, field_validator
 
 from service.architectures import build_model
 from service.files import atomic_write_json
-from training.model_card import refresh_model_card
+from training.model_card import recipe_differences, refresh_model_card
 from training.recipes.decision import fold_offsets
 from training.recipes.default_model import (
     ENV_PREFIX,
@@ -96,6 +96,11 @@ class LearningCurveConfig(RecipeConfig):
     fractions: tuple[float, ...] = Field(
         (1.0,), description="comma-separated shares of the training bins, e.g. 0.25,0.5,1"
     )
+    full_point_from: Path | None = Field(
+        None,
+        description="a model directory made by this recipe's train-only run on all training bins (e.g. "
+        "service/default_model): its recorded test figures are the 1.0 point, instead of training it again",
+    )
 
     @field_validator("fractions", mode="before")
     @classmethod
@@ -129,6 +134,38 @@ def curve_point(base: LearningCurveConfig, fraction: float) -> dict:
         **{k: v for k, v in headline(report["served"]).items()},
     }
     log(learning_curve_fraction=fraction, **{k: round(v, 4) if isinstance(v, float) else v for k, v in point.items()})
+    return point
+
+
+def recorded_full_point(base: LearningCurveConfig, model_dir: Path) -> dict:
+    """The 1.0 point as ``model_dir/model.json`` recorded it: the same figures a retrain would give, since that
+    run is this recipe on every training bin with no final fit (anything else is refused, naming the difference)."""
+    import json
+
+    meta = json.loads((model_dir / "model.json").read_text())
+    training, metrics = meta.get("training", {}), meta.get("metrics", {})
+    recipe = base.model_dump(mode="json", exclude={"fractions", "full_point_from"}) | {"train_fraction": 1.0}
+    differences = recipe_differences(recipe, training)
+    if training.get("final_fit", True):
+        differences.append("final_fit (the model was refit on train + validation)")
+    if differences:
+        raise ValueError(f"{model_dir} is not this recipe's train-only run: " + "; ".join(differences))
+    test, bins_0_5, task = metrics["test"], metrics["test_bins_0_5"], metrics["test_counts_task"]
+    point = {
+        "fraction": 1.0,
+        "train_bins": meta["data"]["split"]["train"],
+        "best_epoch": training["best_epoch"],
+        "all_acc": test["accuracy"],
+        "all_rmse": test["rmse"],
+        "all_n": test["n"],
+        "bins_0_5_acc": bins_0_5["accuracy"],
+        "bins_0_5_n": bins_0_5["n"],
+        "counts_task_acc": task["accuracy"],
+        "counts_task_rmse": task["rmse"],
+        "counts_task_n": task["n"],
+        "recorded_in": str(model_dir / "model.json"),
+    }
+    log(learning_curve_fraction=1.0, recorded_in=point["recorded_in"], all_acc=round(point["all_acc"], 4))
     return point
 
 
@@ -168,9 +205,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {line}", file=sys.stderr)
         return 2
     torch.set_num_threads(base.threads)
+    full = None
+    if base.full_point_from is not None:  # checked before any training, so a mismatch costs nothing
+        try:
+            full = recorded_full_point(base, base.full_point_from)
+        except (OSError, KeyError, ValueError) as exc:
+            print(f"error: --full-point-from: {exc}", file=sys.stderr)
+            return 2
+    points = [curve_point(base, f) for f in base.fractions if not (full and f == 1.0)]
     curve: dict = {
-        "points": [curve_point(base, fraction) for fraction in base.fractions],
-        "recipe": base.model_dump(mode="json", exclude={"data_dir", "output_dir", "cache_dir", "fractions"}),
+        "points": sorted([*points, *([full] if full else [])], key=lambda p: p["fraction"]),
+        "recipe": base.model_dump(
+            mode="json", exclude={"data_dir", "output_dir", "cache_dir", "fractions", "full_point_from"}
+        ),
         "note": "Each point is the train-only model (no final fit on train + validation).",
     }
     fit = extrapolate(curve)
