@@ -13,6 +13,7 @@ how much data a target would take, not a promise.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -140,8 +141,6 @@ def curve_point(base: LearningCurveConfig, fraction: float) -> dict:
 def recorded_full_point(base: LearningCurveConfig, model_dir: Path) -> dict:
     """The 1.0 point as ``model_dir/model.json`` recorded it: the same figures a retrain would give, since that
     run is this recipe on every training bin with no final fit (anything else is refused, naming the difference)."""
-    import json
-
     meta = json.loads((model_dir / "model.json").read_text())
     training, metrics = meta.get("training", {}), meta.get("metrics", {})
     recipe = base.model_dump(mode="json", exclude={"fractions", "full_point_from"}) | {"train_fraction": 1.0}
@@ -150,19 +149,12 @@ def recorded_full_point(base: LearningCurveConfig, model_dir: Path) -> dict:
         differences.append("final_fit (the model was refit on train + validation)")
     if differences:
         raise ValueError(f"{model_dir} is not this recipe's train-only run: " + "; ".join(differences))
-    test, bins_0_5, task = metrics["test"], metrics["test_bins_0_5"], metrics["test_counts_task"]
+    served = {"all": metrics["test"], "bins_0_5": metrics["test_bins_0_5"], "counts_task": metrics["test_counts_task"]}
     point = {
         "fraction": 1.0,
         "train_bins": meta["data"]["split"]["train"],
         "best_epoch": training["best_epoch"],
-        "all_acc": test["accuracy"],
-        "all_rmse": test["rmse"],
-        "all_n": test["n"],
-        "bins_0_5_acc": bins_0_5["accuracy"],
-        "bins_0_5_n": bins_0_5["n"],
-        "counts_task_acc": task["accuracy"],
-        "counts_task_rmse": task["rmse"],
-        "counts_task_n": task["n"],
+        **headline(served),
         "recorded_in": str(model_dir / "model.json"),
     }
     log(learning_curve_fraction=1.0, recorded_in=point["recorded_in"], all_acc=round(point["all_acc"], 4))
@@ -209,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     if base.full_point_from is not None:  # checked before any training, so a mismatch costs nothing
         try:
             full = recorded_full_point(base, base.full_point_from)
-        except (OSError, KeyError, ValueError) as exc:
+        except KeyError as exc:
+            print(f"error: --full-point-from: {base.full_point_from}/model.json records no {exc}", file=sys.stderr)
+            return 2
+        except (OSError, ValueError) as exc:
             print(f"error: --full-point-from: {exc}", file=sys.stderr)
             return 2
     points = [curve_point(base, f) for f in base.fractions if not (full and f == 1.0)]
