@@ -371,3 +371,30 @@ def test_a_full_point_from_another_recipe_is_refused_before_any_training(tmp_pat
     assert "epochs 3 (this model: 8)" in capsys.readouterr().err
     assert learning_curve.main([*argv, "--full-point-from", str(tmp_path / "nowhere")]) == 2
     assert "nowhere" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_the_curve_is_extrapolated_for_the_served_answer_and_the_challenge_protocol(tmp_path):
+    """Both series get a line and the training bins it reaches each target at; the card prints the sentence."""
+    points = [
+        {"train_bins": n, "all_acc": 0.40 + 0.02 * i, "counts_task_acc": 0.38 + 0.01 * i}
+        for i, n in enumerate((1000, 2000, 4000))
+    ]
+    curve = {"points": points}
+    fits = learning_curve.extrapolate(curve)
+    assert set(fits) == set(curve["fits"]) == {"all_acc", "counts_task_acc"}
+    served, challenge = curve["fits"]["all_acc"], curve["fits"]["counts_task_acc"]
+    assert served["gain_per_doubling"] == pytest.approx(0.02) and challenge["gain_per_doubling"] == pytest.approx(0.01)
+    # 44% at 4,000 bins + 2 points per doubling: 48% two doublings on; the challenge's 45% five doublings on.
+    assert served["bins_for"]["48%"] == pytest.approx(16000) and challenge["bins_for"]["45%"] == pytest.approx(128000)
+    text = curve["extrapolation"]
+    assert "served answer on all bins gains 2.0 points" in text and "48% near 16,000" in text
+    assert "challenge protocol gains 1.0 points" in text and "45% near 130,000" in text
+
+    flat = {"points": [{"train_bins": n, "all_acc": 0.4} for n in (1000, 2000)]}
+    assert learning_curve.extrapolate(flat) == {"all_acc": (pytest.approx(0.4), 0.0)}
+    assert flat["fits"]["all_acc"]["bins_for"] == {"48%": None, "56%": None}
+    assert "gains 0.0 points per doubling of the data. Past" in flat["extrapolation"]
+    assert learning_curve.extrapolate({"points": points[:1]}) == {} and learning_curve.extrapolate({"points": []}) == {}
+
+    learning_curve.plot(points, fits, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 1000
