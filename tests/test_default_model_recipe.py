@@ -30,6 +30,29 @@ def test_trunk_then_top_is_the_whole_network(architecture, block):
         assert torch.allclose(top_forward(model, trunk_forward(model, x, block), block), model(x), atol=1e-5)
 
 
+def test_drop_connect_skips_residual_branches_while_training_only():
+    from training.recipes.lite_parts import top_pooled
+
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", 7)
+    with torch.no_grad():
+        x = trunk_forward(model.eval(), torch.randn(4, 3, 64, 64), 11)
+        assert torch.equal(top_pooled(model, x, 11, drop_connect=0.5), top_pooled(model, x, 11))  # eval: off
+        model.train()  # BatchNorm on batch statistics, deterministic: only drop connect can differ
+        plain = top_pooled(model, x, 11)
+        assert torch.equal(plain, top_pooled(model, x, 11))
+        assert not torch.allclose(top_pooled(model, x, 11, drop_connect=0.5), plain)
+    # Off by default, so the shipped runs' checkpoints keep their names; on, it is a different run.
+    cfg = default_model.RecipeConfig(data_dir=".")
+    assert cfg.top_training().drop_connect == 0.0
+    assert default_model.run_key(cfg.model_copy(update={"drop_connect": 0.0}), "select") == default_model.run_key(
+        cfg, "select"
+    )
+    on = cfg.model_copy(update={"drop_connect": 0.2})
+    assert default_model.run_key(on, "select") != default_model.run_key(cfg, "select")
+    assert on.top_training().drop_connect == 0.2
+
+
 def test_onnx_runtime_trunk_matches_torch():
     pytest.importorskip("onnxruntime")
     torch.manual_seed(0)

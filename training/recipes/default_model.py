@@ -90,6 +90,13 @@ class RecipeConfig(BaseModel):
     ordinal_weight: float = Field(0.1, ge=0, description="weight of the squared error of the expected count")
     dropout: float = Field(0.3, ge=0, lt=1)
     feature_dropout: float = Field(0.2, ge=0, lt=1, description="channel dropout on the cached feature maps")
+    drop_connect: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="stochastic depth of the tuned blocks (EfficientNet's drop connect: tuned block i skips its "
+        "residual branch at rate * i / blocks while training; serving is unchanged); 0: off",
+    )
     aux_weight: float = Field(
         0.0,
         ge=0,
@@ -194,6 +201,7 @@ class RecipeConfig(BaseModel):
             distill_weight=self.distill_weight if self.teacher_seeds else 0.0,
             head=self.head,
             block_lr_decay=self.block_lr_decay,
+            drop_connect=self.drop_connect,
         )
 
     def teacher(self, seed: int) -> "RecipeConfig":
@@ -335,6 +343,8 @@ def run_key(cfg: RecipeConfig, what: str) -> str:
         del fields["block_lr_decay"]  # runs from before the option resume
     if fields["head"] == "softmax":
         del fields["head"]  # runs from before the option resume
+    if not fields["drop_connect"]:
+        del fields["drop_connect"]  # runs from before the option resume
     if fields["train_seed"] in (None, fields["seed"]):
         del fields["train_seed"]  # likewise, and a training seed equal to the split's is the default
     if not fields["soup_seeds"]:

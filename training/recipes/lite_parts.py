@@ -23,15 +23,19 @@ def trunk_forward(model: nn.Module, x: torch.Tensor, stop_block: int) -> torch.T
     return x
 
 
-def blocks_forward(model: nn.Module, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    for block in model._blocks[start:stop]:
-        x = block(x)
+def blocks_forward(model: nn.Module, x: torch.Tensor, start: int, stop: int, drop_connect: float = 0.0) -> torch.Tensor:
+    """Blocks ``start..stop-1``. ``drop_connect`` > 0 is EfficientNet's stochastic depth, scaled as its own
+    forward scales it (block i skips its residual branch at ``drop_connect * i / blocks``); it acts only in
+    training mode and only on the blocks with an identity shortcut."""
+    total = num_blocks(model)
+    for i, block in enumerate(model._blocks[start:stop], start):
+        x = block(x, drop_connect_rate=drop_connect * i / total) if drop_connect else block(x)
     return x
 
 
-def top_pooled(model: nn.Module, x: torch.Tensor, first_block: int) -> torch.Tensor:
+def top_pooled(model: nn.Module, x: torch.Tensor, first_block: int, drop_connect: float = 0.0) -> torch.Tensor:
     """Blocks ``first_block..``, the head convolution and the pooling: the features the classifier reads."""
-    x = blocks_forward(model, x, first_block, num_blocks(model))
+    x = blocks_forward(model, x, first_block, num_blocks(model), drop_connect)
     x = model._swish(model._bn1(model._conv_head(x)))
     return torch.flatten(model._avg_pooling(x), 1)
 

@@ -51,6 +51,7 @@ class TopTraining:
     distill_weight: float = 0.0  # share of the loss that matches the teachers' probabilities (with soft targets)
     head: str = "softmax"  # or "corn" (service.ordinal_head): the model's classifier is then a CornHead
     block_lr_decay: float = 1.0  # block i learns at lr * decay ** (last block - i); 1: every block at lr
+    drop_connect: float = 0.0  # stochastic depth of the tuned blocks (lite_parts.blocks_forward); 0: off
 
 
 @dataclass
@@ -278,7 +279,7 @@ def _train_epoch(
         if cfg.feature_dropout:
             x = F.dropout2d(x, cfg.feature_dropout, training=True)
         y = labels[batch]
-        pooled = top_pooled(model, x, cfg.first_block)
+        pooled = top_pooled(model, x, cfg.first_block, cfg.drop_connect)
         if cfg.head == "corn":  # the loss reads the conditional logits; the figures the class log-probabilities
             conditional = model._fc.conditional(model._dropout(pooled))
             loss = criterion(conditional, y)
