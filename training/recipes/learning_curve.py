@@ -83,17 +83,16 @@ def plot(points: list[dict], fits: dict[str, tuple[float, float]] | None, path: 
         if all(key in p for p in points):
             (line,) = ax.plot(xs, [p[key] for p in points], "o-", label=label)
             colours[key] = line.get_color()
-    far = max(xs) * 30
-    grid = [max(xs) * (far / max(xs)) ** (i / 20) for i in range(21)]
-    for key, fit in (fits or {}).items():
-        ax.plot(
-            grid,
-            [fit[0] + fit[1] * math.log(x) for x in grid],
-            ":",
-            color=colours.get(key, "grey"),
-            label=f"{SERIES[key][0]}, log-linear extrapolation",
-        )
     if fits:
+        grid = [max(xs) * 30 ** (i / 20) for i in range(21)]  # from the largest point to 30x its bins
+        for key, fit in fits.items():
+            ax.plot(
+                grid,
+                [fit[0] + fit[1] * math.log(x) for x in grid],
+                ":",
+                color=colours.get(key, "grey"),
+                label=f"{SERIES[key][0]}, log-linear extrapolation",
+            )
         ax.axhline(TARGET, color="red", lw=0.8, ls="--", label=f"{TARGET:.0%} (challenge record)")
     ax.set_xscale("log")
     ax.set_xlabel("training bins")
