@@ -53,6 +53,35 @@ def test_drop_connect_skips_residual_branches_while_training_only():
     assert on.top_training().drop_connect == 0.2
 
 
+def test_full_size_repeats_draw_the_full_size_training_photos_more_often(tmp_path):
+    from PIL import Image
+
+    data = tmp_path / "abid"
+    make_synthetic_abid(data, n_bins=40, size=96, seed=1)
+    shrunk = {f"{i:05d}" for i in range(1, 41, 2)}  # every other bin becomes a copy no larger than the input
+    for bin_id in shrunk:
+        path = data / "bin-images" / f"{bin_id}.jpg"
+        Image.open(path).resize((64, 64)).save(path)
+    cfg = default_model.RecipeConfig(data_dir=data, input_size=64, full_size_repeats=3)
+    bins = default_model.select_bins(cfg)
+    assert bins.full_size_ids(64) == {item.id for item in bins.items} - shrunk
+    part = bins.split.train
+    drawn = bins.training_indices(part, cfg)
+    times = {item.id: drawn.count(bins.indices([item])[0]) for item in part}
+    assert {times[item.id] for item in part if item.id in shrunk} == {1}
+    assert {times[item.id] for item in part if item.id not in shrunk} == {3}
+    plain = cfg.model_copy(update={"full_size_repeats": 1})
+    assert bins.training_indices(part, plain) == bins.indices(part)
+    # Off by default, so the shipped runs' checkpoints keep their names; on, it is a different run.
+    assert default_model.RecipeConfig(data_dir=".").full_size_repeats == 1
+    assert default_model.run_key(plain, "select") == default_model.run_key(
+        plain.model_copy(update={"full_size_repeats": 1}), "select"
+    )
+    assert default_model.run_key(cfg, "select") != default_model.run_key(plain, "select")
+    with pytest.raises(ValueError):
+        default_model.RecipeConfig(data_dir=".", full_size_repeats=0)
+
+
 def test_onnx_runtime_trunk_matches_torch():
     pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
@@ -252,6 +281,8 @@ def test_recipe_writes_a_loadable_artifact_and_resumes(tmp_path, capsys):
     assert meta.architecture == "efficientnet_lite0" and meta.labels == LABELS and meta.input_size == 64
     assert meta.metrics["evaluation"].endswith("test-time views orig") and meta.test_time_views == ["orig"]
     assert meta.metrics["test"]["n"] + meta.metrics["validation"]["served"]["n"] <= 70
+    # The synthetic photos (96 px) are all larger than the input: validation's full-size figure is all of it.
+    assert meta.metrics["validation"]["served_full_size_photos"] == meta.metrics["validation"]["served"]
     assert "bins_0_5" not in meta.metrics and "accuracy" in meta.metrics["test_bins_0_5"]
     assert set(meta.metrics["manual_check"]["test"]) == {"right", "off_by_1", "off_by_2_or_more"}
     assert meta.training["first_tuned_block"] == 11 and meta.training["final_fit"] is True

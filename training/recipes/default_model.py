@@ -103,6 +103,13 @@ class RecipeConfig(BaseModel):
         description="weight of the auxiliary item-metadata targets (distinct products, log volume, log weight; "
         "training.item_targets), learnt by a train-time head that is not saved; 0: off",
     )
+    full_size_repeats: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="each epoch sees every training bin whose photo is full-size (not one of the sample's 224 px "
+        "copies) this many times, the others once: real photos are full-size; 1: off",
+    )
     teacher_seeds: tuple[int, ...] = Field(
         (),
         description="comma-separated training seeds of teachers (this recipe, no distillation) whose averaged "
@@ -244,6 +251,22 @@ class RecipeBins:
 
         return read_item_targets(self.data_dir, [item.id for item in self.items])
 
+    def full_size_ids(self, size: int) -> frozenset[str]:
+        """The bins whose photo is larger than the model's input (read from the JPEG headers, once per size)."""
+        cache = self.__dict__.setdefault("_full_size_ids", {})
+        if size not in cache:
+            cache[size] = frozenset(item.id for item in self.items if photo_is_full_size(item, size))
+        return cache[size]
+
+    def training_indices(self, part: list[LabelledBin], cfg: RecipeConfig) -> list[int]:
+        """``indices(part)`` with each full-size bin repeated ``cfg.full_size_repeats`` times (one epoch's draws)."""
+        index = self.indices(part)
+        if cfg.full_size_repeats == 1:
+            return index
+        full = self.full_size_ids(cfg.input_size)
+        extra = [i for i in index if self.items[i].id in full]
+        return index + extra * (cfg.full_size_repeats - 1)
+
     def item_targets(self, cfg: RecipeConfig) -> torch.Tensor | None:
         """The auxiliary item-metadata targets of every bin, when the recipe uses them (read once per bins)."""
         return self._item_targets if cfg.aux_weight else None
@@ -345,6 +368,8 @@ def run_key(cfg: RecipeConfig, what: str) -> str:
         del fields["head"]  # runs from before the option resume
     if not fields["drop_connect"]:
         del fields["drop_connect"]  # runs from before the option resume
+    if fields["full_size_repeats"] == 1:
+        del fields["full_size_repeats"]  # runs from before the option resume
     if fields["train_seed"] in (None, fields["seed"]):
         del fields["train_seed"]  # likewise, and a training seed equal to the split's is the default
     if not fields["soup_seeds"]:
@@ -417,7 +442,7 @@ def train_and_select(
     torch.manual_seed(cfg.training_seed)
     model = build_model(cfg.architecture, bins.policy.num_classes, pretrained=True, dropout=cfg.dropout, head=cfg.head)
     features = features if features is not None else tuning_features(cfg, model, bins)
-    train_idx, val_idx = bins.indices(bins.split.train), bins.indices(bins.split.val)
+    train_idx, val_idx = bins.training_indices(bins.split.train, cfg), bins.indices(bins.split.val)
     class_values = recipe_metadata(cfg, bins).class_values
     per_view = teacher_targets(cfg, bins, features) if cfg.teacher_seeds else None
     soft = spread_views(cfg, per_view) if per_view is not None else None
@@ -467,12 +492,17 @@ def selected_top(
     final = (probs.clamp_min(1e-8).log() + (offsets if offsets is not None else 0)).softmax(1)
     val["served"] = compute_metrics(final.argmax(1), val_y, class_values, names)
     val["counts_task"] = counts_task_metrics(final, val_y, class_values, names)
+    full = bins.full_size_ids(cfg.input_size)
+    keep = torch.tensor([bins.items[i].id in full for i in val_idx], dtype=torch.bool)
+    if keep.any():  # real photos are full-size: the figure closest to what users get
+        val["served_full_size_photos"] = compute_metrics(final.argmax(1)[keep], val_y[keep], class_values, names)
     val.update(extra_val or {})
     log(
         best_epoch=best_epoch,
         val_acc_before_rule=round(val["before_rule"]["accuracy"], 4),
         val_acc_served=round(val["served"]["accuracy"], 4),
         val_counts_task_acc=round(val["counts_task"]["accuracy"], 4) if val["counts_task"] else "n/a",
+        val_full_size_acc=round(val["served_full_size_photos"]["accuracy"], 4) if keep.any() else "n/a",
         offsets=[round(v, 2) for v in offsets.tolist()] if offsets is not None else "none",
     )
     return TrainedTop(model, history, best_epoch, offsets, val, final)
@@ -580,7 +610,7 @@ def final_fit(
         model = soup_model(cfg, bins, features, [m for m, _ in fits.values()], fit_bins)
         return model, {str(seed): history for seed, (_, history) in fits.items()}
     assert isinstance(epochs, int)
-    fit_idx = bins.indices(bins.split.train) + bins.indices(bins.split.val)
+    fit_idx = bins.training_indices(bins.split.train + bins.split.val, cfg)
     soft = spread_views(cfg, teacher_targets(cfg, bins, features)) if cfg.teacher_seeds else None
     torch.manual_seed(cfg.training_seed)
     model = build_model(cfg.architecture, bins.policy.num_classes, pretrained=True, dropout=cfg.dropout, head=cfg.head)
