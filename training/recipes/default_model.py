@@ -494,15 +494,16 @@ def selected_top(
     val["counts_task"] = counts_task_metrics(final, val_y, class_values, names)
     full = bins.full_size_ids(cfg.input_size)
     keep = torch.tensor([bins.items[i].id in full for i in val_idx], dtype=torch.bool)
-    if keep.any():  # real photos are full-size: the figure closest to what users get
-        val["served_full_size_photos"] = compute_metrics(final.argmax(1)[keep], val_y[keep], class_values, names)
+    full_figures = compute_metrics(final.argmax(1)[keep], val_y[keep], class_values, names) if keep.any() else None
+    if full_figures:  # real photos are full-size: the figure closest to what users get
+        val["served_full_size_photos"] = full_figures
     val.update(extra_val or {})
     log(
         best_epoch=best_epoch,
         val_acc_before_rule=round(val["before_rule"]["accuracy"], 4),
         val_acc_served=round(val["served"]["accuracy"], 4),
         val_counts_task_acc=round(val["counts_task"]["accuracy"], 4) if val["counts_task"] else "n/a",
-        val_full_size_acc=round(val["served_full_size_photos"]["accuracy"], 4) if keep.any() else "n/a",
+        val_full_size_acc=round(full_figures["accuracy"], 4) if full_figures else "n/a",
         offsets=[round(v, 2) for v in offsets.tolist()] if offsets is not None else "none",
     )
     return TrainedTop(model, history, best_epoch, offsets, val, final)
@@ -639,14 +640,19 @@ def photo_is_full_size(item: LabelledBin, size: int) -> bool:
         return max(image.size) > size
 
 
-def evaluate_served(model: torch.nn.Module, metadata, items: list[LabelledBin], size: int) -> tuple[dict, torch.Tensor]:
-    """The test figures of what ``/invocations`` answers: JPEG bytes -> serving preprocessing -> argmax."""
+def evaluate_served(
+    model: torch.nn.Module, metadata, items: list[LabelledBin], full_size_ids: frozenset[str]
+) -> tuple[dict, torch.Tensor]:
+    """The test figures of what ``/invocations`` answers: JPEG bytes -> serving preprocessing -> argmax.
+
+    ``full_size_ids`` (:meth:`RecipeBins.full_size_ids`) also get figures of their own.
+    """
     from training.evaluate import predict_items
     from training.recipes.served_metrics import served_metrics, subset
 
     probs, labels, ids, skipped = predict_items(model, metadata, items, batch_size=64, tta_flip=False)
     report = {"served": served_metrics(probs, labels, metadata.class_values, metadata.labels), "skipped": len(skipped)}
-    full = {item.id for item in items if photo_is_full_size(item, size)}
+    full = full_size_ids & {item.id for item in items}
     if full:
         p, y = subset(probs, labels, ids, full)
         report["served_full_size_photos"] = served_metrics(p, y, metadata.class_values, metadata.labels)
@@ -764,7 +770,7 @@ def run(cfg: RecipeConfig) -> Path:
     if selected.offsets is not None:
         fold_offsets(model._fc, selected.offsets)
 
-    report, test_probs = evaluate_served(model, metadata, bins.split.test, cfg.input_size)
+    report, test_probs = evaluate_served(model, metadata, bins.split.test, bins.full_size_ids(cfg.input_size))
     for name in ("served", "served_full_size_photos"):
         if name in report:
             figures = headline(report[name])

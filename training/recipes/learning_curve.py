@@ -141,7 +141,9 @@ def curve_point(base: LearningCurveConfig, fraction: float) -> dict:
     del features
     if selected.offsets is not None:
         fold_offsets(selected.model._fc, selected.offsets)
-    report, _ = evaluate_served(selected.model, recipe_metadata(cfg, bins), bins.split.test, cfg.input_size)
+    report, _ = evaluate_served(
+        selected.model, recipe_metadata(cfg, bins), bins.split.test, bins.full_size_ids(cfg.input_size)
+    )
     point = {
         "fraction": fraction,
         "train_bins": len(bins.split.train),
