@@ -82,6 +82,63 @@ def test_full_size_repeats_draw_the_full_size_training_photos_more_often(tmp_pat
         default_model.RecipeConfig(data_dir=".", full_size_repeats=0)
 
 
+def test_jittered_copies_are_seeded_draws_of_the_train_transform_cached_once(tmp_path):
+    from training.recipes.jitter_copies import cached_jitter_features, jittered_batches
+
+    data = tmp_path / "abid"
+    make_synthetic_abid(data, n_bins=12, size=96, seed=2)
+    cfg = default_model.RecipeConfig(data_dir=data, input_size=64, cache_dir=tmp_path / "cache", jitter_copies=2)
+    bins = default_model.select_bins(cfg)
+    spec = default_model.recipe_metadata(cfg, bins).preprocess_spec()
+
+    def copy(k: int, seed: int = 0) -> torch.Tensor:
+        return torch.cat(list(jittered_batches(bins.items, spec, 1.0, seed, k, chunk=5)))
+
+    first = copy(1)
+    assert first.shape == (12, 3, 64, 64)
+    assert torch.equal(first, copy(1))  # the same draw on every run
+    assert not torch.equal(first, copy(2)) and not torch.equal(first, copy(1, seed=1))
+    plain = torch.cat(list(jittered_batches(bins.items, spec, 1.0, 0, 1, chunk=12)))
+    assert torch.equal(plain, first)  # batching does not change the draws
+
+    model = build_model("efficientnet_lite0", 7).eval()
+    built = []
+
+    def runner():
+        built.append(1)
+        return TrunkRunner(model, 11, "torch", 1, lambda **kw: None)
+
+    args = (tmp_path / "cache", bins.items, spec, runner, ("lite0", 64, 11), 1.0, 0, 1, lambda **kw: None)
+    features = cached_jitter_features(*args)
+    assert features.dtype == torch.float16 and len(features) == 12 and built == [1]
+    assert torch.equal(cached_jitter_features(*args), features) and built == [1]  # read back, no trunk run
+
+    # Training draws from the jittered copies beside the variants; off by default with the old run names.
+    assert cfg.training_views == ("orig", "hflip", "vflip", "rot180", "jitter1", "jitter2")
+    assert cfg.top_training().augment == cfg.training_views
+    off = cfg.model_copy(update={"jitter_copies": 0})
+    assert default_model.RecipeConfig(data_dir=".").jitter_copies == 0
+    assert default_model.run_key(off, "select") == default_model.run_key(
+        off.model_copy(update={"jitter_strength": 1.5}), "select"
+    )
+    assert default_model.run_key(cfg, "select") != default_model.run_key(off, "select")
+    with pytest.raises(ValueError, match="teacher_seeds"):
+        default_model.RecipeConfig(data_dir=".", jitter_copies=1, teacher_seeds=(0, 1))
+
+
+def test_recipe_trains_on_jittered_copies_end_to_end(tmp_path, capsys):
+    data = tmp_path / "abid"
+    make_synthetic_abid(data, n_bins=40, max_count=5, size=96, seed=4)
+    out, cache = tmp_path / "model", tmp_path / "cache"
+    argv = ["--data-dir", str(data), "--output-dir", str(out), "--cache-dir", str(cache), "--input-size", "64"]
+    argv += ["--epochs", "1", "--batch-size", "16", "--threads", "1", "--augment", "orig", "--jitter-copies", "1"]
+    assert default_model.main(argv) == 0
+    assert "stage: features_jitter1 done: 40" in capsys.readouterr().out
+    meta = load_artifact(out).metadata
+    assert meta.training["jitter_copies"] == 1 and meta.test_time_views == ["orig"]
+    assert len(list(cache.glob("features_jitter1_*.pt"))) == 1
+
+
 def test_onnx_runtime_trunk_matches_torch():
     pytest.importorskip("onnxruntime")
     torch.manual_seed(0)

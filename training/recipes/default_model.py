@@ -52,6 +52,7 @@ from training.layouts import read_abid
 from training.log import fields_text, print_line
 from training.recipes.decision import fold_offsets, tune_offsets
 from training.recipes.feature_cache import VARIANTS, Runtime, TrunkRunner, cache_key, cached_features, cached_images
+from training.recipes.jitter_copies import cached_jitter_features, jitter_name, jitter_names
 from training.recipes.lite_parts import blocks_forward
 from training.recipes.top_training import TopTraining, top_probabilities, train_top
 from training.splits import Split, stratified_split, write_split_manifest
@@ -110,6 +111,15 @@ class RecipeConfig(BaseModel):
         description="each epoch sees every training bin whose photo is full-size (not one of the sample's 224 px "
         "copies) this many times, the others once: real photos are full-size; 1: off",
     )
+    jitter_copies: int = Field(
+        0,
+        ge=0,
+        le=8,
+        description="this many jittered copies of every photo (one draw each of the train-time crop, scale, "
+        "rotation and colour augmentation, training.recipes.jitter_copies) are cached beside the augment variants "
+        "and drawn from like them; 0: off",
+    )
+    jitter_strength: float = Field(1.0, gt=0, le=2, description="strength of the jittered copies (training.augment)")
     teacher_seeds: tuple[int, ...] = Field(
         (),
         description="comma-separated training seeds of teachers (this recipe, no distillation) whose averaged "
@@ -171,6 +181,10 @@ class RecipeConfig(BaseModel):
             )
         if not self.augment:
             raise ValueError("augment needs at least one variant, e.g. orig")
+        if self.jitter_copies and self.teacher_seeds:
+            raise ValueError(
+                "jitter_copies does not combine with teacher_seeds (the teachers answer dihedral views only)"
+            )
         if len(set(self.teacher_seeds)) != len(self.teacher_seeds):
             raise ValueError(f"teacher_seeds needs distinct seeds; got {list(self.teacher_seeds)}")
         if self.soup_seeds:
@@ -183,6 +197,11 @@ class RecipeConfig(BaseModel):
         if not self.test_time_views or len(set(self.test_time_views)) != len(self.test_time_views):
             raise ValueError(f"test_time_views needs distinct views, e.g. orig; got {list(self.test_time_views)}")
         return self
+
+    @property
+    def training_views(self) -> tuple[str, ...]:
+        """The feature sets a training batch draws from: the augment variants, then the jittered copies."""
+        return tuple(self.augment) + jitter_names(self.jitter_copies)
 
     @property
     def training_seed(self) -> int:
@@ -201,7 +220,7 @@ class RecipeConfig(BaseModel):
             feature_dropout=self.feature_dropout,
             warmup_epochs=self.warmup_epochs,
             min_lr_ratio=self.min_lr_ratio,
-            augment=tuple(self.augment),
+            augment=self.training_views,
             seed=self.training_seed,
             select_best=select_best,
             aux_weight=self.aux_weight,
@@ -331,6 +350,25 @@ def tuning_features(cfg: RecipeConfig, model: torch.nn.Module, bins: RecipeBins)
             runner = TrunkRunner(model, cfg.cache_block, cfg.feature_runtime, cfg.threads, log)
         features[variant] = cached_features(path, images, spec, runner, variant, log)
     del images
+    shared_runner = [runner]
+
+    def trunk_runner() -> TrunkRunner:  # built once, and only when a jittered copy is not cached yet
+        if shared_runner[0] is None:
+            shared_runner[0] = TrunkRunner(model, cfg.cache_block, cfg.feature_runtime, cfg.threads, log)
+        return shared_runner[0]
+
+    for copy in range(1, cfg.jitter_copies + 1):
+        features[jitter_name(copy)] = cached_jitter_features(
+            cfg.cache_dir,
+            bins.items,
+            spec,
+            trunk_runner,
+            (cfg.architecture, cfg.input_size, cfg.cache_block),
+            cfg.jitter_strength,
+            cfg.seed,
+            copy,
+            log,
+        )
     if cfg.first_tuned_block > cfg.cache_block:
         model.eval()
         with torch.inference_mode():
@@ -368,6 +406,8 @@ def run_key(cfg: RecipeConfig, what: str) -> str:
         del fields["head"]  # runs from before the option resume
     if not fields["drop_connect"]:
         del fields["drop_connect"]  # runs from before the option resume
+    if not fields["jitter_copies"]:
+        del fields["jitter_copies"], fields["jitter_strength"]  # runs from before the option resume
     if fields["full_size_repeats"] == 1:
         del fields["full_size_repeats"]  # runs from before the option resume
     if fields["train_seed"] in (None, fields["seed"]):
