@@ -139,6 +139,15 @@ def test_recipe_trains_on_jittered_copies_end_to_end(tmp_path, capsys):
     assert len(list(cache.glob("features_jitter1_*.pt"))) == 1
 
 
+def test_warm_restarts_reach_the_top_training_and_name_a_run_of_their_own():
+    plain = default_model.RecipeConfig(data_dir=".")
+    restarts = plain.model_copy(update={"lr_cycles": 2})
+    assert plain.top_training().lr_cycles == 1 and restarts.top_training().lr_cycles == 2
+    assert default_model.run_key(restarts, "select") != default_model.run_key(plain, "select")
+    with pytest.raises(ValueError):
+        default_model.RecipeConfig(data_dir=".", lr_cycles=0)
+
+
 def test_onnx_runtime_trunk_matches_torch():
     pytest.importorskip("onnxruntime")
     torch.manual_seed(0)

@@ -277,6 +277,20 @@ def test_warmup_then_cosine() -> None:
     assert lr_factor(50, 100, 0, "constant", 0.01) == 1.0
 
 
+def test_warm_restarts_split_the_cosine_into_equal_cycles() -> None:
+    factors = [lr_factor(s, 90, 10, "cosine", 0.0, cycles=2) for s in range(91)]
+    one = [lr_factor(s, 50, 10, "cosine", 0.0) for s in range(51)]
+    assert factors[:50] == pytest.approx(one[:50])  # the first cycle is a whole cosine over half the steps
+    assert factors[49] < 0.01 and factors[50] == pytest.approx(1.0)  # then the rate restarts at the full rate
+    assert factors[50:90] == pytest.approx(factors[10:50])
+    assert factors[90] == pytest.approx(0.0)  # and the schedule ends at the floor, as one cosine does
+    assert [lr_factor(s, 100, 10, "cosine", 0.01, cycles=1) for s in range(101)] == [
+        lr_factor(s, 100, 10, "cosine", 0.01) for s in range(101)
+    ]
+    with pytest.raises(ValueError, match="cycles"):
+        lr_factor(0, 100, 0, "cosine", 0.0, cycles=0)
+
+
 def test_count_loss_ordinal_term_prefers_near_misses() -> None:
     values = [0, 1, 2, 3, 4, 5]
     target = torch.tensor([5])

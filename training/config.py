@@ -79,6 +79,7 @@ class TrainConfig(BaseModel):
     schedule: Literal["cosine", "constant"] = Field("cosine", description="After warmup, per step.")
     warmup_epochs: float = Field(1.0, ge=0, description="Linear warmup from 1% of the learning rate.")
     min_lr_ratio: float = Field(0.01, ge=0, le=1, description="Cosine ends at lr x this.")
+    lr_cycles: int = Field(1, ge=1, le=100, description="Cosine cycles after warmup, each restarting at lr.")
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     loss: Literal["ce", "ordinal"] = Field("ce", description="ordinal = CE + ordinal_weight x (E[count] - count)^2.")
     ordinal_weight: float = Field(0.1, ge=0, le=100)

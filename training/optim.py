@@ -71,13 +71,23 @@ def make_optimizer(groups: list[dict[str, Any]], config: TrainConfig) -> torch.o
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min_ratio: float) -> float:
-    """Multiplier of the base learning rate at optimiser step ``step`` (0-based)."""
+def lr_factor(
+    step: int, total_steps: int, warmup_steps: int, schedule: str, min_ratio: float, cycles: int = 1
+) -> float:
+    """Multiplier of the base learning rate at optimiser step ``step`` (0-based).
+
+    ``cycles`` > 1 splits the cosine after warmup into that many equal cycles, each restarting at the
+    full rate (SGDR's warm restarts, which the public ABID results report helping); 1 is one cosine.
+    """
+    if cycles < 1:
+        raise ValueError(f"cycles must be at least 1, got {cycles}")
     if warmup_steps > 0 and step < warmup_steps:
         return 0.01 + 0.99 * step / warmup_steps
     if schedule == "constant":
         return 1.0
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if cycles > 1 and progress < 1.0:
+        progress = (progress * cycles) % 1.0
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -89,6 +99,6 @@ def make_scheduler(
     warmup = min(total, round(config.warmup_epochs * steps_per_epoch))
 
     def factor(step: int) -> float:
-        return lr_factor(step, total, warmup, config.schedule, config.min_lr_ratio)
+        return lr_factor(step, total, warmup, config.schedule, config.min_lr_ratio, config.lr_cycles)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

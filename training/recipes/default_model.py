@@ -87,6 +87,12 @@ class RecipeConfig(BaseModel):
     weight_decay: float = Field(0.1, ge=0)
     warmup_epochs: float = Field(0.5, ge=0)
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    lr_cycles: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="cosine cycles after warmup, each restarting at the full rate (warm restarts); 1: off",
+    )
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     ordinal_weight: float = Field(0.1, ge=0, description="weight of the squared error of the expected count")
     dropout: float = Field(0.3, ge=0, lt=1)
@@ -228,6 +234,7 @@ class RecipeConfig(BaseModel):
             head=self.head,
             block_lr_decay=self.block_lr_decay,
             drop_connect=self.drop_connect,
+            lr_cycles=self.lr_cycles,
         )
 
     def teacher(self, seed: int) -> "RecipeConfig":
@@ -406,6 +413,8 @@ def run_key(cfg: RecipeConfig, what: str) -> str:
         del fields["head"]  # runs from before the option resume
     if not fields["drop_connect"]:
         del fields["drop_connect"]  # runs from before the option resume
+    if fields["lr_cycles"] == 1:
+        del fields["lr_cycles"]  # runs from before the option resume
     if not fields["jitter_copies"]:
         del fields["jitter_copies"], fields["jitter_strength"]  # runs from before the option resume
     if fields["full_size_repeats"] == 1:

@@ -52,6 +52,7 @@ class TopTraining:
     head: str = "softmax"  # or "corn" (service.ordinal_head): the model's classifier is then a CornHead
     block_lr_decay: float = 1.0  # block i learns at lr * decay ** (last block - i); 1: every block at lr
     drop_connect: float = 0.0  # stochastic depth of the tuned blocks (lite_parts.blocks_forward); 0: off
+    lr_cycles: int = 1  # cosine cycles with warm restarts (training.optim.lr_factor); 1: one cosine
 
 
 @dataclass
@@ -245,9 +246,10 @@ class _Optimisation:
     total_steps: int
     warmup_steps: int
     min_lr_ratio: float
+    cycles: int = 1
 
     def set_lr(self, step: int) -> None:
-        factor = lr_factor(step, self.total_steps, self.warmup_steps, "cosine", self.min_lr_ratio)
+        factor = lr_factor(step, self.total_steps, self.warmup_steps, "cosine", self.min_lr_ratio, self.cycles)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * factor
 
@@ -357,6 +359,7 @@ def train_top(
         cfg.epochs * steps_per_epoch,
         round(cfg.warmup_epochs * steps_per_epoch),
         cfg.min_lr_ratio,
+        cfg.lr_cycles,
     )
     criterion = (
         CornLoss(class_values, ordinal_weight=cfg.ordinal_weight)
