@@ -44,7 +44,8 @@ def cache_key(items: Sequence[LabelledBin], *parts: object) -> str:
     return h.hexdigest()[:16]
 
 
-def _atomic_save(obj: object, path: Path) -> None:
+def save_tensor_atomically(obj: object, path: Path) -> None:
+    """torch.save to ``path`` through a temporary file, so an interrupted run never leaves half a cache."""
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: torch.save(obj, f))
 
@@ -60,7 +61,7 @@ def cached_images(cache_dir: Path, items: Sequence[LabelledBin], size: int, log:
         images[i] = pil_to_tensor(resize_image(decode_image(item.record.image_path.read_bytes()), size, "squash"))
         if (i + 1) % 2000 == 0:
             log(stage="decode", done=i + 1, of=len(items), seconds=round(time.time() - start))
-    _atomic_save(images, path)
+    save_tensor_atomically(images, path)
     return images
 
 
@@ -157,6 +158,6 @@ def cached_features(
                 stage=f"features_{variant}", done=done, of=len(images), img_per_s=round(done / (time.time() - start), 1)
             )
     features = torch.cat(chunks)
-    _atomic_save(features, path)
+    save_tensor_atomically(features, path)
     log(stage=f"features_{variant}", done=len(images), seconds=round(time.time() - start), runtime=runner.runtime)
     return features

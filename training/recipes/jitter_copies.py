@@ -12,7 +12,7 @@ seed, so copy k is the same tensor on every run and a changed strength or seed i
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -20,7 +20,7 @@ import torch
 from service.preprocess import PreprocessSpec, decode_image
 from training.augment import train_transform
 from training.labels import LabelledBin
-from training.recipes.feature_cache import Log, TrunkRunner, _atomic_save, cache_key
+from training.recipes.feature_cache import Log, TrunkRunner, cache_key, save_tensor_atomically
 
 
 def jitter_name(copy: int) -> str:
@@ -50,7 +50,7 @@ def cached_jitter_features(
     cache_dir: Path,
     items: Sequence[LabelledBin],
     spec: PreprocessSpec,
-    runner_factory,
+    runner_factory: Callable[[], TrunkRunner],
     key_parts: tuple[object, ...],
     strength: float,
     seed: int,
@@ -67,7 +67,7 @@ def cached_jitter_features(
     path = cache_dir / f"features_{jitter_name(copy)}_{key}.pt"
     if path.is_file():
         return torch.load(path, weights_only=True)
-    runner: TrunkRunner = runner_factory()
+    runner = runner_factory()
     start, chunks = time.time(), []
     for i, batch in enumerate(jittered_batches(items, spec, strength, seed, copy, chunk)):
         chunks.append(runner(batch.contiguous()).half())
@@ -80,7 +80,7 @@ def cached_jitter_features(
                 img_per_s=round(done / (time.time() - start), 1),
             )
     features = torch.cat(chunks)
-    _atomic_save(features, path)
+    save_tensor_atomically(features, path)
     log(
         stage=f"features_{jitter_name(copy)}",
         done=len(items),
