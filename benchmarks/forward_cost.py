@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from service.architectures import build_model  # noqa: E402
-from service.artifact import metadata_for, save_artifact  # noqa: E402
+from service.artifact import load_artifact, metadata_for, save_artifact  # noqa: E402
 from service.predictor import Predictor, PreparedImage  # noqa: E402
 from training.log import fields_text  # noqa: E402
 
@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             architecture, size = args.reference.split(":")
             folders.insert(0, reference_model(Path(tmp) / "reference", architecture, int(size)))
         for folder in folders:
+            artifact = load_artifact(folder)
+            cost = round(gmac(artifact.model, artifact.metadata.input_size), 3)  # the same network on every runtime
             for runtime in args.runtimes.split(","):
                 predictor = Predictor.from_artifact(
                     folder, runtime=runtime, threads=args.threads, cache_dir=Path(tmp) / "graphs", warm_up=False
@@ -89,17 +91,11 @@ def main(argv: list[str] | None = None) -> int:
                     "input_size": meta.input_size,
                     "views": len(meta.test_time_views),
                     "runtime": predictor.runtime.name,
-                    "gmac_per_view": round(gmac(load_torch(folder), meta.input_size), 3),
+                    "gmac_per_view": cost,
                     "img_per_s": round(img_per_s(predictor, args.batch_size, args.rounds), 1),
                 }
                 print(fields_text(fields), flush=True)
     return 0
-
-
-def load_torch(folder: Path) -> torch.nn.Module:
-    from service.artifact import load_artifact
-
-    return load_artifact(folder).model
 
 
 if __name__ == "__main__":

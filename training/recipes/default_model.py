@@ -28,6 +28,7 @@ between and fits a 2-core CPU:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -349,21 +350,18 @@ def tuning_features(cfg: RecipeConfig, model: torch.nn.Module, bins: RecipeBins)
     variants = sorted(set(cfg.augment) | set(cfg.test_time_views) | {"orig"}, key=VARIANTS.index)
     key = cache_key(bins.items, "features", cfg.architecture, cfg.input_size, cfg.cache_block)
     paths = {v: cfg.cache_dir / f"features_{cfg.architecture}_{v}_{key}.pt" for v in variants}
-    images = runner = None
+
+    @functools.cache
+    def trunk_runner() -> TrunkRunner:  # built once, and only when some features are not cached yet
+        return TrunkRunner(model, cfg.cache_block, cfg.feature_runtime, cfg.threads, log)
+
+    images = None
     features = {}
     for variant, path in paths.items():
         if not path.is_file() and images is None:
             images = cached_images(cfg.cache_dir, bins.items, cfg.input_size, log)
-            runner = TrunkRunner(model, cfg.cache_block, cfg.feature_runtime, cfg.threads, log)
-        features[variant] = cached_features(path, images, spec, runner, variant, log)
+        features[variant] = cached_features(path, images, spec, trunk_runner, variant, log)
     del images
-    shared_runner = [runner]
-
-    def trunk_runner() -> TrunkRunner:  # built once, and only when a jittered copy is not cached yet
-        if shared_runner[0] is None:
-            shared_runner[0] = TrunkRunner(model, cfg.cache_block, cfg.feature_runtime, cfg.threads, log)
-        return shared_runner[0]
-
     for copy in range(1, cfg.jitter_copies + 1):
         features[jitter_name(copy)] = cached_jitter_features(
             cfg.cache_dir,

@@ -14,7 +14,7 @@ import hashlib
 import importlib.util
 import io
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -142,22 +142,36 @@ class TrunkRunner(ModuleRunner):
 
 
 def cached_features(
-    path: Path, images: torch.Tensor, spec: PreprocessSpec, runner: TrunkRunner, variant: str, log: Log, chunk: int = 64
+    path: Path,
+    images: torch.Tensor | None,
+    spec: PreprocessSpec,
+    runner_factory: Callable[[], TrunkRunner],
+    variant: str,
+    log: Log,
+    chunk: int = 64,
 ) -> torch.Tensor:
-    """float16 trunk features of every photo under ``variant`` (computed once, then read from ``path``)."""
+    """float16 trunk features of every photo under ``variant`` (computed once, then read from ``path``).
+
+    ``images`` (and the runner ``runner_factory`` builds) are needed only when ``path`` is missing.
+    """
     if path.is_file():
         return torch.load(path, weights_only=True)
     transform = VARIANT_TRANSFORMS[variant]
-    start, chunks = time.time(), []
-    for s in range(0, len(images), chunk):
-        x = transform(normalize(images[s : s + chunk], spec)).contiguous()
-        chunks.append(runner(x).half())
-        if (s // chunk + 1) % 40 == 0:
-            done = s + len(x)
-            log(
-                stage=f"features_{variant}", done=done, of=len(images), img_per_s=round(done / (time.time() - start), 1)
-            )
+    batches = (transform(normalize(images[s : s + chunk], spec)) for s in range(0, len(images), chunk))
+    return run_and_cache(path, batches, len(images), runner_factory(), f"features_{variant}", log)
+
+
+def run_and_cache(
+    path: Path, batches: Iterable[torch.Tensor], total: int, runner: TrunkRunner, stage: str, log: Log
+) -> torch.Tensor:
+    """float16 trunk features of ``batches`` (``total`` photos in all), saved to ``path``, with progress lines."""
+    start, chunks, done = time.time(), [], 0
+    for i, x in enumerate(batches):
+        chunks.append(runner(x.contiguous()).half())
+        done += len(x)
+        if (i + 1) % 40 == 0:
+            log(stage=stage, done=done, of=total, img_per_s=round(done / (time.time() - start), 1))
     features = torch.cat(chunks)
     save_tensor_atomically(features, path)
-    log(stage=f"features_{variant}", done=len(images), seconds=round(time.time() - start), runtime=runner.runtime)
+    log(stage=stage, done=total, seconds=round(time.time() - start), runtime=runner.runtime)
     return features

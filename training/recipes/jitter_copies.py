@@ -11,7 +11,6 @@ seed, so copy k is the same tensor on every run and a changed strength or seed i
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 from service.preprocess import PreprocessSpec, decode_image
 from training.augment import train_transform
 from training.labels import LabelledBin
-from training.recipes.feature_cache import Log, TrunkRunner, cache_key, save_tensor_atomically
+from training.recipes.feature_cache import Log, TrunkRunner, cache_key, run_and_cache
 
 
 def jitter_name(copy: int) -> str:
@@ -67,24 +66,5 @@ def cached_jitter_features(
     path = cache_dir / f"features_{jitter_name(copy)}_{key}.pt"
     if path.is_file():
         return torch.load(path, weights_only=True)
-    runner = runner_factory()
-    start, chunks = time.time(), []
-    for i, batch in enumerate(jittered_batches(items, spec, strength, seed, copy, chunk)):
-        chunks.append(runner(batch.contiguous()).half())
-        if (i + 1) % 40 == 0:
-            done = min((i + 1) * chunk, len(items))
-            log(
-                stage=f"features_{jitter_name(copy)}",
-                done=done,
-                of=len(items),
-                img_per_s=round(done / (time.time() - start), 1),
-            )
-    features = torch.cat(chunks)
-    save_tensor_atomically(features, path)
-    log(
-        stage=f"features_{jitter_name(copy)}",
-        done=len(items),
-        seconds=round(time.time() - start),
-        runtime=runner.runtime,
-    )
-    return features
+    batches = jittered_batches(items, spec, strength, seed, copy, chunk)
+    return run_and_cache(path, batches, len(items), runner_factory(), f"features_{jitter_name(copy)}", log)
