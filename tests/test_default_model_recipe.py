@@ -518,3 +518,99 @@ def test_the_curve_is_extrapolated_for_the_served_answer_and_the_challenge_proto
 
     learning_curve.plot(points, fits, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
+def _maps(size: int, seed: int = 0) -> torch.Tensor:
+    """Block-11 feature maps of 24 random photos of ``size`` px, through an untrained Lite0."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        return trunk_forward(build_model("efficientnet_lite0", 3).eval(), torch.randn(24, 3, size, size), 11).half()
+
+
+def _progressive_top_run(
+    early: dict[str, torch.Tensor], early_epochs: int, epochs: int = 3, views: tuple[str, ...] | None = None
+):
+    """``epochs`` epochs of train_top on the 64 px maps, the first ``early_epochs`` drawing from ``early``
+    (from the feature sets ``views`` names, when given)."""
+    from training.recipes.top_training import TopTraining, train_top
+
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", 3, pretrained=False)
+    labels = torch.tensor([i % 3 for i in range(24)])
+    cfg = TopTraining(
+        11, epochs, 8, 1e-3, 1e-2, 0.0, 0.0, 0.1, 0.0, 0.0, 0.0, ("orig",), 0,
+        early_augment=tuple(early) if views is None else views, early_epochs=early_epochs,
+    )  # fmt: skip
+    features = {"orig": _maps(64), **early}
+    history = train_top(model, features, labels, list(range(16)), list(range(16, 24)), [0, 1, 2], cfg, lambda **kw: 0)
+    return model, history
+
+
+def test_progressive_resizing_trains_the_first_epochs_on_the_low_resolution_maps(monkeypatch):
+    from training.recipes import top_training
+
+    drawn: list[tuple[tuple[str, ...], tuple[int, ...]]] = []
+    batch = top_training._batch
+
+    def spy(features, rows, augment, rng):
+        x, choice = batch(features, rows, augment, rng)
+        drawn.append((augment, tuple(x.shape[2:])))
+        return x, choice
+
+    monkeypatch.setattr(top_training, "_batch", spy)
+    low, history = _progressive_top_run({"orig@48": _maps(48, seed=1)}, early_epochs=2)
+    # 16 training bins in batches of 8: two steps an epoch on the 3x3 maps of 48 px photos, then the 4x4 served ones.
+    assert drawn == [(("orig@48",), (3, 3))] * 4 + [(("orig",), (4, 4))] * 2
+    assert [h["epoch"] for h in history] == [1, 2, 3] and all("val_acc" in h for h in history)
+    monkeypatch.setattr(top_training, "_batch", batch)
+    # Early maps that are the served ones give the plain run bit for bit; the low-resolution ones other weights.
+    plain, _ = _progressive_top_run({}, early_epochs=0)
+    same, _ = _progressive_top_run({"orig@64": _maps(64)}, early_epochs=2)
+    state = plain.state_dict()
+    assert all(torch.equal(state[k], same.state_dict()[k]) for k in state)
+    assert any(not torch.equal(state[k], low.state_dict()[k]) for k in state)
+    with pytest.raises(ValueError, match="orig@96"):  # early views without features fail before training
+        _progressive_top_run({}, early_epochs=1, views=("orig@96",))
+    with pytest.raises(ValueError, match="no more than epochs"):
+        _progressive_top_run({"orig@48": _maps(48)}, early_epochs=4)
+
+
+def test_progressive_resizing_options_are_checked_and_name_a_run_of_their_own():
+    plain = default_model.RecipeConfig(data_dir=".", input_size=288, epochs=8)
+    on = default_model.RecipeConfig(data_dir=".", input_size=288, epochs=8, progressive_size=224, progressive_epochs=3)
+    assert plain.early_views == () and plain.top_training().early_epochs == 0
+    assert on.early_views == ("orig@224", "hflip@224", "vflip@224", "rot180@224")
+    assert on.top_training().early_augment == on.early_views and on.top_training().early_epochs == 3
+    assert on.top_training(epochs=2).early_epochs == 2  # a final fit shorter than the early epochs: all of it early
+    assert default_model.run_key(on, "select") != default_model.run_key(plain, "select")
+    assert default_model.run_key(plain, "select") == default_model.run_key(
+        plain.model_copy(update={"progressive_size": None, "progressive_epochs": 0}), "select"
+    )  # off: the old run names, so the shipped runs' checkpoints still resume
+    for bad, match in [
+        ({"progressive_size": 224}, "both"),
+        ({"progressive_epochs": 3}, "both"),
+        ({"progressive_size": 288, "progressive_epochs": 3}, "other than input_size"),
+        ({"progressive_size": 224, "progressive_epochs": 8}, "fewer"),
+        ({"progressive_size": 224, "progressive_epochs": 3, "jitter_copies": 1}, "jitter_copies"),
+        ({"progressive_size": 224, "progressive_epochs": 3, "teacher_seeds": (0, 1)}, "teacher_seeds"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            default_model.RecipeConfig(data_dir=".", input_size=288, epochs=8, **bad)
+
+
+def test_recipe_trains_with_progressive_resizing_end_to_end(tmp_path, capsys):
+    data = tmp_path / "abid"
+    make_synthetic_abid(data, n_bins=40, max_count=5, size=96, seed=4)
+    out, cache = tmp_path / "model", tmp_path / "cache"
+    argv = ["--data-dir", str(data), "--output-dir", str(out), "--cache-dir", str(cache), "--input-size", "96"]
+    argv += ["--epochs", "2", "--batch-size", "16", "--threads", "1", "--augment", "orig,hflip"]
+    assert default_model.main([*argv, "--progressive-size", "64", "--progressive-epochs", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("stage: features_orig done: 40 ") == 2 and "stage: features_hflip done: 40 " in printed
+    artifact = load_artifact(out)
+    assert artifact.metadata.input_size == 96  # served at the final size
+    assert (
+        artifact.metadata.training["progressive_size"] == 64 and artifact.metadata.training["progressive_epochs"] == 1
+    )
+    assert len(list(cache.glob("features_efficientnet_lite0_*.pt"))) == 4  # orig, hflip at 96 and at 64
+    assert len(list(cache.glob("images_*.pt"))) == 2

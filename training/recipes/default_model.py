@@ -34,7 +34,7 @@ import json
 import random
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -127,6 +127,14 @@ class RecipeConfig(BaseModel):
         "and drawn from like them; 0: off",
     )
     jitter_strength: float = Field(1.0, gt=0, le=2, description="strength of the jittered copies (training.augment)")
+    progressive_size: int | None = Field(
+        None,
+        ge=64,
+        le=512,
+        description="progressive resizing: the first progressive_epochs train on the feature maps of the photos at "
+        "this size (cached like the others), the rest at input_size, which serving uses; default: off",
+    )
+    progressive_epochs: int = Field(0, ge=0, description="epochs at progressive_size (with it); 0: off")
     teacher_seeds: tuple[int, ...] = Field(
         (),
         description="comma-separated training seeds of teachers (this recipe, no distillation) whose averaged "
@@ -188,6 +196,16 @@ class RecipeConfig(BaseModel):
             )
         if not self.augment:
             raise ValueError("augment needs at least one variant, e.g. orig")
+        if (self.progressive_size is None) != (self.progressive_epochs == 0):
+            raise ValueError("progressive resizing needs both progressive_size and progressive_epochs, or neither")
+        if self.progressive_size is not None:
+            if self.progressive_size == self.input_size or self.progressive_epochs >= self.epochs:
+                raise ValueError(
+                    f"progressive resizing needs a size other than input_size ({self.input_size}) and fewer "
+                    f"progressive_epochs than epochs ({self.epochs})"
+                )
+            if self.jitter_copies or self.teacher_seeds:
+                raise ValueError("progressive resizing does not combine with jitter_copies or teacher_seeds")
         if self.jitter_copies and self.teacher_seeds:
             raise ValueError(
                 "jitter_copies does not combine with teacher_seeds (the teachers answer dihedral views only)"
@@ -209,6 +227,11 @@ class RecipeConfig(BaseModel):
     def training_views(self) -> tuple[str, ...]:
         """The feature sets a training batch draws from: the augment variants, then the jittered copies."""
         return tuple(self.augment) + jitter_names(self.jitter_copies)
+
+    @property
+    def early_views(self) -> tuple[str, ...]:
+        """The feature sets of the progressive-resizing epochs: the augment variants at ``progressive_size``."""
+        return tuple(f"{v}@{self.progressive_size}" for v in self.augment) if self.progressive_size else ()
 
     @property
     def training_seed(self) -> int:
@@ -236,6 +259,8 @@ class RecipeConfig(BaseModel):
             block_lr_decay=self.block_lr_decay,
             drop_connect=self.drop_connect,
             lr_cycles=self.lr_cycles,
+            early_augment=self.early_views,
+            early_epochs=min(self.progressive_epochs, epochs or self.epochs),
         )
 
     def teacher(self, seed: int) -> "RecipeConfig":
@@ -345,23 +370,21 @@ def recipe_metadata(cfg: RecipeConfig, bins: RecipeBins):
 
 
 def tuning_features(cfg: RecipeConfig, model: torch.nn.Module, bins: RecipeBins) -> dict[str, torch.Tensor]:
-    """Per variant, the features entering the first tuned block (photos decoded only when a cache is missing)."""
-    spec = recipe_metadata(cfg, bins).preprocess_spec()
-    variants = sorted(set(cfg.augment) | set(cfg.test_time_views) | {"orig"}, key=VARIANTS.index)
-    key = cache_key(bins.items, "features", cfg.architecture, cfg.input_size, cfg.cache_block)
-    paths = {v: cfg.cache_dir / f"features_{cfg.architecture}_{v}_{key}.pt" for v in variants}
+    """Per variant, the features entering the first tuned block (photos decoded only when a cache is missing).
+
+    With progressive resizing the augment variants at ``progressive_size`` come too, named ``variant@size``.
+    """
 
     @functools.cache
     def trunk_runner() -> TrunkRunner:  # built once, and only when some features are not cached yet
         return TrunkRunner(model, cfg.cache_block, cfg.feature_runtime, cfg.threads, log)
 
-    images = None
-    features = {}
-    for variant, path in paths.items():
-        if not path.is_file() and images is None:
-            images = cached_images(cfg.cache_dir, bins.items, cfg.input_size, log)
-        features[variant] = cached_features(path, images, spec, trunk_runner, variant, log)
-    del images
+    variants = sorted(set(cfg.augment) | set(cfg.test_time_views) | {"orig"}, key=VARIANTS.index)
+    features = variant_features(cfg, bins, cfg.input_size, variants, trunk_runner)
+    if cfg.progressive_size:
+        early = variant_features(cfg, bins, cfg.progressive_size, cfg.augment, trunk_runner)
+        features.update({f"{v}@{cfg.progressive_size}": f for v, f in early.items()})
+    spec = recipe_metadata(cfg, bins).preprocess_spec()
     for copy in range(1, cfg.jitter_copies + 1):
         features[jitter_name(copy)] = cached_jitter_features(
             cfg.cache_dir,
@@ -384,6 +407,21 @@ def tuning_features(cfg: RecipeConfig, model: torch.nn.Module, bins: RecipeBins)
                         for s in range(0, len(f), 256)
                     ]
                 )
+    return features
+
+
+def variant_features(
+    cfg: RecipeConfig, bins: RecipeBins, size: int, variants: Sequence[str], trunk_runner: Callable[[], TrunkRunner]
+) -> dict[str, torch.Tensor]:
+    """The trunk features of every photo squashed to ``size`` under each of ``variants``, cached per variant."""
+    spec = recipe_metadata(cfg.model_copy(update={"input_size": size}), bins).preprocess_spec()
+    key = cache_key(bins.items, "features", cfg.architecture, size, cfg.cache_block)
+    images, features = None, {}
+    for variant in variants:
+        path = cfg.cache_dir / f"features_{cfg.architecture}_{variant}_{key}.pt"
+        if not path.is_file() and images is None:
+            images = cached_images(cfg.cache_dir, bins.items, size, log)
+        features[variant] = cached_features(path, images, spec, trunk_runner, variant, log)
     return features
 
 
@@ -413,6 +451,8 @@ def run_key(cfg: RecipeConfig, what: str) -> str:
         del fields["drop_connect"]  # runs from before the option resume
     if fields["lr_cycles"] == 1:
         del fields["lr_cycles"]  # runs from before the option resume
+    if fields["progressive_size"] is None:
+        del fields["progressive_size"], fields["progressive_epochs"]  # runs from before the option resume
     if not fields["jitter_copies"]:
         del fields["jitter_copies"], fields["jitter_strength"]  # runs from before the option resume
     if fields["full_size_repeats"] == 1:

@@ -53,6 +53,12 @@ class TopTraining:
     block_lr_decay: float = 1.0  # block i learns at lr * decay ** (last block - i); 1: every block at lr
     drop_connect: float = 0.0  # stochastic depth of the tuned blocks (lite_parts.blocks_forward); 0: off
     lr_cycles: int = 1  # cosine cycles with warm restarts (training.optim.lr_factor); 1: one cosine
+    early_augment: tuple[str, ...] = ()  # progressive resizing: the views the first early_epochs draw from
+    early_epochs: int = 0  # (features of lower-resolution photos, e.g. "orig@224"); 0: off
+
+    def views(self, epoch: int) -> tuple[str, ...]:
+        """The feature sets epoch ``epoch`` (from 1) draws its batches from."""
+        return self.early_augment if epoch <= self.early_epochs else self.augment
 
 
 @dataclass
@@ -277,7 +283,7 @@ def _train_epoch(
         batch = order[s : s + cfg.batch_size]
         if len(batch) < 2:  # BatchNorm in the tuned blocks needs two samples
             continue
-        x, choice = _batch(features, batch, cfg.augment, rng)
+        x, choice = _batch(features, batch, cfg.views(epoch), rng)
         if cfg.feature_dropout:
             x = F.dropout2d(x, cfg.feature_dropout, training=True)
         y = labels[batch]
@@ -343,10 +349,18 @@ def train_top(
     and ``aux_targets`` (one row per bin, :func:`training.item_targets.read_item_targets`) a
     train-time head also learns the item-metadata targets; it is dropped afterwards. With
     ``cfg.distill_weight`` and ``soft_targets`` (per augmentation view, one probability row per bin:
-    the teachers' average) that share of the loss matches the teachers instead of the labels.
+    the teachers' average) that share of the loss matches the teachers instead of the labels. With
+    ``cfg.early_epochs`` the first epochs draw from ``cfg.early_augment`` (progressive resizing: the
+    feature maps of the photos at a lower resolution, smaller but through the same blocks), the rest
+    from ``cfg.augment``; BatchNorm is recomputed and validation run at the served resolution.
     """
     if cfg.distill_weight and soft_targets is not None and not set(cfg.augment) <= soft_targets.keys():
         raise ValueError(f"soft targets for {sorted(soft_targets)}, the training views are {list(cfg.augment)}")
+    if cfg.early_epochs and (cfg.distill_weight or not cfg.early_augment or cfg.early_epochs > cfg.epochs):
+        raise ValueError("early_epochs needs early_augment, no more than epochs, and no distillation")
+    missing = set(cfg.augment + cfg.early_augment) - features.keys()
+    if missing:
+        raise ValueError(f"no features for the training views {sorted(missing)}")
     k = cfg.first_block
     prefixes = tuned_prefixes(model, k)
     torch.manual_seed(cfg.seed)
