@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from service.artifact import METADATA_FILE, ModelMetadata, read_metadata
 from service.files import atomic_write
+from training.intervals import accuracy_interval
 
 CARD_FILE = "README.md"
 LEARNING_CURVE_FILE = "learning_curve.json"
@@ -39,16 +40,21 @@ def majority_accuracy(metrics: dict[str, Any]) -> float:
     return max(metrics["support"].values()) / metrics["n"]
 
 
+def _interval(metrics: dict[str, Any]) -> str:
+    low, high = accuracy_interval(metrics["accuracy"], metrics["n"])
+    return f"{100 * low:.1f}-{100 * high:.1f}%"
+
+
 def _headline_table(sections: Sequence[tuple[str, dict[str, Any] | None]]) -> list[str]:
     rows = [
-        "| held-out test bins | n | accuracy | RMSE | MAE | off-by-one | commonest count |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| held-out test bins | n | accuracy | 95% interval | RMSE | MAE | off-by-one | commonest count |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for title, m in sections:
         if m:
             rows.append(
-                f"| {title} | {m['n']} | **{_pct(m['accuracy'])}** | {m['rmse']:.3f} | {m['mae']:.3f} "
-                f"| {_pct(m['off_by_one_accuracy'])} | {_pct(majority_accuracy(m))} |"
+                f"| {title} | {m['n']} | **{_pct(m['accuracy'])}** | {_interval(m)} | {m['rmse']:.3f} "
+                f"| {m['mae']:.3f} | {_pct(m['off_by_one_accuracy'])} | {_pct(majority_accuracy(m))} |"
             )
     return rows
 
@@ -253,7 +259,9 @@ def _answer_section(metadata: ModelMetadata) -> list[str]:
             ]
         ),
         "",
-        "RMSE, MAE and off-by-one are on counts"
+        "The 95% interval (Wilson score) is how far the true accuracy can be from the figure given only those "
+        "bins; whether a new model beats this one is a paired question on the same bins, which "
+        "`python -m training.compare` answers more sharply than two intervals. RMSE, MAE and off-by-one are on counts"
         + (f" (`{overflow}` counts as {overflow[:-1]})" if overflow else "")
         + '. "Full-size photos" leaves out the sample\'s photos that were already shrunk to 224x224, the closest '
         "to what a warehouse camera sends. Reference points: the ABID challenge's ResNet-34 trained on 481k images "
