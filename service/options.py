@@ -152,3 +152,26 @@ def error_lines(
         prefix = where(field)
         lines.append(f"{prefix}: {message}" if prefix else message)
     return lines
+
+
+M = typing.TypeVar("M", bound=BaseModel)
+
+
+def parse_options(
+    model: type[M],
+    env_prefix: str,
+    prog: str,
+    description: str,
+    argv: typing.Sequence[str] | None,
+    environ: Mapping[str, str],
+) -> M:
+    """A command's ``model`` from ``environ`` (``<env_prefix>*`` variables), overridden by ``argv``: the one
+    argparse + pydantic step of the ``python -m`` tools. Bad input exits 2 with one line per problem."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_options(parser, model, env_prefix)
+    args = parser.parse_args(argv)
+    try:
+        return typing.cast(M, load_options(model, cli_values(args, model), env_prefix, environ))
+    except ValidationError as exc:
+        parser.error("; ".join(error_lines(exc, env_prefix=env_prefix)))
+        raise  # unreachable: parser.error exits

@@ -7,7 +7,7 @@ import argparse
 import pytest
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from service.options import add_options, cli_values, error_lines, load_options
+from service.options import add_options, cli_values, error_lines, load_options, parse_options
 
 
 class Options(BaseModel):
@@ -59,3 +59,16 @@ def test_one_line_per_problem_naming_the_option_the_variable_and_the_value() -> 
     assert error_lines(exc.value, lambda field: f"option {field or '(combination)'}") == [
         "option (combination): low must not exceed high"
     ]
+
+
+def test_parse_options_takes_the_environment_lets_the_command_line_win_and_exits_2_on_bad_input(capsys):
+    parsed = parse_options(Options, "X_", "prog", "What it does.", ["--count", "5"], {"X_NAME": "a", "X_COUNT": "2"})
+    assert isinstance(parsed, Options) and (parsed.name, parsed.count) == ("a", 5)
+    for argv, environ, message in [
+        (["--count", "0"], {"X_NAME": "a"}, "--count: Input should be greater than or equal to 1"),
+        ([], {}, "--name: required (or set X_NAME)"),
+        (["--low", "11"], {"X_NAME": "a"}, "low must not exceed high"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            parse_options(Options, "X_", "prog", "What it does.", argv, environ)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -18,7 +18,6 @@ Every option can also be set as ``BINSIGHT_COMPARE_<OPTION>``; command-line opti
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import sys
@@ -27,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.files import atomic_write_json
-from service.options import add_options, cli_values, error_lines, load_options
+from service.options import parse_options
 from training.intervals import PairedComparison, paired_comparison, wilson_interval
 from training.layouts import DataError
 from training.log import Log, print_line
@@ -152,15 +151,9 @@ def compare(config: CompareConfig, log: Log = print_line) -> dict[str, dict]:
 
 def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> CompareConfig:
     """Options from ``BINSIGHT_COMPARE_*`` variables, overridden by the command line; exits 2 on bad input."""
+    description = __doc__.split("\n\n")[0]
     environ = os.environ if environ is None else environ
-    parser = argparse.ArgumentParser(prog="python -m training.compare", description=__doc__.split("\n\n")[0])
-    add_options(parser, CompareConfig, ENV_PREFIX)
-    args = parser.parse_args(argv)
-    try:
-        return load_options(CompareConfig, cli_values(args, CompareConfig), ENV_PREFIX, environ)
-    except ValidationError as exc:
-        parser.error("; ".join(error_lines(exc, env_prefix=ENV_PREFIX)))
-        raise  # unreachable: parser.error exits
+    return parse_options(CompareConfig, ENV_PREFIX, "python -m training.compare", description, argv, environ)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,7 +15,6 @@ Every option can also be set in the environment as ``BINSIGHT_EVAL_<OPTION>`` (e
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -27,13 +26,13 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.utils.data import DataLoader
 
 from service.artifact import ArtifactError, ModelMetadata, load_artifact
 from service.files import atomic_write, atomic_write_json
-from service.options import add_options, cli_values, error_lines, load_options
+from service.options import parse_options
 from service.test_time import view_probabilities
 from training.augment import eval_transform
 from training.dataset import BadSample, BinDataset, check_images, collate_skip_bad
@@ -422,15 +421,9 @@ def run(config: EvaluateConfig, log: Log = print_line) -> dict[str, Any]:
 
 def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> EvaluateConfig:
     """Options from ``BINSIGHT_EVAL_*`` variables, overridden by the command line; exits 2 on bad input."""
+    description = __doc__.split("\n\n")[0]
     environ = os.environ if environ is None else environ
-    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
-    add_options(parser, EvaluateConfig, ENV_PREFIX)
-    args = parser.parse_args(argv)
-    try:
-        return load_options(EvaluateConfig, cli_values(args, EvaluateConfig), ENV_PREFIX, environ)
-    except ValidationError as exc:
-        parser.error("; ".join(error_lines(exc, env_prefix=ENV_PREFIX)))
-        raise  # unreachable: parser.error exits
+    return parse_options(EvaluateConfig, ENV_PREFIX, "python -m training.evaluate", description, argv, environ)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,7 +20,6 @@ Every option can also be set as ``BINSIGHT_QUANTIZE_<OPTION>``; command-line opt
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -33,12 +32,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.artifact import METADATA_FILE, WEIGHTS_FILE, ArtifactError, ModelMetadata, load_artifact
 from service.files import atomic_write, atomic_write_json
 from service.onnx_graph import export_onnx, file_sha256
-from service.options import add_options, cli_values, error_lines, load_options
+from service.options import parse_options
 from service.preprocess import ImageDecodeError, preprocess_bytes
 from service.runtimes import (
     FP32_TOLERANCE,
@@ -344,15 +343,9 @@ def write_record(model_dir: Path, record: dict[str, Any]) -> None:
 def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> QuantizeConfig:
     """Options from ``BINSIGHT_QUANTIZE_*`` variables, overridden by the command line (:mod:`service.options`);
     exits 2 on bad input."""
+    description = __doc__.split("\n\n")[0]
     environ = os.environ if environ is None else environ
-    parser = argparse.ArgumentParser(prog="python -m training.quantize", description=__doc__.split("\n\n")[0])
-    add_options(parser, QuantizeConfig, ENV_PREFIX)
-    args = parser.parse_args(argv)
-    try:
-        return load_options(QuantizeConfig, cli_values(args, QuantizeConfig), ENV_PREFIX, environ)
-    except ValidationError as exc:
-        parser.error("; ".join(error_lines(exc, env_prefix=ENV_PREFIX)))
-        raise  # unreachable: parser.error exits
+    return parse_options(QuantizeConfig, ENV_PREFIX, "python -m training.quantize", description, argv, environ)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,16 +10,15 @@ thresholds as the ``report_thresholds`` hyperparameter does (default: the run's 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tarfile
 from pathlib import Path
 from typing import Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from service.options import add_options, cli_values, error_lines, load_options
+from service.options import parse_options
 from training.log import print_line
 from training.report.rules import ISSUE, NOT_EVALUATED
 from training.report.store import REPORT_FILE
@@ -45,13 +44,9 @@ def unpack(archive: Path, into: Path | None) -> Path:
 
 
 def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.report", description=__doc__.split("\n\n")[0])
-    add_options(parser, ReportOptions, ENV_PREFIX)
-    args = parser.parse_args(argv)
-    try:
-        options = load_options(ReportOptions, cli_values(args, ReportOptions), ENV_PREFIX, environ or dict(os.environ))
-    except ValidationError as exc:
-        parser.error("; ".join(error_lines(exc, env_prefix=ENV_PREFIX)))
+    description = __doc__.split("\n\n")[0]
+    environ = os.environ if environ is None else environ
+    options = parse_options(ReportOptions, ENV_PREFIX, "python -m training.report", description, argv, environ)
     from training.report.render import render_folder  # matplotlib only when rendering
 
     run = options.run
