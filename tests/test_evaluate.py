@@ -79,6 +79,9 @@ def test_cli_end_to_end_writes_json_and_plots(setup, tmp_path: Path, capsys) -> 
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
     assert f"eval_n: {len(test_ids)}" in lines
     assert any(line.startswith("eval_accuracy: ") for line in lines)
+    low, high = metrics["accuracy_interval_95"]
+    assert 0 <= low <= metrics["accuracy"] <= high <= 1 and high - low > 0.2  # a handful of bins: a wide interval
+    assert f"eval_accuracy_low_95: {low:.4f}" in lines and f"eval_accuracy_high_95: {high:.4f}" in lines
     assert any(line.startswith("eval_rmse: ") for line in lines)
     assert any(line.startswith("eval_class_0_accuracy: ") for line in lines)
     assert all(": " in line for line in lines), [line for line in lines if ": " not in line]

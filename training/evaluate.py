@@ -37,6 +37,7 @@ from service.test_time import view_probabilities
 from training.augment import eval_transform
 from training.dataset import BadSample, BinDataset, check_images, collate_skip_bad
 from training.device import resolve_device
+from training.intervals import wilson_interval
 from training.labels import LabelledBin, LabelPolicy, apply_label_policy
 from training.layouts import DataError, scan_records
 from training.log import Log, print_line
@@ -165,8 +166,9 @@ def evaluate_model(
     With an overflow class, ``counts_0_N`` holds the ABID challenge's task (:func:`counts_task_metrics`).
 
     Returns :func:`training.metrics.compute_metrics`'s dict plus ``loss`` (cross entropy of the
-    predicted probabilities), ``skipped`` (unreadable images) and ``tta_flip``; with
-    ``return_predictions`` also ``predictions``: one ``{id, label, predicted, probability}`` per bin.
+    predicted probabilities), ``accuracy_interval_95`` (the accuracy's Wilson interval), ``skipped``
+    (unreadable images) and ``tta_flip``; with ``return_predictions`` also ``predictions``: one
+    ``{id, label, predicted, probability}`` per bin.
     The model's train/eval mode is restored afterwards.
     """
     probs, labels, ids, skipped = predict_items(model, metadata, items, batch_size, tta_flip, num_workers, device)
@@ -176,6 +178,7 @@ def evaluate_model(
     metrics = compute_metrics(predicted, labels, metadata.class_values, metadata.labels)
     picked = probs.gather(1, labels.view(-1, 1)).clamp_min(1e-12)
     metrics["loss"] = float(-picked.log().mean())
+    metrics["accuracy_interval_95"] = list(wilson_interval(int((predicted == labels).sum()), int(labels.numel())))
     metrics["skipped"] = len(skipped)
     metrics["skipped_ids"] = [b.id for b in skipped][:100]
     metrics["tta_flip"] = tta_flip
@@ -354,6 +357,10 @@ def select_items(
 def log_metrics(metrics: dict[str, Any], labels: Sequence[str], dropped: int, log: Log = print_line) -> None:
     """The evaluation's ``eval_*`` lines (what SageMaker's metric regexes read)."""
     log(format_metrics(metrics, "eval_"))
+    if "accuracy_interval_95" in metrics:  # how far the true accuracy can be, from these bins alone
+        low, high = metrics["accuracy_interval_95"]
+        log(f"eval_accuracy_low_95: {low:.4f}")
+        log(f"eval_accuracy_high_95: {high:.4f}")
     task_key = counts_task_key(labels)
     if task_key in metrics:
         log(format_metrics(metrics[task_key], f"eval_{task_key}_"))
