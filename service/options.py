@@ -14,6 +14,7 @@ A field may carry ``json_schema_extra={"flags": [...], "metavar": "..."}`` for e
 from __future__ import annotations
 
 import argparse
+import os
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -161,16 +162,18 @@ def parse_options(
     model: type[M],
     env_prefix: str,
     prog: str,
-    description: str,
-    argv: typing.Sequence[str] | None,
-    environ: Mapping[str, str],
+    doc: str | None,
+    argv: typing.Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> M:
-    """A command's ``model`` from ``environ`` (``<env_prefix>*`` variables), overridden by ``argv``: the one
-    argparse + pydantic step of the ``python -m`` tools. Bad input exits 2 with one line per problem."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    """A command's ``model`` from ``environ`` (default: the process's; ``<env_prefix>*`` variables), overridden by
+    ``argv``: the one argparse + pydantic step of the ``python -m`` tools. ``doc`` is the tool's module docstring,
+    whose first paragraph is its ``--help`` description. Bad input exits 2 with one line per problem."""
+    parser = argparse.ArgumentParser(prog=prog, description=(doc or "").split("\n\n")[0] or None)
     add_options(parser, model, env_prefix)
     args = parser.parse_args(argv)
     try:
+        environ = os.environ if environ is None else environ
         return typing.cast(M, load_options(model, cli_values(args, model), env_prefix, environ))
     except ValidationError as exc:
         parser.error("; ".join(error_lines(exc, env_prefix=env_prefix)))

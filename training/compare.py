@@ -19,7 +19,6 @@ Every option can also be set as ``BINSIGHT_COMPARE_<OPTION>``; command-line opti
 from __future__ import annotations
 
 import csv
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -151,9 +150,7 @@ def compare(config: CompareConfig, log: Log = print_line) -> dict[str, dict]:
 
 def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> CompareConfig:
     """Options from ``BINSIGHT_COMPARE_*`` variables, overridden by the command line; exits 2 on bad input."""
-    description = __doc__.split("\n\n")[0]
-    environ = os.environ if environ is None else environ
-    return parse_options(CompareConfig, ENV_PREFIX, "python -m training.compare", description, argv, environ)
+    return parse_options(CompareConfig, ENV_PREFIX, "python -m training.compare", __doc__, argv, environ)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

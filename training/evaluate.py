@@ -428,9 +428,7 @@ def run(config: EvaluateConfig, log: Log = print_line) -> dict[str, Any]:
 
 def parse_config(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> EvaluateConfig:
     """Options from ``BINSIGHT_EVAL_*`` variables, overridden by the command line; exits 2 on bad input."""
-    description = __doc__.split("\n\n")[0]
-    environ = os.environ if environ is None else environ
-    return parse_options(EvaluateConfig, ENV_PREFIX, "python -m training.evaluate", description, argv, environ)
+    return parse_options(EvaluateConfig, ENV_PREFIX, "python -m training.evaluate", __doc__, argv, environ)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

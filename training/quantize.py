@@ -21,7 +21,6 @@ Every option can also be set as ``BINSIGHT_QUANTIZE_<OPTION>``; command-line opt
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import time
@@ -343,9 +342,7 @@ def write_record(model_dir: Path, record: dict[str, Any]) -> None:
 def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> QuantizeConfig:
     """Options from ``BINSIGHT_QUANTIZE_*`` variables, overridden by the command line (:mod:`service.options`);
     exits 2 on bad input."""
-    description = __doc__.split("\n\n")[0]
-    environ = os.environ if environ is None else environ
-    return parse_options(QuantizeConfig, ENV_PREFIX, "python -m training.quantize", description, argv, environ)
+    return parse_options(QuantizeConfig, ENV_PREFIX, "python -m training.quantize", __doc__, argv, environ)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,7 +10,6 @@ thresholds as the ``report_thresholds`` hyperparameter does (default: the run's 
 
 from __future__ import annotations
 
-import os
 import sys
 import tarfile
 from pathlib import Path
@@ -44,9 +43,7 @@ def unpack(archive: Path, into: Path | None) -> Path:
 
 
 def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> int:
-    description = __doc__.split("\n\n")[0]
-    environ = os.environ if environ is None else environ
-    options = parse_options(ReportOptions, ENV_PREFIX, "python -m training.report", description, argv, environ)
+    options = parse_options(ReportOptions, ENV_PREFIX, "python -m training.report", __doc__, argv, environ)
     from training.report.render import render_folder  # matplotlib only when rendering
 
     run = options.run
