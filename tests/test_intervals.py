@@ -91,6 +91,10 @@ def test_compare_cli_reports_each_part_and_a_verdict(tmp_path, capsys):
     figures = json.loads(out.read_text())["parts"]
     assert figures["all"]["difference"] == pytest.approx(1 - 300 / 400)  # A: right on the odd bins and the even 0s
     assert figures["below_overflow"]["n"] == 300
+    assert (
+        figures["all"]["interval_b"][1] == 1.0
+        and figures["all"]["interval_a"][0] < 0.75 < figures["all"]["interval_a"][1]
+    )
     # The other way round the verdict turns; the same answers give no detectable difference.
     assert compare_cli.main(["--baseline", str(candidate), "--candidate", str(baseline)]) == 0
     assert "compare_all_verdict: baseline better" in capsys.readouterr().out.splitlines()

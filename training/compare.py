@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.files import atomic_write_json
 from service.options import parse_options
-from training.intervals import PairedComparison, paired_comparison, wilson_interval
+from training.intervals import PairedComparison, paired_comparison
 from training.layouts import DataError
 from training.log import Log, print_line
 
@@ -125,10 +125,11 @@ def compare(config: CompareConfig, log: Log = print_line) -> dict[str, dict]:
         right_b = torch.tensor([answers_b[k] == labels[k] for k in rows])
         result = paired_comparison(right_a, right_b, config.confidence, config.resamples, config.seed)
         entry = {**result.as_dict(), "verdict": verdict(result)}
-        for who, right in (("baseline", right_a), ("candidate", right_b)):
-            low, high = wilson_interval(int(right.sum()), len(rows), config.confidence)
-            entry[f"{who}_interval"] = [low, high]
-            log(f"compare_{part}_{who}_accuracy: {right.double().mean():.4f} [{low:.4f}, {high:.4f}]")
+        for who, accuracy, (low, high) in (
+            ("baseline", result.accuracy_a, result.interval_a),
+            ("candidate", result.accuracy_b, result.interval_b),
+        ):
+            log(f"compare_{part}_{who}_accuracy: {accuracy:.4f} [{low:.4f}, {high:.4f}]")
         log(f"compare_{part}_n: {result.n}")
         log(
             f"compare_{part}_difference: {result.difference:+.4f} "

@@ -57,6 +57,8 @@ class PairedComparison:
     n: int
     accuracy_a: float
     accuracy_b: float
+    interval_a: tuple[float, float]  # each accuracy's Wilson interval
+    interval_b: tuple[float, float]
     difference: float
     difference_low: float
     difference_high: float
@@ -99,6 +101,8 @@ def paired_comparison(
         n=n,
         accuracy_a=float(a.double().mean()),
         accuracy_b=float(b.double().mean()),
+        interval_a=wilson_interval(int(a.sum()), n, confidence),
+        interval_b=wilson_interval(int(b.sum()), n, confidence),
         difference=float(delta.mean()),
         difference_low=low,
         difference_high=high,
