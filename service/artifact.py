@@ -78,9 +78,14 @@ def _check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], where: s
 
 
 def module_for(metadata: ModelMetadata) -> nn.Module:
-    """The untrained module ``model.json`` describes (architecture, classes, dropout, head)."""
+    """The untrained module ``model.json`` describes (architecture, classes, dropout, head, output stride)."""
     return build_model(
-        metadata.architecture, metadata.num_classes, pretrained=False, dropout=metadata.dropout, head=metadata.head
+        metadata.architecture,
+        metadata.num_classes,
+        pretrained=False,
+        dropout=metadata.dropout,
+        head=metadata.head,
+        output_stride=metadata.output_stride,
     )
 
 

@@ -48,6 +48,11 @@ class ModelMetadata(BaseModel):
         description="Classifier head: softmax over the classes, or corn (ordinal: K-1 conditional binary outputs, "
         "served as log class probabilities).",
     )
+    output_stride: Literal[16, 32] = Field(
+        32,
+        description="Stride of the backbone's last feature maps: its own 32, or 16 (the last stride-2 block "
+        "convolves at stride 1, so the last stages see maps twice as fine each way; EfficientNet-Lite only).",
+    )
     test_time_views: list[TestTimeView] = Field(
         default_factory=lambda: ["orig"],
         description="Views of the photo whose class probabilities are averaged for the answer (mirror images, "

@@ -66,6 +66,8 @@ def graph_key(weights_sha256: str, metadata: ModelMetadata) -> str:
         "torch": torch.__version__,
         "export": EXPORT_TAG,
     }
+    if metadata.output_stride != 32:  # the same weights make another graph (keys of stride-32 graphs unchanged)
+        fields["output_stride"] = metadata.output_stride
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 

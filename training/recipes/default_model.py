@@ -43,7 +43,13 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from service.architectures import LITE_VARIANTS, build_model, get_architecture
+from service.architectures import (
+    LAST_STRIDED_BLOCK,
+    LITE_VARIANTS,
+    OUTPUT_STRIDES,
+    build_model,
+    get_architecture,
+)
 from service.artifact import load_artifact, metadata_for, save_artifact
 from service.files import atomic_write_json
 from service.model_metadata import Head, TestTimeView
@@ -152,6 +158,12 @@ class RecipeConfig(BaseModel):
         "weight into the shipped model (a model soup, training.recipes.soup: an ensemble at one model's serving "
         "cost); empty: off",
     )
+    output_stride: int = Field(
+        32,
+        description="16: the first tuned stage convolves at stride 1 instead of 2, so the tuned blocks and the "
+        "head see maps twice as fine each way (at 224 px 14x14 instead of 7x7; about 4x their cost, served too); "
+        "32: the backbone's own",
+    )
     head: Head = Field(
         "softmax",
         description="classifier head: softmax (cross-entropy) or corn (ordinal: K-1 conditional binary questions, "
@@ -193,6 +205,14 @@ class RecipeConfig(BaseModel):
             raise ValueError(
                 f"need cache_block ({self.cache_block}) <= first_tuned_block ({self.first_tuned_block}) "
                 f"< {blocks} (the blocks of {self.architecture})"
+            )
+        if self.output_stride not in OUTPUT_STRIDES:
+            raise ValueError(f"output_stride must be one of {list(OUTPUT_STRIDES)}, got {self.output_stride}")
+        strided = LAST_STRIDED_BLOCK[self.architecture]
+        if self.output_stride == 16 and self.first_tuned_block > strided:
+            raise ValueError(
+                f"output_stride 16 changes block {strided} of {self.architecture}, which must be tuned: "
+                f"need first_tuned_block <= {strided}, got {self.first_tuned_block}"
             )
         if not self.augment:
             raise ValueError("augment needs at least one variant, e.g. orig")
@@ -356,6 +376,11 @@ def select_bins(cfg: RecipeConfig) -> RecipeBins:
     return RecipeBins(items, split, policy, dropped, len(bad), cfg.data_dir)
 
 
+def recipe_build(cfg: RecipeConfig) -> dict[str, object]:
+    """The options of :func:`service.architectures.build_model` that shape the recipe's trained network."""
+    return {"dropout": cfg.dropout, "head": cfg.head, "output_stride": cfg.output_stride}
+
+
 def recipe_metadata(cfg: RecipeConfig, bins: RecipeBins):
     """The model.json of the recipe's model (before its metrics are known)."""
     return metadata_for(
@@ -365,6 +390,7 @@ def recipe_metadata(cfg: RecipeConfig, bins: RecipeBins):
         resize="squash",
         dropout=cfg.dropout,
         head=cfg.head,
+        output_stride=cfg.output_stride,
         test_time_views=list(cfg.test_time_views),
     )
 
@@ -449,6 +475,8 @@ def run_key(cfg: RecipeConfig, what: str) -> str:
         del fields["head"]  # runs from before the option resume
     if not fields["drop_connect"]:
         del fields["drop_connect"]  # runs from before the option resume
+    if fields["output_stride"] == 32:
+        del fields["output_stride"]  # runs from before the option resume
     if fields["lr_cycles"] == 1:
         del fields["lr_cycles"]  # runs from before the option resume
     if fields["progressive_size"] is None:
@@ -527,7 +555,7 @@ def train_and_select(
     if cfg.soup_seeds:
         return soup_selection(cfg, bins, features)
     torch.manual_seed(cfg.training_seed)
-    model = build_model(cfg.architecture, bins.policy.num_classes, pretrained=True, dropout=cfg.dropout, head=cfg.head)
+    model = build_model(cfg.architecture, bins.policy.num_classes, pretrained=True, **recipe_build(cfg))
     features = features if features is not None else tuning_features(cfg, model, bins)
     train_idx, val_idx = bins.training_indices(bins.split.train, cfg), bins.indices(bins.split.val)
     class_values = recipe_metadata(cfg, bins).class_values
@@ -635,7 +663,7 @@ def soup_model(
     """A fresh network holding the mean of ``members``' tops, BatchNorm recomputed on ``norm_bins``."""
     from training.recipes.soup import load_soup
 
-    model = build_model(cfg.architecture, bins.policy.num_classes, pretrained=True, dropout=cfg.dropout, head=cfg.head)
+    model = build_model(cfg.architecture, bins.policy.num_classes, pretrained=True, **recipe_build(cfg))
     load_soup(model, members, features["orig"], bins.indices(norm_bins), cfg.first_tuned_block, seed=cfg.seed)
     return model
 
@@ -701,7 +729,7 @@ def final_fit(
     fit_idx = bins.training_indices(bins.split.train + bins.split.val, cfg)
     soft = spread_views(cfg, teacher_targets(cfg, bins, features)) if cfg.teacher_seeds else None
     torch.manual_seed(cfg.training_seed)
-    model = build_model(cfg.architecture, bins.policy.num_classes, pretrained=True, dropout=cfg.dropout, head=cfg.head)
+    model = build_model(cfg.architecture, bins.policy.num_classes, pretrained=True, **recipe_build(cfg))
     key = run_key(cfg.model_copy(update={"epochs": epochs}), "final")
     history = train_top(
         model,
