@@ -17,6 +17,8 @@ from training.recipes.served_metrics import served_metrics
 from training.recipes.verification import choose_thresholds, flag_rates
 from training.synthetic import make_synthetic_abid
 
+from training_support import tiny_recipe_argv
+
 LABELS = ["0", "1", "2", "3", "4", "5", "6+"]
 VALUES = [0, 1, 2, 3, 4, 5, 6]
 
@@ -127,11 +129,7 @@ def test_jittered_copies_are_seeded_draws_of_the_train_transform_cached_once(tmp
 
 
 def test_recipe_trains_on_jittered_copies_end_to_end(tmp_path, capsys):
-    data = tmp_path / "abid"
-    make_synthetic_abid(data, n_bins=40, max_count=5, size=96, seed=4)
-    out, cache = tmp_path / "model", tmp_path / "cache"
-    argv = ["--data-dir", str(data), "--output-dir", str(out), "--cache-dir", str(cache), "--input-size", "64"]
-    argv += ["--epochs", "1", "--batch-size", "16", "--threads", "1", "--augment", "orig", "--jitter-copies", "1"]
+    argv, out, cache = tiny_recipe_argv(tmp_path, "--jitter-copies", "1")
     assert default_model.main(argv) == 0
     assert "stage: features_jitter1 done: 40" in capsys.readouterr().out
     meta = load_artifact(out).metadata

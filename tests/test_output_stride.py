@@ -17,9 +17,9 @@ from service.onnx_graph import EXPORT_TAG, graph_key
 from service.predictor import Prediction, Predictor
 from training.recipes import default_model
 from training.recipes.lite_parts import top_pooled, trunk_forward
-from training.synthetic import make_synthetic_abid
 
 from serving_support import ARCH, LABELS, jpeg
+from training_support import tiny_recipe_argv
 
 
 def _head_input_side(model: torch.nn.Module, size: int) -> int:
@@ -123,11 +123,7 @@ def test_recipe_options_for_the_output_stride_are_checked_and_name_a_run_of_thei
 
 
 def test_recipe_trains_and_ships_a_stride_16_model_end_to_end(tmp_path, capsys):
-    data = tmp_path / "abid"
-    make_synthetic_abid(data, n_bins=40, max_count=5, size=96, seed=5)
-    out, cache = tmp_path / "model", tmp_path / "cache"
-    argv = ["--data-dir", str(data), "--output-dir", str(out), "--cache-dir", str(cache), "--input-size", "64"]
-    argv += ["--epochs", "1", "--batch-size", "16", "--threads", "1", "--augment", "orig", "--output-stride", "16"]
+    argv, out, _cache = tiny_recipe_argv(tmp_path, "--output-stride", "16", seed=5)
     assert default_model.main(argv) == 0
     assert "test_served" in capsys.readouterr().out
     artifact = load_artifact(out)

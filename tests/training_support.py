@@ -89,3 +89,13 @@ def train_command(*args: str) -> list[str]:
 
 def history_without_times(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in entry.items() if k != "epoch_time_s"} for entry in history]
+
+
+def tiny_recipe_argv(root: Path, *options: str, seed: int = 4) -> tuple[list[str], Path, Path]:
+    """Command line of a one-epoch default-model recipe run on 40 synthetic 96 px bins served at 64 px
+    (augment ``orig``), with ``options`` after it; also the run's output and cache folders."""
+    data, out, cache = root / "abid", root / "model", root / "cache"
+    make_synthetic_abid(data, n_bins=40, max_count=5, size=96, seed=seed)
+    argv = ["--data-dir", str(data), "--output-dir", str(out), "--cache-dir", str(cache), "--input-size", "64"]
+    argv += ["--epochs", "1", "--batch-size", "16", "--threads", "1", "--augment", "orig", *options]
+    return argv, out, cache
