@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
-from training.config import ConfigError, TrainConfig, build_config, load_config
+from training.config import RUNTIME_FIELDS, ConfigError, TrainConfig, build_config, load_config
 from training.sagemaker_env import (
     FAILURE_REASON_LIMIT,
     SageMakerEnvError,
@@ -83,6 +84,7 @@ def test_unknown_key_names_key_source_and_suggestion(tmp_path: Path) -> None:
         ("optimizer", "adam", "'adamw' or 'sgd'"),
         ("architecture", "resnet9000", "unknown architecture 'resnet9000'"),
         ("label_smoothing", "1.5", "less than 1"),
+        ("output_stride", "8", "16 or 32"),
     ],
 )
 def test_bad_value_names_key_value_and_reason(tmp_path: Path, key: str, value: str, fragment: str) -> None:
@@ -110,6 +112,19 @@ def test_unreadable_hyperparameters_file(tmp_path: Path) -> None:
     path.write_text("[1, 2]")
     with pytest.raises(ConfigError, match="JSON object"):
         load_config(environ={}, hyperparameters_file=path)
+
+
+def test_output_stride_is_read_as_a_number_and_checked_against_the_architecture(tmp_path: Path) -> None:
+    assert load_config(environ={"BINSIGHT_OUTPUT_STRIDE": "16"}, hyperparameters_file=None).output_stride == 16
+    assert load_config(environ={}, hyperparameters_file=_hp_file(tmp_path, {"output_stride": "16"})).output_stride == 16
+    resnet = _hp_file(tmp_path, {"architecture": "resnet18", "output_stride": "16"})
+    with pytest.raises(ConfigError, match="efficientnet_lite0"):
+        load_config(environ={}, hyperparameters_file=resnet)
+    # The default leaves the recipe hash as it was before the field, so older checkpoints still resume.
+    old = {k: v for k, v in TrainConfig().model_dump(mode="json").items() if k not in RUNTIME_FIELDS}
+    del old["output_stride"]
+    assert TrainConfig().recipe_hash() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
+    assert TrainConfig(output_stride=16).recipe_hash() != TrainConfig().recipe_hash()
 
 
 def test_recipe_hash_ignores_runtime_fields_only() -> None:

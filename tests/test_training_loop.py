@@ -151,6 +151,20 @@ def test_other_recipes_run(tmp_path: Path, options: dict) -> None:
         assert "class_weights: [" in "\n".join(lines) and result.test_metrics["n"] == 4
 
 
+def test_an_output_stride_16_run_ships_a_model_that_serves_at_its_stride(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    make_synthetic_abid(data, 24, max_count=3, size=40, seed=2)
+    result = run_training(tiny_config(epochs=1, output_stride=16), local_paths(tmp_path, data), log=lambda _: None)
+    assert result.status == "completed"
+    artifact = load_artifact(result.model_dir)
+    assert artifact.metadata.output_stride == 16 and artifact.metadata.training["output_stride"] == 16
+    seen: list[int] = []
+    artifact.model._conv_head.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0].shape[-1]))
+    with torch.no_grad():
+        artifact.model.eval()(torch.zeros(1, 3, 32, 32))
+    assert seen == [2]  # 32 px / 16 (stride 32 would give 1)
+
+
 # --------------------------------------------------------------------------------------------
 # Bad input through the entry point (failure file + exit status)
 # --------------------------------------------------------------------------------------------

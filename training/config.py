@@ -18,7 +18,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from service.architectures import ArchitectureError, get_architecture
+from service.architectures import LAST_STRIDED_BLOCK, ArchitectureError, get_architecture
 from service.options import env_name, env_values, error_lines
 from service.preprocess import ResizePolicy
 from training.sagemaker_hyperparameters import is_platform_key
@@ -64,6 +64,11 @@ class TrainConfig(BaseModel):
     resize: ResizePolicy = Field("squash", description="squash, letterbox or center_crop (recorded in model.json).")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout before the classifier.")
     freeze: Literal["none", "backbone", "all_but_last_stage"] = Field("none", description="Parameters kept fixed.")
+    output_stride: Literal[16, 32] = Field(
+        32,
+        description="16: the last stride-2 block of an EfficientNet-Lite convolves at stride 1, so its last stages "
+        "see maps twice as fine (about 2x the forward cost of Lite0; recorded in model.json); 32: the backbone's own.",
+    )
     # Labels
     max_count: int = Field(5, ge=1, le=1000, description="Classes are counts 0..max_count.")
     overflow: bool = Field(False, description="Bins above max_count become one 'N+' class instead of being dropped.")
@@ -162,6 +167,19 @@ class TrainConfig(BaseModel):
         parse_thresholds(value)
         return value
 
+    @field_validator("output_stride", mode="before")
+    @classmethod
+    def _stride_from_text(cls, value: object) -> object:
+        return int(value) if isinstance(value, str) and value.strip().isdigit() else value  # "16" from the env
+
+    @model_validator(mode="after")
+    def _output_stride_fits_the_architecture(self) -> "TrainConfig":
+        if self.output_stride == 16 and self.architecture not in LAST_STRIDED_BLOCK:
+            raise ValueError(
+                f"output_stride 16 is built for {', '.join(sorted(LAST_STRIDED_BLOCK))} only, not {self.architecture!r}"
+            )
+        return self
+
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> "TrainConfig":
         if self.val_fraction + self.test_fraction >= 1:
@@ -182,6 +200,8 @@ class TrainConfig(BaseModel):
     def recipe_hash(self) -> str:
         """Hash of everything that decides what is learned (not :data:`RUNTIME_FIELDS`)."""
         payload = {k: v for k, v in self.model_dump(mode="json").items() if k not in RUNTIME_FIELDS}
+        if payload["output_stride"] == 32:
+            del payload["output_stride"]  # checkpoints from before the field still resume
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def recipe_diff(self, other: Mapping[str, Any]) -> list[str]:

@@ -150,7 +150,13 @@ def build_run(config: TrainConfig, ctx: DistContext, data: PreparedData, log: Lo
     placement = Placement.on(ctx.device, channels_last=config.channels_last, amp=config.amp, amp_dtype=config.amp_dtype)
     torch.manual_seed(mix_seed("init", config.seed))
     random.seed(config.seed)
-    model = build_model(config.architecture, len(labels), pretrained=config.pretrained, dropout=config.dropout)
+    model = build_model(
+        config.architecture,
+        len(labels),
+        pretrained=config.pretrained,
+        dropout=config.dropout,
+        output_stride=config.output_stride,
+    )
     trainable, total = apply_freeze(model, arch, config.freeze)
     placement.place_model(model)
     optimizer = make_optimizer(param_groups(model, arch, config), config)
@@ -855,6 +861,7 @@ def write_outputs(parts: RunParts, state: RunState, paths: RunPaths, seconds: fl
         input_size=parts.spec.input_size,
         resize=cfg.resize,
         dropout=cfg.dropout,
+        output_stride=cfg.output_stride,
         data=provenance,
         training=_recipe(parts, state),
     )
