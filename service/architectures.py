@@ -254,6 +254,16 @@ HEADS: tuple[str, ...] = get_args(Head)
 OUTPUT_STRIDES: tuple[int, ...] = (16, 32)
 
 
+def check_output_stride(name: str, output_stride: int) -> None:
+    """Refuse an output stride :func:`build_model` cannot give architecture ``name`` (before anything is built)."""
+    if output_stride not in OUTPUT_STRIDES:
+        raise ArchitectureError(f"output_stride must be one of {list(OUTPUT_STRIDES)}, got {output_stride}")
+    if output_stride == 16 and name not in LAST_STRIDED_BLOCK:
+        raise ArchitectureError(
+            f"output_stride 16 is built for {', '.join(sorted(LAST_STRIDED_BLOCK))} only, not {name!r}"
+        )
+
+
 def set_output_stride_16(model: nn.Module, name: str) -> int:
     """Halve an EfficientNet-Lite's output stride, in place: its last stride-2 block convolves at stride 1.
 
@@ -262,8 +272,7 @@ def set_output_stride_16(model: nn.Module, name: str) -> int:
     blocks. The later convolutions are not dilated (a dilated depthwise convolution runs 1.7x slower on CPU);
     fine-tuning adapts them. Returns the index of the changed block.
     """
-    if name not in LAST_STRIDED_BLOCK:
-        raise ArchitectureError(f"output_stride 16 is built for {', '.join(sorted(LAST_STRIDED_BLOCK))} only")
+    check_output_stride(name, 16)
     index = LAST_STRIDED_BLOCK[name]
     conv = model._blocks[index]._depthwise_conv
     if tuple(conv.stride) != (2, 2):
@@ -289,12 +298,7 @@ def build_model(
     is log class probabilities, so it serves like logits. ``output_stride=16`` halves the stride of the
     last stage (:func:`set_output_stride_16`; EfficientNet-Lite only).
     """
-    if output_stride not in OUTPUT_STRIDES:
-        raise ArchitectureError(f"output_stride must be one of {list(OUTPUT_STRIDES)}, got {output_stride}")
-    if output_stride == 16 and name not in LAST_STRIDED_BLOCK:
-        raise ArchitectureError(
-            f"output_stride 16 is built for {', '.join(sorted(LAST_STRIDED_BLOCK))} only, not {name!r}"
-        )
+    check_output_stride(name, output_stride)
     if num_classes < 2:
         raise ArchitectureError(f"num_classes must be at least 2, got {num_classes}")
     if not 0.0 <= dropout < 1.0:

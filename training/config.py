@@ -18,7 +18,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from service.architectures import LAST_STRIDED_BLOCK, ArchitectureError, get_architecture
+from service.architectures import ArchitectureError, check_output_stride, get_architecture
 from service.options import env_name, env_values, error_lines
 from service.preprocess import ResizePolicy
 from training.sagemaker_hyperparameters import is_platform_key
@@ -174,10 +174,7 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _output_stride_fits_the_architecture(self) -> "TrainConfig":
-        if self.output_stride == 16 and self.architecture not in LAST_STRIDED_BLOCK:
-            raise ValueError(
-                f"output_stride 16 is built for {', '.join(sorted(LAST_STRIDED_BLOCK))} only, not {self.architecture!r}"
-            )
+        check_output_stride(self.architecture, self.output_stride)
         return self
 
     @model_validator(mode="after")

@@ -46,8 +46,8 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from service.architectures import (
     LAST_STRIDED_BLOCK,
     LITE_VARIANTS,
-    OUTPUT_STRIDES,
     build_model,
+    check_output_stride,
     get_architecture,
 )
 from service.artifact import load_artifact, metadata_for, save_artifact
@@ -206,8 +206,7 @@ class RecipeConfig(BaseModel):
                 f"need cache_block ({self.cache_block}) <= first_tuned_block ({self.first_tuned_block}) "
                 f"< {blocks} (the blocks of {self.architecture})"
             )
-        if self.output_stride not in OUTPUT_STRIDES:
-            raise ValueError(f"output_stride must be one of {list(OUTPUT_STRIDES)}, got {self.output_stride}")
+        check_output_stride(self.architecture, self.output_stride)
         strided = LAST_STRIDED_BLOCK[self.architecture]
         if self.output_stride == 16 and self.first_tuned_block > strided:
             raise ValueError(
@@ -388,10 +387,8 @@ def recipe_metadata(cfg: RecipeConfig, bins: RecipeBins):
         bins.policy.labels,
         input_size=cfg.input_size,
         resize="squash",
-        dropout=cfg.dropout,
-        head=cfg.head,
-        output_stride=cfg.output_stride,
         test_time_views=list(cfg.test_time_views),
+        **recipe_build(cfg),
     )
 
 
