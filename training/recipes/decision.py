@@ -55,3 +55,17 @@ def fold_offsets(classifier: nn.Module, offsets: torch.Tensor) -> None:
 
     target = classifier.offsets if isinstance(classifier, CornHead) else classifier.bias
     target.add_(offsets.to(target.dtype))
+
+
+def output_layer(model: nn.Module, num_classes: int) -> nn.Module:
+    """The layer :func:`fold_offsets` changes: the model's CORN head, else its last ``nn.Linear`` with
+    ``num_classes`` outputs (every registered architecture ends in one)."""
+    from service.ordinal_head import CornHead
+
+    heads = [m for m in model.modules() if isinstance(m, CornHead)]
+    if heads:
+        return heads[-1]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears or linears[-1].out_features != num_classes or linears[-1].bias is None:
+        raise ValueError(f"{type(model).__name__} does not end in a linear layer of {num_classes} outputs with a bias")
+    return linears[-1]
