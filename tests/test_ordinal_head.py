@@ -15,7 +15,7 @@ from service.architectures import ArchitectureError, build_model
 from service.artifact import ArtifactError, load_artifact, metadata_for, save_artifact
 from service.ordinal_head import CornHead, corn_log_probs
 from service.predictor import Predictor
-from training.losses import CornLoss, corn_loss
+from training.losses import CornLoss, corn_loss, corn_loss_from_log_probs
 from training.recipes.decision import fold_offsets
 
 from serving_support import ARCH, LABELS, jpeg
@@ -70,6 +70,26 @@ def test_corn_loss_learns_a_separable_count():
         criterion(head.conditional(x), y).backward()
         optimizer.step()
     assert (head(x).argmax(1) == y).float().mean() > 0.85
+
+
+def test_corn_loss_from_the_models_log_probs_equals_the_conditional_one():
+    """The training loop sees only the model's output; the loss and its gradient must be CORN's own."""
+    torch.manual_seed(1)
+    logits = (torch.randn(64, 6) * 4).requires_grad_()  # wide logits: near-certain answers too
+    targets = torch.randint(0, 7, (64,))
+    direct = corn_loss(logits, targets)
+    (grad_direct,) = torch.autograd.grad(direct, logits)
+    from_output = corn_loss_from_log_probs(corn_log_probs(logits), targets)
+    (grad_output,) = torch.autograd.grad(from_output, logits)
+    torch.testing.assert_close(from_output, direct, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad_output, grad_direct, rtol=1e-4, atol=1e-6)
+    values = [0, 1, 2, 3, 4, 5, 6]
+    on_logits = CornLoss(values, ordinal_weight=0.3)(logits, targets)
+    on_output = CornLoss(values, ordinal_weight=0.3, inputs="log_probs")(corn_log_probs(logits), targets)
+    torch.testing.assert_close(on_output, on_logits, rtol=1e-5, atol=1e-5)
+    assert on_logits > direct  # the ordinal term is there
+    with pytest.raises(ValueError, match="inputs must be"):
+        CornLoss(values, inputs="logits")
 
 
 def test_folded_offsets_are_the_answer_rule_of_a_corn_head():

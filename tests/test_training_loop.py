@@ -11,13 +11,15 @@ import torch
 
 from service.architectures import build_model, get_architecture
 from service.artifact import load_artifact
+from service.ordinal_head import CornHead
 from training.__main__ import main
 from training.checkpoint import CHECKPOINT_FILE, CheckpointError, GracefulStop
 from training.config import ConfigError
 from training.loaders import EpochSampler
-from training.loop import TrainHooks, run_training
-from training.losses import CountLoss
+from training.loop import TrainHooks, _make_criterion, run_training
+from training.losses import CornLoss, CountLoss
 from training.optim import apply_freeze, lr_factor, param_groups
+from training.recipes.decision import output_layer
 from training.synthetic import corrupt_some, make_synthetic_abid
 
 from training_support import TINY, history_without_times, local_paths, make_opt_ml, tiny_config
@@ -163,6 +165,27 @@ def test_an_output_stride_16_run_ships_a_model_that_serves_at_its_stride(tmp_pat
     with torch.no_grad():
         artifact.model.eval()(torch.zeros(1, 3, 32, 32))
     assert seen == [2]  # 32 px / 16 (stride 32 would give 1)
+
+
+def test_a_corn_head_run_trains_with_corns_loss_and_ships_an_ordinal_model(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    make_synthetic_abid(data, 24, max_count=3, size=40, seed=2)
+    lines: list[str] = []
+    config = tiny_config(epochs=1, head="corn", loss="ordinal", class_weighting="balanced_sampler")
+    result = run_training(config, local_paths(tmp_path, data), log=lines.append)
+    assert result.status == "completed"
+    assert any(line.startswith("label_smoothing: ") and "not used" in line for line in lines)
+    artifact = load_artifact(result.model_dir)
+    assert artifact.metadata.head == "corn" and artifact.metadata.training["head"] == "corn"
+    assert isinstance(output_layer(artifact.model, artifact.metadata.num_classes), CornHead)
+    with torch.no_grad():
+        log_probs = artifact.model.eval()(torch.zeros(2, 3, 32, 32))
+    torch.testing.assert_close(log_probs.exp().sum(1), torch.ones(2))  # the CORN head answers log-probabilities
+    criterion = _make_criterion(config, None, [0, 1, 2, 3], lambda _: None)
+    assert isinstance(criterion, CornLoss) and criterion.inputs == "log_probs" and criterion.ordinal_weight > 0
+    assert tiny_config(head="corn").recipe_hash() != tiny_config().recipe_hash()
+    with pytest.raises(ValueError, match="with head corn use balanced_sampler or none"):
+        tiny_config(head="corn", class_weighting="inverse")
 
 
 # --------------------------------------------------------------------------------------------

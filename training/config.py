@@ -69,6 +69,11 @@ class TrainConfig(BaseModel):
         description="16: the last stride-2 block of an EfficientNet-Lite convolves at stride 1, so its last stages "
         "see maps twice as fine (about 2x the forward cost of Lite0; recorded in model.json); 32: the backbone's own.",
     )
+    head: Literal["softmax", "corn"] = Field(
+        "softmax",
+        description="softmax: one logit per class; corn: the ordinal CORN head of the default model's recipe (K-1 "
+        "questions 'more than k?', trained with CORN's loss; label_smoothing does not apply; recorded in model.json).",
+    )
     # Labels
     max_count: int = Field(5, ge=1, le=1000, description="Classes are counts 0..max_count.")
     overflow: bool = Field(False, description="Bins above max_count become one 'N+' class instead of being dropped.")
@@ -178,6 +183,14 @@ class TrainConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _corn_head_takes_no_class_weights(self) -> "TrainConfig":
+        if self.head == "corn" and self.class_weighting == "inverse":
+            raise ValueError(
+                "class_weighting inverse weights the softmax loss; with head corn use balanced_sampler or none"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> "TrainConfig":
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError(
@@ -199,6 +212,8 @@ class TrainConfig(BaseModel):
         payload = {k: v for k, v in self.model_dump(mode="json").items() if k not in RUNTIME_FIELDS}
         if payload["output_stride"] == 32:
             del payload["output_stride"]  # checkpoints from before the field still resume
+        if payload["head"] == "softmax":
+            del payload["head"]  # likewise
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def recipe_diff(self, other: Mapping[str, Any]) -> list[str]:

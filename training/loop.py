@@ -68,7 +68,7 @@ from training.loaders import (
 )
 from training.log import Log, fields_text, print_line, quiet
 from training.log import Progress as ProgressDisplay
-from training.losses import CountLoss, class_weights
+from training.losses import CornLoss, CountLoss, class_weights
 from training.metrics import scalar_metrics
 from training.norms import recalibrate, sample_items, smallest_momentum
 from training.norms import wanted as recalibration_wanted
@@ -119,7 +119,7 @@ class RunParts:
     class_values: list[float]  # the count of each class ("6+" counts as 6)
     model: nn.Module  # the bare module: state dicts, validation, the artifact
     net: nn.Module  # what trains: ``model``, or DistributedDataParallel around it
-    criterion: CountLoss
+    criterion: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
@@ -155,6 +155,7 @@ def build_run(config: TrainConfig, ctx: DistContext, data: PreparedData, log: Lo
         len(labels),
         pretrained=config.pretrained,
         dropout=config.dropout,
+        head=config.head,
         output_stride=config.output_stride,
     )
     trainable, total = apply_freeze(model, arch, config.freeze)
@@ -191,13 +192,18 @@ def build_run(config: TrainConfig, ctx: DistContext, data: PreparedData, log: Lo
     )
 
 
-def _make_criterion(config: TrainConfig, data: PreparedData, class_values: list[float], log: Log) -> CountLoss:
-    """The count loss, its class weights (logged) when ``class_weighting`` is ``inverse``."""
+def _make_criterion(config: TrainConfig, data: PreparedData, class_values: list[float], log: Log) -> nn.Module:
+    """The count loss, its class weights (logged) when ``class_weighting`` is ``inverse``; CORN's with ``head=corn``
+    (the model answers log class probabilities, which :class:`CornLoss` reads as they are)."""
+    ordinal_weight = config.ordinal_weight if config.loss == "ordinal" else 0.0
+    if config.head == "corn":
+        if config.label_smoothing:
+            log(f"label_smoothing: {config.label_smoothing} not used: the CORN head's loss has none")
+        return CornLoss(class_values, ordinal_weight, inputs="log_probs")
     weights = None
     if config.class_weighting == "inverse":
         weights = class_weights(data.train_class_counts, power=config.class_weight_power)
         log(f"class_weights: {[round(float(w), 4) for w in weights]}")
-    ordinal_weight = config.ordinal_weight if config.loss == "ordinal" else 0.0
     return CountLoss(class_values, config.label_smoothing, weights, ordinal_weight)
 
 
@@ -861,6 +867,7 @@ def write_outputs(parts: RunParts, state: RunState, paths: RunPaths, seconds: fl
         input_size=parts.spec.input_size,
         resize=cfg.resize,
         dropout=cfg.dropout,
+        head=cfg.head,
         output_stride=cfg.output_stride,
         data=provenance,
         training=_recipe(parts, state),

@@ -11,7 +11,7 @@ over classes, so the artifact contract (argmax = predicted class) does not chang
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -90,18 +90,56 @@ def corn_loss(conditional_logits: torch.Tensor, targets: torch.Tensor) -> torch.
     return (losses * asked).sum() / asked.sum().clamp_min(1)
 
 
+def corn_loss_from_log_probs(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """:func:`corn_loss` from the class log-probabilities a CORN head answers, exactly.
+
+    With ``S_k = P(count >= k)``, question k's answers are ``log sigmoid(l_k) = log S_{k+1} - log S_k``
+    (above k) and ``log sigmoid(-l_k) = log P(k) - log S_k`` (stops at k), so the loss needs only the
+    model's output: the training loop, which sees nothing but the output, trains a CORN head with it.
+    """
+    lp = log_probs.float()
+    survival = torch.logcumsumexp(lp.flip(-1), dim=-1).flip(-1)  # log P(count >= k), k = 0..K-1
+    log_above = survival[:, 1:] - survival[:, :-1]
+    log_stop = lp[:, :-1] - survival[:, :-1]
+    k = torch.arange(lp.shape[-1] - 1, device=lp.device)
+    asked = targets[:, None] >= k
+    losses = -torch.where(targets[:, None] > k, log_above, log_stop)
+    return (losses * asked).sum() / asked.sum().clamp_min(1)
+
+
 class CornLoss(nn.Module):
     """:func:`corn_loss` plus, like :class:`CountLoss`, ``ordinal_weight`` times the squared error of the
-    expected count under the head's class distribution. Label smoothing has no counterpart here."""
+    expected count under the head's class distribution. Label smoothing has no counterpart here.
 
-    def __init__(self, class_values: Sequence[float], ordinal_weight: float = 0.0):
+    ``inputs`` is what the loss is given: the head's K-1 conditional logits (the CPU recipe, which
+    calls :meth:`service.ordinal_head.CornHead.conditional`), or the K class log-probabilities the
+    model answers (the training loop, :func:`corn_loss_from_log_probs`); both give the same loss.
+    """
+
+    def __init__(
+        self,
+        class_values: Sequence[float],
+        ordinal_weight: float = 0.0,
+        inputs: Literal["conditional_logits", "log_probs"] = "conditional_logits",
+    ):
         super().__init__()
+        if inputs not in ("conditional_logits", "log_probs"):
+            raise ValueError(f"inputs must be conditional_logits or log_probs, not {inputs!r}")
         self.register_buffer("values", torch.tensor([float(v) for v in class_values]))
         self.ordinal_weight = float(ordinal_weight)
+        self.inputs = inputs
 
-    def forward(self, conditional_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        loss = corn_loss(conditional_logits, targets)
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.inputs == "log_probs":
+            loss = corn_loss_from_log_probs(outputs, targets)
+            log_probs = outputs.float()
+        else:
+            loss = corn_loss(outputs, targets)
+            log_probs = corn_log_probs(outputs.float())
         if self.ordinal_weight > 0:
-            probs = corn_log_probs(conditional_logits.float()).exp()
+            probs = log_probs.softmax(dim=-1)  # = exp(log_probs): they are normalised
             loss = loss + self.ordinal_weight * expected_count_error(probs, self.values, targets)
         return loss
+
+    def extra_repr(self) -> str:
+        return f"classes={len(self.values)}, ordinal_weight={self.ordinal_weight}, inputs={self.inputs}"
