@@ -34,8 +34,7 @@ from training.device import resolve_device
 from training.evaluate import HISTORY_FILE, EvaluateConfig, predict_items, select_items
 from training.layouts import DataError
 from training.log import Log, print_line
-from training.metrics import compute_metrics
-from training.recipes.decision import fold_offsets, output_layer, tune_offsets
+from training.recipes.decision import answer_rule, fold_offsets, output_layer
 from training.splits import SPLIT_MANIFEST_FILE
 
 ENV_PREFIX = "BINSIGHT_ANSWER_RULE_"
@@ -98,10 +97,7 @@ def run(config: AnswerRuleConfig, log: Log = print_line) -> dict[str, Any]:
     probs, labels, _, skipped = predict_items(
         artifact.model, metadata, items, config.batch_size, num_workers=config.num_workers, device=device
     )
-    log_probs = probs.clamp_min(1e-8).log()
-    offsets = tune_offsets(log_probs, labels)
-    before = compute_metrics(log_probs.argmax(1), labels, metadata.class_values, metadata.labels)
-    after = compute_metrics((log_probs + offsets).argmax(1), labels, metadata.class_values, metadata.labels)
+    before, offsets, after = answer_rule(probs, labels, metadata.class_values, metadata.labels, tune=True)
     model = artifact.model.cpu()
     fold_offsets(output_layer(model, metadata.num_classes), offsets)
     record = {

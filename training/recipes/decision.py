@@ -69,3 +69,18 @@ def output_layer(model: nn.Module, num_classes: int) -> nn.Module:
     if not linears or linears[-1].out_features != num_classes or linears[-1].bias is None:
         raise ValueError(f"{type(model).__name__} does not end in a linear layer of {num_classes} outputs with a bias")
     return linears[-1]
+
+
+def answer_rule(
+    probs: torch.Tensor, labels: torch.Tensor, class_values, names, tune: bool
+) -> tuple[dict, torch.Tensor | None, dict | None]:
+    """The figures of the argmax, the answer rule's offsets tuned on ``labels`` and the figures under them
+    (``None`` twice without ``tune``)."""
+    from training.metrics import compute_metrics
+
+    before = compute_metrics(probs.argmax(1), labels, class_values, names)
+    if not tune:
+        return before, None, None
+    log_probs = probs.clamp_min(1e-8).log()
+    offsets = tune_offsets(log_probs, labels)
+    return before, offsets, compute_metrics((log_probs + offsets).argmax(1), labels, class_values, names)

@@ -57,7 +57,7 @@ from training.dataset import check_images
 from training.labels import LabelledBin, LabelPolicy, apply_label_policy
 from training.layouts import read_abid
 from training.log import fields_text, print_line
-from training.recipes.decision import fold_offsets, tune_offsets
+from training.recipes.decision import answer_rule, fold_offsets
 from training.recipes.feature_cache import VARIANTS, Runtime, TrunkRunner, cache_key, cached_features, cached_images
 from training.recipes.jitter_copies import cached_jitter_features, jitter_name, jitter_names
 from training.recipes.lite_parts import blocks_forward
@@ -663,21 +663,6 @@ def soup_model(
     model = build_model(cfg.architecture, bins.policy.num_classes, pretrained=True, **recipe_build(cfg))
     load_soup(model, members, features["orig"], bins.indices(norm_bins), cfg.first_tuned_block, seed=cfg.seed)
     return model
-
-
-def answer_rule(
-    probs: torch.Tensor, labels: torch.Tensor, class_values, names, tune: bool
-) -> tuple[dict, torch.Tensor | None, dict | None]:
-    """The figures of the argmax, the answer rule's offsets tuned on ``labels`` and the figures under them
-    (``None`` twice without ``tune``)."""
-    from training.metrics import compute_metrics
-
-    before = compute_metrics(probs.argmax(1), labels, class_values, names)
-    if not tune:
-        return before, None, None
-    log_probs = probs.clamp_min(1e-8).log()
-    offsets = tune_offsets(log_probs, labels)
-    return before, offsets, compute_metrics((log_probs + offsets).argmax(1), labels, class_values, names)
 
 
 def ensemble_figures(
