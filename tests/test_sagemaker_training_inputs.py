@@ -167,6 +167,7 @@ def test_file_and_fastfile_channels_are_read(tmp_path: Path) -> None:
             },
             "validation": {"TrainingInputMode": "File"},  # what the SDK's local mode writes
             "extra": {"TrainingInputMode": "File"},
+            "init_model": {"TrainingInputMode": "File"},
         },
     )
     lines = check_channels(channels, num_hosts=2)
@@ -174,7 +175,13 @@ def test_file_and_fastfile_channels_are_read(tmp_path: Path) -> None:
         "channel: train input_mode: FastFile content_type: application/x-image distribution: FullyReplicated",
         "channel: validation input_mode: File content_type: none distribution: FullyReplicated",
         "channel_ignored: extra (train reads train, validation, test)",
+        "channel: init_model input_mode: File (the start weights: pass init_model_dir=/opt/ml/input/data/init_model)",
     ]
+    piped = _input_config(
+        tmp_path, {"train": {"TrainingInputMode": "File"}, "init_model": {"TrainingInputMode": "Pipe"}}
+    )
+    with pytest.raises(InputModeError, match="channel 'init_model' uses input mode 'Pipe'"):
+        check_channels(piped)
     assert read_input_data_config(tmp_path / "absent.json") == {} and check_channels({}) == []
 
 

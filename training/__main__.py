@@ -28,6 +28,7 @@ from service.options import add_options, cli_values
 from training.checkpoint import CheckpointError
 from training.config import ENV_PREFIX, ConfigError, TrainConfig, load_config
 from training.distributed import in_torchrun_worker, launch, plan_launch
+from training.init_weights import check_init_model
 from training.layouts import DataError
 from training.log import print_line
 from training.sagemaker_env import (
@@ -136,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not worker:
             clear_failure(paths.failure_file)
         config = load_config(cli=cli_values(args, TrainConfig, "hp_"), hyperparameters_file=paths.hyperparameters)
+        check_init_model(config)  # a wrong start model fails here, before the data is read
         if args.dry_run:
             print(
                 json.dumps(

@@ -60,6 +60,12 @@ class TrainConfig(BaseModel):
     # Model
     architecture: str = Field("efficientnet_lite0", description="Name in service.architectures.")
     pretrained: bool = Field(True, description="Start from ImageNet weights (no download for efficientnet_lite0).")
+    init_model_dir: str | None = Field(
+        None,
+        description="Start from this binsight artifact's weights (a model directory: model.json + model.pth) instead "
+        "of ImageNet's: fine-tune the default model or an earlier run. It must be the same network (architecture, "
+        "labels, head, output stride); on SageMaker, give it as an input channel and pass its path.",
+    )
     input_size: int | None = Field(None, ge=16, le=2048, description="Square input side; default: the architecture's.")
     resize: ResizePolicy = Field("squash", description="squash, letterbox or center_crop (recorded in model.json).")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout before the classifier.")
@@ -214,6 +220,8 @@ class TrainConfig(BaseModel):
             del payload["output_stride"]  # checkpoints from before the field still resume
         if payload["head"] == "softmax":
             del payload["head"]  # likewise
+        if payload["init_model_dir"] is None:
+            del payload["init_model_dir"]  # likewise
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def recipe_diff(self, other: Mapping[str, Any]) -> list[str]:

@@ -33,6 +33,8 @@ from training.sagemaker_env import SageMakerEnvError
 
 FILE_NAME = "inputdataconfig.json"
 READ_CHANNELS = ("train", "validation", "test")
+#: The channel that carries a model to start from (``init_model_dir``): a model directory or its ``model.tar.gz``.
+INIT_MODEL_CHANNEL = "init_model"
 FILE_MODES = ("File", "FastFile")
 #: Content types that describe what binsight reads (any image/*, too); others get a warning.
 EXPECTED_CONTENT_TYPES = (
@@ -92,6 +94,13 @@ def check_channels(
         )
     lines = []
     for channel in channels.values():
+        if channel.name == INIT_MODEL_CHANNEL:
+            _refuse_unreadable(channel, 1)
+            lines.append(
+                f"channel: {channel.name} input_mode: {channel.input_mode} (the start weights: pass "
+                f"init_model_dir=/opt/ml/input/data/{channel.name})"
+            )
+            continue
         if channel.name not in READ_CHANNELS:
             lines.append(f"channel_ignored: {channel.name} (train reads {', '.join(READ_CHANNELS)})")
             continue

@@ -55,6 +55,7 @@ from training.dataset import BadSample
 from training.device import Placement
 from training.distributed import DistContext, all_reduce, check_replicas, init_distributed, shutdown_distributed
 from training.evaluate import HISTORY_FILE, evaluate_model
+from training.init_weights import initialise_from_artifact
 from training.labels import class_counts
 from training.layouts import DataError
 from training.loaders import (
@@ -130,6 +131,7 @@ class RunParts:
     num_workers: int
     trainable_params: int
     total_params: int
+    init_model: dict[str, Any] | None = None  # the artifact the weights started from (init_model_dir), or None
 
 
 @dataclass
@@ -153,11 +155,12 @@ def build_run(config: TrainConfig, ctx: DistContext, data: PreparedData, log: Lo
     model = build_model(
         config.architecture,
         len(labels),
-        pretrained=config.pretrained,
+        pretrained=config.pretrained and config.init_model_dir is None,
         dropout=config.dropout,
         head=config.head,
         output_stride=config.output_stride,
     )
+    init_model = initialise_from_artifact(model, config, labels, log) if config.init_model_dir else None
     trainable, total = apply_freeze(model, arch, config.freeze)
     placement.place_model(model)
     optimizer = make_optimizer(param_groups(model, arch, config), config)
@@ -189,6 +192,7 @@ def build_run(config: TrainConfig, ctx: DistContext, data: PreparedData, log: Lo
         num_workers=num_workers,
         trainable_params=trainable,
         total_params=total,
+        init_model=init_model,
     )
 
 
@@ -844,6 +848,7 @@ def _recipe(parts: RunParts, state: RunState) -> dict[str, Any]:
         "trainable_parameters": parts.trainable_params,
         "total_parameters": parts.total_params,
         "resumed": state.resumed,
+        "init_model": parts.init_model,
         "bn_recalibration_used": parts.norm_loader is not None,
         "torch": torch.__version__,
     }

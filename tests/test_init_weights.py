@@ -1,0 +1,152 @@
+"""``init_model_dir``: a training run that starts from an artifact's weights, and the starts it refuses."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from service.artifact import load_artifact
+from training.__main__ import main
+from training.loop import run_training
+from training.synthetic import make_synthetic_abid
+
+from training_support import TINY, local_paths, make_opt_ml, tiny_config
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def start_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained softmax artifact (counts 0-3) to start from."""
+    root = tmp_path_factory.mktemp("start")
+    data = root / "data"
+    make_synthetic_abid(data, 24, max_count=3, size=40, seed=4)
+    result = run_training(tiny_config(epochs=1), local_paths(root, data), log=lambda line: None)
+    assert result.status == "completed"
+    return result.model_dir
+
+
+def _learnt(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The weights an optimiser moves (BatchNorm statistics are recomputed by every run, so they are left out)."""
+    return {k: v for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+
+
+def test_a_run_starts_from_the_artifacts_weights_and_records_them(start_model: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    make_synthetic_abid(data, 24, max_count=3, size=40, seed=5)
+    lines: list[str] = []
+    # a learning rate so small that the run's weights stay where they started: they must be the artifact's
+    config = tiny_config(epochs=1, init_model_dir=start_model, lr=1e-12, warmup_epochs=0, weight_decay=0)
+    result = run_training(config, local_paths(tmp_path, data), log=lines.append)
+    assert result.status == "completed"
+    start = _learnt(load_artifact(start_model).model.state_dict())
+    after = _learnt(load_artifact(result.model_dir).model.state_dict())
+    assert start.keys() == after.keys()
+    for name, value in start.items():
+        torch.testing.assert_close(after[name], value, rtol=0, atol=1e-6, msg=name)
+    fresh = run_training(tiny_config(epochs=1, lr=1e-12, warmup_epochs=0), local_paths(tmp_path, data, "fresh"))
+    fresh_weights = _learnt(load_artifact(fresh.model_dir).model.state_dict())
+    assert any(not torch.allclose(fresh_weights[k], v, atol=1e-3) for k, v in start.items())  # the test can fail
+    sha = hashlib.sha256((start_model / "model.pth").read_bytes()).hexdigest()
+    record = json.loads((result.model_dir / "model.json").read_text())["training"]
+    assert record["init_model_dir"] == str(start_model)
+    assert record["init_model"]["weights_sha256"] == sha and record["init_model"]["input_size"] == 32
+    assert f"init_model: {start_model}" in lines and f"init_model_weights_sha256: {sha}" in lines
+    assert record["recipe_hash"] != json.loads((fresh.model_dir / "model.json").read_text())["training"]["recipe_hash"]
+
+
+def test_a_different_input_size_is_allowed_and_logged(start_model: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    make_synthetic_abid(data, 16, max_count=3, size=48, seed=6)
+    lines: list[str] = []
+    config = tiny_config(epochs=1, init_model_dir=start_model, input_size=40)
+    result = run_training(config, local_paths(tmp_path, data), log=lines.append)
+    assert result.status == "completed"
+    assert "init_model_input_size: 32 (this run: 40)" in lines
+    assert load_artifact(result.model_dir).metadata.input_size == 40
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        ({"head": "corn"}, "head 'softmax' (run: 'corn'; pass --head softmax)"),
+        ({"max_count": "5"}, "labels ['0', '1', '2', '3'] (run: ['0', '1', '2', '3', '4', '5']; pass --max-count"),
+        ({"architecture": "resnet18"}, "architecture 'efficientnet_lite0' (run: 'resnet18'; pass --architecture)"),
+    ],
+)
+def test_another_network_is_refused_before_the_data_is_read(
+    start_model: Path, tmp_path: Path, extra: dict[str, str], says: str
+) -> None:
+    root = make_opt_ml(tmp_path / "ml", {**TINY, **extra, "init_model_dir": str(start_model)}, n_bins=8)
+    (root / "input/data/train").rename(root / "elsewhere")  # a refusal that read the data would fail differently
+    code = main(["train", "--opt-ml", str(root)])
+    reason = (root / "output" / "failure").read_text()
+    assert code == 2, reason
+    assert f"init_model_dir {start_model} is another network" in reason and says in reason
+    assert not (root / "model" / "model.json").exists() and not any((root / "checkpoints").glob("*"))
+
+
+def test_a_missing_or_broken_start_model_is_refused(start_model: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    root = make_opt_ml(tmp_path / "ml", {**TINY, "init_model_dir": str(missing)}, n_bins=8)
+    assert main(["train", "--opt-ml", str(root)]) == 2
+    assert f"init_model_dir: model directory {missing} does not exist" in (root / "output" / "failure").read_text()
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.json").write_text((start_model / "model.json").read_text())
+    (broken / "model.pth").write_bytes(b"not a state dict")
+    root = make_opt_ml(tmp_path / "ml2", {**TINY, "init_model_dir": str(broken)}, n_bins=8)
+    assert main(["train", "--opt-ml", str(root)]) == 2
+    reason = (root / "output" / "failure").read_text()
+    assert "init_model_dir: " in reason and "cannot be read as a state_dict" in reason
+    assert not (root / "model" / "model.json").exists()
+
+
+def _pack(model_dir: Path, tarball: Path, names: tuple[str, ...] = ("model.json", "model.pth", "split.json")) -> Path:
+    """A model.tar.gz as a SageMaker training job writes it (files at the top level, as ``./name``)."""
+    with tarfile.open(tarball, "w:gz") as tar:
+        for name in names:
+            tar.add(model_dir / name, arcname=f"./{name}")
+    return tarball
+
+
+def test_a_sagemaker_model_tarball_is_unpacked_and_started_from(start_model: Path, tmp_path: Path) -> None:
+    channel = tmp_path / "init_model"
+    channel.mkdir()
+    _pack(start_model, channel / "model.tar.gz")
+    data = tmp_path / "data"
+    make_synthetic_abid(data, 16, max_count=3, size=40, seed=7)
+    lines: list[str] = []
+    config = tiny_config(epochs=1, init_model_dir=channel, lr=1e-12, warmup_epochs=0, weight_decay=0)
+    result = run_training(config, local_paths(tmp_path, data), log=lines.append)
+    assert result.status == "completed"
+    start = _learnt(load_artifact(start_model).model.state_dict())
+    after = _learnt(load_artifact(result.model_dir).model.state_dict())
+    for name, value in start.items():
+        torch.testing.assert_close(after[name], value, rtol=0, atol=1e-6, msg=name)
+    assert any(line.startswith(f"init_model: {channel} (unpacked to ") for line in lines)
+    sha = hashlib.sha256((start_model / "model.pth").read_bytes()).hexdigest()
+    assert json.loads((result.model_dir / "model.json").read_text())["training"]["init_model"]["weights_sha256"] == sha
+
+
+def test_a_tarball_without_the_model_is_refused(start_model: Path, tmp_path: Path) -> None:
+    tarball = _pack(start_model, tmp_path / "model.tar.gz", names=("model.json", "split.json"))
+    root = make_opt_ml(tmp_path / "ml", {**TINY, "init_model_dir": str(tarball)}, n_bins=8)
+    assert main(["train", "--opt-ml", str(root)]) == 2
+    assert f"init_model_dir: {tarball} has no model.pth at its top level" in (root / "output" / "failure").read_text()
+    (tmp_path / "junk.tar.gz").write_bytes(b"\x1f\x8b not really gzip")
+    root = make_opt_ml(tmp_path / "ml2", {**TINY, "init_model_dir": str(tmp_path / "junk.tar.gz")}, n_bins=8)
+    assert main(["train", "--opt-ml", str(root)]) == 2
+    assert "is not a readable tar.gz" in (root / "output" / "failure").read_text()
