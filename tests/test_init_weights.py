@@ -150,3 +150,28 @@ def test_a_tarball_without_the_model_is_refused(start_model: Path, tmp_path: Pat
     root = make_opt_ml(tmp_path / "ml2", {**TINY, "init_model_dir": str(tmp_path / "junk.tar.gz")}, n_bins=8)
     assert main(["train", "--opt-ml", str(root)]) == 2
     assert "is not a readable tar.gz" in (root / "output" / "failure").read_text()
+
+
+def _norm_statistics(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if k.endswith(("running_mean", "running_var"))}
+
+
+def test_frozen_norms_train_the_network_that_is_served(start_model: Path, tmp_path: Path) -> None:
+    """norm_mode frozen: every BatchNorm keeps the start's statistics (no batch statistics, no recalibration) while
+    the weights learn; the usual mode moves them."""
+    data = tmp_path / "data"
+    make_synthetic_abid(data, 24, max_count=3, size=40, seed=8)
+    start = load_artifact(start_model).model.state_dict()
+    frozen = run_training(
+        tiny_config(epochs=1, init_model_dir=start_model, norm_mode="frozen"), local_paths(tmp_path, data, "frozen")
+    )
+    usual = run_training(tiny_config(epochs=1, init_model_dir=start_model), local_paths(tmp_path, data, "usual"))
+    frozen_state = load_artifact(frozen.model_dir).model.state_dict()
+    for name, value in _norm_statistics(start).items():
+        torch.testing.assert_close(frozen_state[name], value, rtol=0, atol=0, msg=name)
+    assert any(not torch.equal(frozen_state[k], v) for k, v in _learnt(start).items())  # the weights did learn
+    usual_state = load_artifact(usual.model_dir).model.state_dict()
+    assert any(not torch.allclose(usual_state[k], v) for k, v in _norm_statistics(start).items())
+    record = json.loads((frozen.model_dir / "model.json").read_text())["training"]
+    assert record["norm_mode"] == "frozen" and record["bn_recalibration_used"] is False
+    assert tiny_config(norm_mode="frozen").recipe_hash() != tiny_config().recipe_hash()

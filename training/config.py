@@ -134,6 +134,13 @@ class TrainConfig(BaseModel):
         "before validation and saving; auto: on when a norm's momentum is below 0.05 (EfficientNet-Lite's 0.01 "
         "leaves them ~100 steps behind the weights).",
     )
+    norm_mode: Literal["train", "frozen"] = Field(
+        "train",
+        description="train: BatchNorm layers normalise by batch statistics while training (the usual); frozen: "
+        "every BatchNorm stays in eval mode, normalising by its running statistics and keeping them (their scale "
+        "and shift still learn), so the network trained is exactly the network served: for fine-tuning a trained "
+        "model (init_model_dir) or small batches. With frozen, bn_recalibration auto does not recalibrate.",
+    )
     bn_recalibration_samples: int = Field(512, ge=2, description="Training bins the statistics are recomputed on.")
     # The training report (training.report): step timing lines are printed whatever these say
     report: bool = Field(
@@ -222,6 +229,8 @@ class TrainConfig(BaseModel):
             del payload["head"]  # likewise
         if payload["init_model_dir"] is None:
             del payload["init_model_dir"]  # likewise
+        if payload["norm_mode"] == "train":
+            del payload["norm_mode"]  # likewise
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def recipe_diff(self, other: Mapping[str, Any]) -> list[str]:

@@ -73,7 +73,14 @@ from training.losses import CornLoss, CountLoss, class_weights
 from training.metrics import scalar_metrics
 from training.norms import recalibrate, sample_items, smallest_momentum
 from training.norms import wanted as recalibration_wanted
-from training.optim import apply_freeze, frozen_norms_to_eval, make_optimizer, make_scheduler, param_groups
+from training.optim import (
+    apply_freeze,
+    frozen_norms_to_eval,
+    make_optimizer,
+    make_scheduler,
+    norms_to_eval,
+    param_groups,
+)
 from training.report.run_report import NoWatch, RunReport
 from training.sagemaker_env import RunPaths
 from training.splits import SPLIT_MANIFEST_FILE, write_split_manifest
@@ -236,6 +243,8 @@ def _norm_loader(
     """Un-augmented training bins to recompute BatchNorm statistics on (the same on every worker), or None."""
     if not recalibration_wanted(config.bn_recalibration, model):
         return None
+    if config.norm_mode == "frozen" and config.bn_recalibration == "auto":
+        return None  # the statistics the weights were trained with are the ones to serve
     norm_items = sample_items(train_items, config.bn_recalibration_samples, config.seed)
     return eval_loader(norm_items, spec, config.batch_size, 0, placement.cuda)
 
@@ -444,6 +453,7 @@ def train_one_epoch(
     grad_clip: float,
     progress: Progress,
     stop: GracefulStop,
+    norm_mode: str = "train",
     on_skipped: Callable[[list], None],
     log: Log = quiet,
     log_every: int = 0,
@@ -463,7 +473,8 @@ def train_one_epoch(
     if start >= steps:
         return sums
     batch_size = loader.batch_size or 1
-    tools = StepTools(net, criterion, optimizer, scaler, placement, grad_clip, _enter_epoch(net, loader, epoch, start))
+    trainable = _enter_epoch(net, loader, epoch, start, norm_mode)
+    tools = StepTools(net, criterion, optimizer, scaler, placement, grad_clip, trainable)
     wanted = ctx.is_main and log_every > 0
     display = _step_display(epoch, steps, start, log_every, sums, optimizer, batch_size * ctx.world_size, log, wanted)
     for images, targets, too_small in _batches(loader, batch_size, stop, on_skipped, ctx, watch):
@@ -495,11 +506,14 @@ class StepTools:
     params: list[torch.Tensor]  # the trainable ones, clipped together
 
 
-def _enter_epoch(net: nn.Module, loader: DataLoader, epoch: int, start: int) -> list[torch.Tensor]:
-    """Train mode (frozen norms kept in eval), the loader's order for ``epoch`` from step ``start`` on;
-    returns the trainable parameters."""
+def _enter_epoch(net: nn.Module, loader: DataLoader, epoch: int, start: int, norm_mode: str) -> list[torch.Tensor]:
+    """Train mode (frozen norms kept in eval; every norm with ``norm_mode`` frozen), the loader's order for
+    ``epoch`` from step ``start`` on; returns the trainable parameters."""
     net.train()
-    frozen_norms_to_eval(net)
+    if norm_mode == "frozen":
+        norms_to_eval(net)
+    else:
+        frozen_norms_to_eval(net)
     loader.sampler.set_epoch(epoch, start * (loader.batch_size or 1))
     return [p for p in net.parameters() if p.requires_grad]
 
@@ -726,6 +740,7 @@ def _train_phase(
         steps=parts.steps,
         seed=cfg.seed,
         grad_clip=cfg.grad_clip,
+        norm_mode=cfg.norm_mode,
         progress=progress,
         stop=stop,
         on_skipped=on_skipped,

@@ -44,6 +44,14 @@ def frozen_norms_to_eval(model: nn.Module) -> None:
                 module.eval()
 
 
+def norms_to_eval(model: nn.Module) -> None:
+    """Every BatchNorm layer normalises by its running statistics and keeps them (``norm_mode`` frozen; call after
+    ``model.train()``); their scale and shift still learn."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
 def param_groups(model: nn.Module, arch: Architecture, config: TrainConfig) -> list[dict[str, Any]]:
     """Head and backbone at their own learning rates; no weight decay on biases and norm weights."""
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
