@@ -17,13 +17,7 @@ from training.synthetic import make_synthetic_abid
 
 from training_support import TINY, local_paths, make_opt_ml, tiny_config
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +36,13 @@ def _learnt(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
 
 
-def test_a_run_starts_from_the_artifacts_weights_and_records_them(start_model: Path, tmp_path: Path) -> None:
+def _still_at_start(tmp_path: Path, init_model_dir: Path, start_model: Path, seed: int) -> tuple[Path, list[str]]:
+    """A one-epoch run from ``init_model_dir`` at a learning rate so small that its weights stay where they started;
+    checks that they are ``start_model``'s and returns the new model directory and the log."""
     data = tmp_path / "data"
-    make_synthetic_abid(data, 24, max_count=3, size=40, seed=5)
+    make_synthetic_abid(data, 24, max_count=3, size=40, seed=seed)
     lines: list[str] = []
-    # a learning rate so small that the run's weights stay where they started: they must be the artifact's
-    config = tiny_config(epochs=1, init_model_dir=start_model, lr=1e-12, warmup_epochs=0, weight_decay=0)
+    config = tiny_config(epochs=1, init_model_dir=init_model_dir, lr=1e-12, warmup_epochs=0, weight_decay=0)
     result = run_training(config, local_paths(tmp_path, data), log=lines.append)
     assert result.status == "completed"
     start = _learnt(load_artifact(start_model).model.state_dict())
@@ -55,11 +50,18 @@ def test_a_run_starts_from_the_artifacts_weights_and_records_them(start_model: P
     assert start.keys() == after.keys()
     for name, value in start.items():
         torch.testing.assert_close(after[name], value, rtol=0, atol=1e-6, msg=name)
-    fresh = run_training(tiny_config(epochs=1, lr=1e-12, warmup_epochs=0), local_paths(tmp_path, data, "fresh"))
+    return result.model_dir, lines
+
+
+def test_a_run_starts_from_the_artifacts_weights_and_records_them(start_model: Path, tmp_path: Path) -> None:
+    model_dir, lines = _still_at_start(tmp_path, start_model, start_model, seed=5)
+    fresh_config = tiny_config(epochs=1, lr=1e-12, warmup_epochs=0)
+    fresh = run_training(fresh_config, local_paths(tmp_path, tmp_path / "data", "fresh"))
     fresh_weights = _learnt(load_artifact(fresh.model_dir).model.state_dict())
+    start = _learnt(load_artifact(start_model).model.state_dict())
     assert any(not torch.allclose(fresh_weights[k], v, atol=1e-3) for k, v in start.items())  # the test can fail
     sha = hashlib.sha256((start_model / "model.pth").read_bytes()).hexdigest()
-    record = json.loads((result.model_dir / "model.json").read_text())["training"]
+    record = json.loads((model_dir / "model.json").read_text())["training"]
     assert record["init_model_dir"] == str(start_model)
     assert record["init_model"]["weights_sha256"] == sha and record["init_model"]["input_size"] == 32
     assert f"init_model: {start_model}" in lines and f"init_model_weights_sha256: {sha}" in lines
@@ -126,19 +128,10 @@ def test_a_sagemaker_model_tarball_is_unpacked_and_started_from(start_model: Pat
     channel = tmp_path / "init_model"
     channel.mkdir()
     _pack(start_model, channel / "model.tar.gz")
-    data = tmp_path / "data"
-    make_synthetic_abid(data, 16, max_count=3, size=40, seed=7)
-    lines: list[str] = []
-    config = tiny_config(epochs=1, init_model_dir=channel, lr=1e-12, warmup_epochs=0, weight_decay=0)
-    result = run_training(config, local_paths(tmp_path, data), log=lines.append)
-    assert result.status == "completed"
-    start = _learnt(load_artifact(start_model).model.state_dict())
-    after = _learnt(load_artifact(result.model_dir).model.state_dict())
-    for name, value in start.items():
-        torch.testing.assert_close(after[name], value, rtol=0, atol=1e-6, msg=name)
+    model_dir, lines = _still_at_start(tmp_path, channel, start_model, seed=7)
     assert any(line.startswith(f"init_model: {channel} (unpacked to ") for line in lines)
     sha = hashlib.sha256((start_model / "model.pth").read_bytes()).hexdigest()
-    assert json.loads((result.model_dir / "model.json").read_text())["training"]["init_model"]["weights_sha256"] == sha
+    assert json.loads((model_dir / "model.json").read_text())["training"]["init_model"]["weights_sha256"] == sha
 
 
 def test_a_tarball_without_the_model_is_refused(start_model: Path, tmp_path: Path) -> None:

@@ -24,13 +24,7 @@ from training.synthetic import corrupt_some, make_synthetic_abid
 
 from training_support import TINY, history_without_times, local_paths, make_opt_ml, tiny_config
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------------------------
