@@ -352,3 +352,21 @@ def test_epoch_sampler_is_seeded_sharded_and_resumable() -> None:
     assert list(resumed) == whole[4:] and len(resumed) == 6
     balanced = EpochSampler(6, seed=0, weights=torch.tensor([1.0, 0, 0, 0, 0, 1.0], dtype=torch.double))
     assert {i for i, _ in balanced} <= {0, 5}
+
+
+def test_train_seed_draws_the_training_and_leaves_the_split(tmp_path: Path) -> None:
+    """Runs that differ in train_seed alone train on the same split (pairable on one test part) and differ;
+    train_seed equal to seed is the default run."""
+    data = tmp_path / "data"
+    make_synthetic_abid(data, 24, max_count=3, size=40, seed=9)
+    runs = {
+        name: run_training(tiny_config(epochs=1, **extra), local_paths(tmp_path, data, name), log=lambda line: None)
+        for name, extra in (("default", {}), ("same", {"train_seed": 3}), ("other", {"train_seed": 4}))
+    }
+    splits = {name: json.loads((r.model_dir / "split.json").read_text())["parts"] for name, r in runs.items()}
+    assert splits["default"] == splits["same"] == splits["other"]
+    weights = {name: _final_weights(r.model_dir) for name, r in runs.items()}
+    for key, value in weights["default"].items():
+        torch.testing.assert_close(weights["same"][key], value, rtol=0, atol=0, msg=key)
+    assert any(not torch.allclose(weights["other"][k], v) for k, v in weights["default"].items())
+    assert tiny_config(train_seed=4).recipe_hash() != tiny_config().recipe_hash()

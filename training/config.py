@@ -114,7 +114,14 @@ class TrainConfig(BaseModel):
     test_fraction: float = Field(0.1, ge=0, lt=1, description="Ignored when a test channel is given.")
     max_bad_fraction: float = Field(0.01, ge=0, le=1, description="Unreadable images allowed before failing.")
     limit: int | None = Field(None, ge=1, description="Use at most this many bins (quick runs).")
-    seed: int = Field(0, ge=0, lt=2**31)
+    seed: int = Field(0, ge=0, lt=2**31, description="Draws the split (and limit's sample); also train_seed's default.")
+    train_seed: int | None = Field(
+        None,
+        ge=0,
+        lt=2**31,
+        description="Seeds the training alone (the weights' start, the batch order, augmentation and dropout), so "
+        "runs on the same split can differ in their draw; default: seed.",
+    )
     # Runtime
     num_workers: int | None = Field(None, ge=0, le=64, description="DataLoader workers per process; default auto.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -217,6 +224,10 @@ class TrainConfig(BaseModel):
         return self.input_size or get_architecture(self.architecture).input_size
 
     @property
+    def effective_train_seed(self) -> int:
+        return self.seed if self.train_seed is None else self.train_seed
+
+    @property
     def effective_eval_batch_size(self) -> int:
         return self.eval_batch_size or 2 * self.batch_size
 
@@ -231,6 +242,8 @@ class TrainConfig(BaseModel):
             del payload["init_model_dir"]  # likewise
         if payload["norm_mode"] == "train":
             del payload["norm_mode"]  # likewise
+        if payload["train_seed"] is None:
+            del payload["train_seed"]  # likewise
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def recipe_diff(self, other: Mapping[str, Any]) -> list[str]:

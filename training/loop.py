@@ -151,14 +151,14 @@ class RunState:
 
 
 def build_run(config: TrainConfig, ctx: DistContext, data: PreparedData, log: Log) -> RunParts:
-    """The model, optimiser, schedule, loss and loaders of a run on ``data``, seeded by ``config.seed``."""
+    """The model, optimiser, schedule, loss and loaders of a run on ``data``, seeded by ``config``'s train seed."""
     arch = get_architecture(config.architecture)
     spec = PreprocessSpec(input_size=config.effective_input_size, resize=config.resize, mean=arch.mean, std=arch.std)
     labels = data.policy.labels
     class_values = [float(label.rstrip("+")) for label in labels]
     placement = Placement.on(ctx.device, channels_last=config.channels_last, amp=config.amp, amp_dtype=config.amp_dtype)
-    torch.manual_seed(mix_seed("init", config.seed))
-    random.seed(config.seed)
+    torch.manual_seed(mix_seed("init", config.effective_train_seed))
+    random.seed(config.effective_train_seed)
     model = build_model(
         config.architecture,
         len(labels),
@@ -223,7 +223,7 @@ def _train_sampler(config: TrainConfig, ctx: DistContext, train_items: Sequence[
     balanced = config.class_weighting == "balanced_sampler"
     return EpochSampler(
         len(train_items),
-        config.seed,
+        config.effective_train_seed,
         ctx.rank,
         ctx.world_size,
         weights=(sampling_weights(train_items, num_classes) if balanced else None),
@@ -738,7 +738,7 @@ def _train_phase(
         parts.ctx,
         epoch=epoch,
         steps=parts.steps,
-        seed=cfg.seed,
+        seed=cfg.effective_train_seed,
         grad_clip=cfg.grad_clip,
         norm_mode=cfg.norm_mode,
         progress=progress,
