@@ -233,6 +233,8 @@ def test_recalibrated_batchnorm_statistics_make_validation_and_the_saved_model_h
 def test_recalibration_auto_is_for_small_momentum_only() -> None:
     assert wanted("auto", build_model("efficientnet_lite0", 4)) and not wanted("auto", build_model("resnet18", 4))
     assert wanted("on", build_model("resnet18", 4)) and not wanted("off", build_model("efficientnet_lite0", 4))
+    assert not wanted("auto", build_model("efficientnet_lite0", 4), "frozen")
+    assert wanted("on", build_model("efficientnet_lite0", 4), "frozen")
 
 
 # ------------------------------------------------------------------------------------------------ profiler, thresholds

@@ -13,7 +13,6 @@ an S3 channel hands that file over as it is.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tarfile
@@ -25,20 +24,13 @@ from torch import nn
 
 from service.artifact import METADATA_FILE, WEIGHTS_FILE, ArtifactError, count_labels, load_artifact, read_metadata
 from service.model_metadata import ModelMetadata
+from service.onnx_graph import file_sha256
 from training.config import ConfigError, TrainConfig
 from training.log import Log
 
 
 class InitModelError(ConfigError):
     """``init_model_dir`` is not an artifact this run can start from; the message says why and what to pass."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 TARBALL = "model.tar.gz"
@@ -50,7 +42,7 @@ def resolve_start(path: Path) -> Path:
     tarball = path if path.is_file() else path / TARBALL
     if (path.is_dir() and (path / METADATA_FILE).exists()) or not tarball.is_file():
         return path
-    target = Path(tempfile.gettempdir()) / f"binsight-init-model-{_sha256(tarball)[:16]}"
+    target = Path(tempfile.gettempdir()) / f"binsight-init-model-{file_sha256(tarball)[:16]}"
     if (target / METADATA_FILE).is_file() and (target / WEIGHTS_FILE).is_file():
         return target
     staging = Path(tempfile.mkdtemp(prefix="binsight-init-model-", dir=tempfile.gettempdir()))
@@ -132,7 +124,7 @@ def initialise_from_artifact(model: nn.Module, config: TrainConfig, labels: list
     model.load_state_dict(loaded.model.state_dict())
     provenance = {
         "path": config.init_model_dir,
-        "weights_sha256": _sha256(model_dir / WEIGHTS_FILE),
+        "weights_sha256": file_sha256(model_dir / WEIGHTS_FILE),
         "created_at": meta.created_at,
         "input_size": meta.input_size,
     }

@@ -241,10 +241,8 @@ def _norm_loader(
     config: TrainConfig, model: nn.Module, train_items: Sequence[Any], spec: PreprocessSpec, placement: Placement
 ) -> DataLoader | None:
     """Un-augmented training bins to recompute BatchNorm statistics on (the same on every worker), or None."""
-    if not recalibration_wanted(config.bn_recalibration, model):
+    if not recalibration_wanted(config.bn_recalibration, model, config.norm_mode):
         return None
-    if config.norm_mode == "frozen" and config.bn_recalibration == "auto":
-        return None  # the statistics the weights were trained with are the ones to serve
     norm_items = sample_items(train_items, config.bn_recalibration_samples, config.seed)
     return eval_loader(norm_items, spec, config.batch_size, 0, placement.cuda)
 

@@ -45,9 +45,10 @@ def smallest_momentum(model: nn.Module) -> float | None:
     return min(momenta) if momenta else None
 
 
-def wanted(setting: str, model: nn.Module) -> bool:
-    """Whether ``bn_recalibration`` (``auto``, ``on``, ``off``) recalibrates ``model``."""
-    if setting == "off":
+def wanted(setting: str, model: nn.Module, norm_mode: str = "train") -> bool:
+    """Whether ``bn_recalibration`` (``auto``, ``on``, ``off``) recalibrates ``model``; ``auto`` does not with
+    ``norm_mode`` frozen, where the statistics the weights were trained with are the ones to serve."""
+    if setting == "off" or (setting == "auto" and norm_mode == "frozen"):
         return False
     momentum = smallest_momentum(model)
     if momentum is None:
